@@ -1,0 +1,72 @@
+"""CCC on numpy arrays against audmetric, and its edge cases."""
+
+from __future__ import annotations
+
+import audmetric
+import numpy as np
+import pytest
+
+from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS, SNR_OF, ccc_numpy
+
+
+def test_conditions_have_an_snr_each_and_only_clean_is_noise_free() -> None:
+    assert set(SNR_OF) == set(CONDITIONS)
+    assert [c for c in CONDITIONS if SNR_OF[c] is None] == ["clean"]
+
+
+@pytest.mark.parametrize("n", [2, 7, 300])
+def test_ccc_matches_audmetric_on_fresh_random_inputs(n: int) -> None:
+    rng = np.random.default_rng()
+    target = rng.uniform(1, 7, size=(n, 3))
+    pred = 0.6 * target + rng.normal(0.5, 1.0, size=(n, 3))
+    got = ccc_numpy(pred, target)
+    expected = [audmetric.concordance_cc(target[:, k], pred[:, k]) for k in range(3)]
+    assert got.shape == (len(ATTRIBUTES),)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_ccc_is_symmetric_in_prediction_and_target() -> None:
+    rng = np.random.default_rng()
+    a, b = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
+    np.testing.assert_allclose(ccc_numpy(a, b), ccc_numpy(b, a), rtol=1e-12)
+
+
+def test_constant_predictions_give_zero() -> None:
+    target = np.random.default_rng().uniform(0, 1, size=(20, 3))
+    pred = np.full((20, 3), 0.5)
+    np.testing.assert_array_equal(ccc_numpy(pred, target), np.zeros(3))
+
+
+def test_perfect_predictions_give_one() -> None:
+    target = np.random.default_rng().uniform(0, 1, size=(20, 3))
+    np.testing.assert_allclose(ccc_numpy(target.copy(), target), np.ones(3), rtol=1e-12)
+
+
+def test_shifted_predictions_are_penalised_unlike_pearson() -> None:
+    target = np.random.default_rng().uniform(0, 1, size=(40, 3))
+    ccc = ccc_numpy(target + 1.0, target)
+    assert np.all(ccc < 0.5)
+
+
+def test_constant_and_equal_columns_give_nan_like_audmetric() -> None:
+    pred = np.full((5, 3), 2.0)
+    target = np.full((5, 3), 2.0)
+    target[:, 1] = np.arange(5)
+    got = ccc_numpy(pred, target)
+    assert np.isnan(got[0]) and np.isnan(got[2]) and got[1] == 0.0
+    assert np.isnan(audmetric.concordance_cc(target[:, 0], pred[:, 0]))
+
+
+@pytest.mark.parametrize(
+    ("pred", "target", "message"),
+    [
+        (np.zeros((4, 2)), np.zeros((4, 2)), "shape"),
+        (np.zeros((0, 3)), np.zeros((0, 3)), "empty"),
+        (np.zeros((4, 3)), np.zeros((5, 3)), "differ"),
+        (np.full((4, 3), np.nan), np.zeros((4, 3)), "NaN"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(pred: np.ndarray, target: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ccc_numpy(pred, target)
