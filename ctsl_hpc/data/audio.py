@@ -1,0 +1,133 @@
+"""Audio reading (soundfile + soxr) with validation, and training-set waveform statistics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+log = logging.getLogger(__name__)
+
+SILENCE_PEAK = 1e-4  # a clip whose absolute peak is below this (full scale = 1) counts as silent
+
+
+class AudioError(ValueError):
+    """An audio file is unreadable, empty, silent or too short."""
+
+
+def resample(wave: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """Resample a mono float waveform with soxr (returns float32; a no-op when the rates match)."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if source_rate == target_rate:
+        return wave
+    return soxr.resample(wave, source_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def read_audio(
+    path: str | os.PathLike[str],
+    sample_rate: int,
+    max_seconds: float | None = None,
+    min_seconds: float = 0.0,
+) -> np.ndarray:
+    """Read `path` as mono float32 at `sample_rate`, cropped to its first `max_seconds`.
+
+    Multichannel audio is averaged; another sample rate is resampled with soxr (logged at debug).
+    Raises AudioError naming the file if it is unreadable, empty, silent or shorter than `min_seconds`.
+    """
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+        frames = info.frames
+        if max_seconds is not None:
+            frames = min(frames, int(math.ceil(max_seconds * info.samplerate)))
+        data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{path}: cannot read audio ({exc})") from exc
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if not np.all(np.isfinite(wave)):
+        raise AudioError(f"{path}: audio holds NaN or infinite samples")
+    if rate != sample_rate:
+        log.debug("resampling %s from %d Hz to %d Hz", path, rate, sample_rate)
+        wave = resample(wave, rate, sample_rate)
+    if max_seconds is not None:
+        wave = wave[: int(round(max_seconds * sample_rate))]
+    if wave.shape[0] < min_seconds * sample_rate:
+        raise AudioError(f"{path}: too short ({wave.shape[0] / sample_rate:.3f} s < min_seconds {min_seconds:g} s)")
+    if float(np.max(np.abs(wave))) < SILENCE_PEAK:
+        raise AudioError(f"{path}: silent audio (peak below {SILENCE_PEAK:g})")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def audio_num_samples(path: str | os.PathLike[str], sample_rate: int, max_seconds: float | None = None) -> int:
+    """Number of samples `read_audio` returns for `path`, from the header only (no decoding)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{path}: cannot read audio header ({exc})") from exc
+    n = int(round(info.frames * sample_rate / info.samplerate)) if info.samplerate != sample_rate else info.frames
+    if max_seconds is not None:
+        n = min(n, int(round(max_seconds * sample_rate)))
+    return n
+
+
+@dataclass(frozen=True)
+class WaveformStats:
+    """Mean and standard deviation of the training waveforms (z-normalisation, saved with the model)."""
+
+    mean: float
+    std: float
+
+    def normalise(self, wave: np.ndarray) -> np.ndarray:
+        """(wave - mean) / std as float32."""
+        return ((np.asarray(wave, dtype=np.float32) - np.float32(self.mean)) / np.float32(self.std)).astype(
+            np.float32, copy=False
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the statistics as JSON."""
+        Path(path).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> WaveformStats:
+        """Read statistics written by `save`."""
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(mean=float(data["mean"]), std=float(data["std"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a waveform statistics file ({exc})") from exc
+
+
+def compute_stats(waves: Iterable[np.ndarray]) -> WaveformStats:
+    """Mean and (population) std over all samples of all waves, streamed with float64 accumulation.
+
+    Per-wave moments are merged with Chan et al.'s parallel update, so no concatenation is needed.
+    """
+    count, mean, m2 = 0, 0.0, 0.0
+    for wave in waves:
+        w = np.asarray(wave, dtype=np.float64).ravel()
+        n = w.size
+        if n == 0:
+            continue
+        w_mean = float(w.mean())
+        w_m2 = float(np.square(w - w_mean).sum())
+        total = count + n
+        delta = w_mean - mean
+        mean += delta * n / total
+        m2 += w_m2 + delta * delta * count * n / total
+        count = total
+    if count == 0:
+        raise ValueError("compute_stats: no samples (empty training set?)")
+    std = math.sqrt(m2 / count)
+    if std == 0.0:
+        raise ValueError("compute_stats: all training samples are equal (std = 0)")
+    return WaveformStats(mean=mean, std=std)
