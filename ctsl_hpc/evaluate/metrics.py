@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-ATTRIBUTES: tuple[str, str, str] = ("arousal", "dominance", "valence")
-"""Attribute order of every prediction, label and score column."""
+from ctsl_hpc.data.corpus import ATTRIBUTES
+
+__all__ = ["ATTRIBUTES", "CONDITIONS", "SNR_OF", "ccc_numpy"]
 
 CONDITIONS: tuple[str, str, str, str] = ("clean", "snr10", "snr5", "snr0")
 """Test conditions: clean speech and noisy speech at 10, 5 and 0 dB SNR."""
