@@ -1,0 +1,380 @@
+"""Table 1, Table 2 and the plots of the report directory, rebuilt from saved files without a model.
+
+Files of ``<workdir>/report/``:
+
+- ``scores.csv``: the CCC values (source of Table 1 and the CCC plot), see :class:`Scores`.
+- ``table1.md`` / ``table1.json``: ``{variant: {condition: {attribute: {"mean", "std", "n", "p":
+  {baseline: p}}}}}``; ``std`` has ddof=1, ``p`` is the one-tailed Welch p-value of "variant >
+  baseline" (``null`` where undefined); a variant has no entry for itself.
+- ``table2.md`` / ``table2.json``: ``{variant: {condition: {"rmse", "cosine", "infonce"}}}``
+  (the JSON is the saved source; ``build_report`` re-renders the markdown from it).
+- ``ccc_vs_snr.png``; ``projection.npz`` (clean teacher and noisy student embeddings) and
+  ``embedding_projection.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ctsl_hpc.config import VARIANTS
+from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
+from ctsl_hpc.evaluate.protocol import BASELINES, CellStats, Scores, significance
+
+SCORES_CSV = "scores.csv"
+TABLE1_MD, TABLE1_JSON = "table1.md", "table1.json"
+TABLE2_MD, TABLE2_JSON = "table2.md", "table2.json"
+CCC_PLOT = "ccc_vs_snr.png"
+PROJECTION_NPZ, PROJECTION_PLOT = "projection.npz", "embedding_projection.png"
+
+PAPER_CONDITION_ORDER: tuple[str, ...] = ("snr0", "snr5", "snr10", "clean")
+CONDITION_LABEL = {"snr0": "0 dB", "snr5": "5 dB", "snr10": "10 dB", "clean": "clean"}
+ATTRIBUTE_SHORT = {"arousal": "A", "dominance": "D", "valence": "V"}
+MARKER_SYMBOLS: tuple[str, ...] = ("*", "†", "‡", "§", "¶")
+EMBEDDING_METRICS: dict[str, str] = {"rmse": "min", "cosine": "max", "infonce": "min"}
+EMBEDDING_LABEL = {"rmse": "RMSE", "cosine": "cos", "infonce": "InfoNCE"}
+_STUDENT_KEY = "student:"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ordered_variants(names: Iterable[str]) -> list[str]:
+    """The paper's variants in the paper's order, then any other names in their given order."""
+    names = list(dict.fromkeys(names))
+    return [v for v in VARIANTS if v in names] + [v for v in names if v not in VARIANTS]
+
+
+def _markers(baselines: Sequence[str]) -> dict[str, str]:
+    if len(baselines) > len(MARKER_SYMBOLS):
+        raise ValueError(f"at most {len(MARKER_SYMBOLS)} baselines can be marked, got {list(baselines)}")
+    return dict(zip(baselines, MARKER_SYMBOLS, strict=False))
+
+
+def _md_escape(marker: str) -> str:
+    return "\\*" if marker == "*" else marker
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _write_text(path: Path, text: str) -> Path:
+    """Write atomically: temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    return _write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+# --------------------------------------------------------------------------- Table 1
+
+
+def table1_json(table: Mapping[str, Mapping[str, Mapping[str, CellStats]]]) -> dict[str, Any]:
+    """The JSON form of :func:`significance`'s result (NaN written as null)."""
+    return {
+        variant: {
+            condition: {
+                attribute: {
+                    "mean": cell.mean,
+                    "std": _finite_or_none(cell.std),
+                    "n": cell.n,
+                    "p": {b: _finite_or_none(p) for b, p in cell.p.items()},
+                }
+                for attribute, cell in cells.items()
+            }
+            for condition, cells in by_condition.items()
+        }
+        for variant, by_condition in table.items()
+    }
+
+
+def table1_markdown(
+    table: Mapping[str, Mapping[str, Mapping[str, CellStats]]], alpha: float, baselines: Sequence[str] = BASELINES
+) -> str:
+    """Table 1 in the paper's shape: a row per variant, columns condition (0, 5, 10 dB, clean) x A/D/V.
+
+    Each cell is the mean CCC (.3f), bold when it is the best of its column, followed by one
+    marker per baseline the variant beats significantly (p <= alpha); a legend follows.
+    """
+    markers = _markers(baselines)
+    variants = _ordered_variants(table)
+    columns = [(c, a) for c in PAPER_CONDITION_ORDER for a in ATTRIBUTES]
+    best = {}
+    for condition, attribute in columns:
+        means = [table[v][condition][attribute].mean for v in variants if attribute in table[v].get(condition, {})]
+        best[condition, attribute] = max(means) if means else None
+    rows = []
+    for variant in variants:
+        row = [variant]
+        for condition, attribute in columns:
+            cell = table[variant].get(condition, {}).get(attribute)
+            if cell is None:
+                row.append("—")
+                continue
+            text = f"{cell.mean:.3f}"
+            if cell.mean == best[condition, attribute]:
+                text = f"**{text}**"
+            text += "".join(_md_escape(markers[b]) for b in baselines if cell.significant.get(b, False))
+            row.append(text)
+        rows.append(row)
+    header = ["model"] + [f"{CONDITION_LABEL[c]} {ATTRIBUTE_SHORT[a]}" for c, a in columns]
+    ns = sorted({cell.n for by_c in table.values() for cells in by_c.values() for cell in cells.values()})
+    legend = ", ".join(f"{_md_escape(markers[b])} vs {b}" for b in baselines)
+    notes = [
+        "",
+        f"Mean CCC over the models x test groups of each cell (n = {', '.join(map(str, ns))}; "
+        f"mean, std, n and p-values in {TABLE1_JSON}). A = arousal, D = dominance, V = valence.",
+        f"Markers: significantly greater (one-tailed Welch t-test, unequal variances, p <= {alpha:g}) {legend}. "
+        "**Bold**: best mean of the column.",
+    ]
+    return "\n".join(_markdown_table(header, rows) + notes) + "\n"
+
+
+def write_table1(
+    scores: Scores, out_dir: str | Path, alpha: float = 0.05, baselines: Sequence[str] = BASELINES
+) -> tuple[Path, Path]:
+    """Compute the statistics of ``scores`` and write ``table1.md`` and ``table1.json`` into ``out_dir``."""
+    if len(scores) == 0:
+        raise ValueError("no scores: Table 1 needs at least one CCC value")
+    out_dir = Path(out_dir)
+    table = significance(scores, baselines=baselines, alpha=alpha)
+    ordered = {v: table[v] for v in _ordered_variants(table)}
+    md = _write_text(out_dir / TABLE1_MD, table1_markdown(ordered, alpha, baselines))
+    return md, _write_json(out_dir / TABLE1_JSON, table1_json(ordered))
+
+
+# --------------------------------------------------------------------------- Table 2
+
+
+def _check_emb_metrics(emb_metrics: Mapping[str, Mapping[str, Mapping[str, float]]], source: str) -> None:
+    if not emb_metrics:
+        raise ValueError(f"{source}: no embedding metrics")
+    for variant, by_condition in emb_metrics.items():
+        for condition, values in by_condition.items():
+            where = f"{source}: {variant}/{condition}"
+            if condition not in CONDITIONS:
+                raise ValueError(f"{where}: unknown condition; expected one of {CONDITIONS}")
+            if set(values) != set(EMBEDDING_METRICS):
+                raise ValueError(f"{where}: expected keys {sorted(EMBEDDING_METRICS)}, got {sorted(values)}")
+            for name, value in values.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ValueError(f"{where}/{name}: expected a finite number, got {value!r}")
+
+
+def table2_markdown(emb_metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Table 2: a row per variant, columns condition x (RMSE, cosine, InfoNCE), best per column bold."""
+    variants = _ordered_variants(emb_metrics)
+    present = {c for by_c in emb_metrics.values() for c in by_c}
+    columns = [(c, m) for c in PAPER_CONDITION_ORDER if c in present for m in EMBEDDING_METRICS]
+    best = {}
+    for condition, metric in columns:
+        values = [emb_metrics[v][condition][metric] for v in variants if condition in emb_metrics[v]]
+        best[condition, metric] = (min if EMBEDDING_METRICS[metric] == "min" else max)(values)
+    rows = []
+    for variant in variants:
+        row = [variant]
+        for condition, metric in columns:
+            if condition not in emb_metrics[variant]:
+                row.append("—")
+                continue
+            value = emb_metrics[variant][condition][metric]
+            row.append(f"**{value:.3f}**" if value == best[condition, metric] else f"{value:.3f}")
+        rows.append(row)
+    header = ["model"] + [f"{CONDITION_LABEL[c]} {EMBEDDING_LABEL[m]}" for c, m in columns]
+    notes = [
+        "",
+        "Development set. RMSE and cosine similarity between the teacher's clean embeddings and each "
+        "model's noisy embeddings; InfoNCE over batches of 32 clean/noisy pairs. "
+        "**Bold**: best of the column (lowest RMSE and InfoNCE, highest cosine).",
+    ]
+    return "\n".join(_markdown_table(header, rows) + notes) + "\n"
+
+
+def write_table2(emb_metrics: Mapping[str, Mapping[str, Mapping[str, float]]], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``table2.md`` and ``table2.json`` (``{variant: {condition: {"rmse", "cosine", "infonce"}}}``)."""
+    _check_emb_metrics(emb_metrics, "embedding metrics")
+    out_dir = Path(out_dir)
+    ordered = {
+        v: {c: {m: float(emb_metrics[v][c][m]) for m in EMBEDDING_METRICS} for c in CONDITIONS if c in emb_metrics[v]}
+        for v in _ordered_variants(emb_metrics)
+    }
+    md = _write_text(out_dir / TABLE2_MD, table2_markdown(ordered))
+    return md, _write_json(out_dir / TABLE2_JSON, ordered)
+
+
+def read_table2_json(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Read and check a ``table2.json``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ValueError(f"{path}: expected {{variant: {{condition: {{metric: value}}}}}}")
+    _check_emb_metrics(data, str(path))
+    return data
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_ccc_vs_snr(scores: Scores, path: str | Path) -> Path:
+    """CCC against test condition (0, 5, 10 dB, clean), one panel per attribute, a line per variant.
+
+    Points are the mean over models x groups, error bars their standard deviation (ddof=1).
+    """
+    if len(scores) == 0:
+        raise ValueError("no scores to plot")
+    conditions = [c for c in PAPER_CONDITION_ORDER if c in scores.conditions()]
+    variants = _ordered_variants(scores.variants())
+    figure = Figure(figsize=(4.2 * len(ATTRIBUTES), 4.4), layout="constrained")
+    axes = figure.subplots(1, len(ATTRIBUTES), sharey=True)
+    offsets = np.linspace(-0.12, 0.12, len(variants)) if len(variants) > 1 else np.zeros(1)
+    for ax, attribute in zip(axes, ATTRIBUTES, strict=True):
+        for offset, variant in zip(offsets, variants, strict=True):
+            xs, means, stds = [], [], []
+            for x, condition in enumerate(conditions):
+                values = scores.values(variant, condition, attribute)
+                if values.size:
+                    xs.append(x + offset)
+                    means.append(values.mean())
+                    stds.append(values.std(ddof=1) if values.size > 1 else 0.0)
+            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=4, capsize=3, linewidth=1.2, label=variant)
+        ax.set_title(attribute)
+        ax.set_xticks(range(len(conditions)), [CONDITION_LABEL[c] for c in conditions])
+        ax.set_xlabel("test condition (SNR)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("CCC (mean ± std over models x groups)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=len(variants), fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _check_embeddings(teacher_clean: np.ndarray, students: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    teacher = np.asarray(teacher_clean, dtype=np.float64)
+    if teacher.ndim != 2 or teacher.shape[0] < 1:
+        raise ValueError(f"teacher_clean must be a non-empty [N, D] array, got shape {teacher.shape}")
+    if not students:
+        raise ValueError("no student embeddings to project")
+    checked = {}
+    for name, values in students.items():
+        array = np.asarray(values, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != teacher.shape[1] or array.shape[0] < 1:
+            raise ValueError(f"embeddings of {name!r} must be [N, {teacher.shape[1]}], got shape {array.shape}")
+        checked[name] = array
+    for name, array in {"teacher_clean": teacher, **checked}.items():
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"embeddings of {name!r} contain NaN or infinite values")
+    return teacher, checked
+
+
+def _subsample(array: np.ndarray, max_points: int, rng: np.random.Generator) -> np.ndarray:
+    if array.shape[0] <= max_points:
+        return array
+    return array[np.sort(rng.choice(array.shape[0], size=max_points, replace=False))]
+
+
+def plot_embedding_projection(
+    teacher_clean: np.ndarray,
+    students: Mapping[str, np.ndarray],
+    path: str | Path,
+    max_points: int = 2000,
+    seed: int = 0,
+) -> Path:
+    """Scatter of clean teacher and noisy student embeddings on the first two principal components.
+
+    PCA (numpy SVD) is fitted on the union of the plotted points; each set is subsampled to at most
+    ``max_points`` rows with a seeded generator.
+    """
+    teacher, checked = _check_embeddings(teacher_clean, students)
+    rng = np.random.default_rng(seed)
+    sets = {"teacher (clean)": _subsample(teacher, max_points, rng)}
+    sets.update({f"{name} (noisy)": _subsample(values, max_points, rng) for name, values in checked.items()})
+    union = np.concatenate(list(sets.values()))
+    centre = union.mean(axis=0)
+    _, singular, components = np.linalg.svd(union - centre, full_matrices=False)
+    n_components = min(2, components.shape[0])
+    basis = components[:n_components].T
+    variance = singular**2
+    explained = variance[:n_components] / variance.sum() if variance.sum() > 0 else np.zeros(n_components)
+    figure = Figure(figsize=(6.0, 5.2), layout="constrained")
+    ax = figure.subplots()
+    for label, values in sets.items():
+        projected = (values - centre) @ basis
+        ys = projected[:, 1] if n_components > 1 else np.zeros(len(projected))
+        colour = "black" if label.startswith("teacher") else None
+        ax.scatter(projected[:, 0], ys, s=8, alpha=0.5, label=label, color=colour, edgecolors="none")
+    ax.set_xlabel(f"PC1 ({100 * explained[0]:.1f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * explained[1]:.1f}% of variance)" if n_components > 1 else "PC2")
+    ax.set_title("Clean teacher vs noisy student embeddings (PCA)")
+    ax.legend(fontsize="small", markerscale=2)
+    ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def save_projection(teacher_clean: np.ndarray, students: Mapping[str, np.ndarray], path: str | Path) -> Path:
+    """Save the embeddings behind :func:`plot_embedding_projection` (``projection.npz``)."""
+    teacher, checked = _check_embeddings(teacher_clean, students)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"teacher_clean": teacher.astype(np.float32)}
+    arrays.update({_STUDENT_KEY + name: values.astype(np.float32) for name, values in checked.items()})
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def load_projection(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read a file written by :func:`save_projection`: (teacher_clean, {student name: embeddings})."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as data:
+        if "teacher_clean" not in data.files:
+            raise ValueError(f"{path}: no 'teacher_clean' array")
+        students = {k[len(_STUDENT_KEY) :]: data[k] for k in data.files if k.startswith(_STUDENT_KEY)}
+        return data["teacher_clean"], students
+
+
+# --------------------------------------------------------------------------- the whole report
+
+
+def build_report(report_dir: str | Path, alpha: float = 0.05, baselines: Sequence[str] = BASELINES) -> list[Path]:
+    """Rebuild every table and plot of ``report_dir`` from its saved files; returns the files written.
+
+    Needs ``scores.csv``; re-renders Table 2 when ``table2.json`` exists and the projection plot
+    when ``projection.npz`` exists.
+    """
+    report_dir = Path(report_dir)
+    scores = Scores.read_csv(report_dir / SCORES_CSV)
+    written = [*write_table1(scores, report_dir, alpha=alpha, baselines=baselines)]
+    written.append(plot_ccc_vs_snr(scores, report_dir / CCC_PLOT))
+    if (report_dir / TABLE2_JSON).is_file():
+        written.extend(write_table2(read_table2_json(report_dir / TABLE2_JSON), report_dir))
+    if (report_dir / PROJECTION_NPZ).is_file():
+        teacher, students = load_projection(report_dir / PROJECTION_NPZ)
+        written.append(plot_embedding_projection(teacher, students, report_dir / PROJECTION_PLOT))
+    return written
