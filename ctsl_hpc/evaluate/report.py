@@ -208,7 +208,9 @@ def table2_markdown(emb_metrics: Mapping[str, Mapping[str, Mapping[str, float]]]
     return "\n".join(_markdown_table(header, rows) + notes) + "\n"
 
 
-def write_table2(emb_metrics: Mapping[str, Mapping[str, Mapping[str, float]]], out_dir: str | Path) -> tuple[Path, Path]:
+def write_table2(
+    emb_metrics: Mapping[str, Mapping[str, Mapping[str, float]]], out_dir: str | Path
+) -> tuple[Path, Path]:
     """Write ``table2.md`` and ``table2.json`` (``{variant: {condition: {"rmse", "cosine", "infonce"}}}``)."""
     _check_emb_metrics(emb_metrics, "embedding metrics")
     out_dir = Path(out_dir)
@@ -271,7 +273,9 @@ def plot_ccc_vs_snr(scores: Scores, path: str | Path) -> Path:
     return path
 
 
-def _check_embeddings(teacher_clean: np.ndarray, students: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _check_embeddings(
+    teacher_clean: np.ndarray, students: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     teacher = np.asarray(teacher_clean, dtype=np.float64)
     if teacher.ndim != 2 or teacher.shape[0] < 1:
         raise ValueError(f"teacher_clean must be a non-empty [N, D] array, got shape {teacher.shape}")

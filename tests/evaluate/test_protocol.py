@@ -208,7 +208,10 @@ def test_scores_reject_duplicates_and_unknown_names() -> None:
     [
         ("variant,epoch,condition,group,attribute,ccc\n", "header"),
         ("variant,model_epoch,condition,group,attribute,ccc\nRM,1,snr5,0,arousal\n", ":2: expected 6 fields"),
-        ("variant,model_epoch,condition,group,attribute,ccc\nRM,1,snr5,0,arousal,0.1\nRM,x,snr5,0,arousal,0.1\n", ":3:"),
+        (
+            "variant,model_epoch,condition,group,attribute,ccc\nRM,1,snr5,0,arousal,0.1\nRM,x,snr5,0,arousal,0.1\n",
+            ":3:",
+        ),
         ("variant,model_epoch,condition,group,attribute,ccc\nRM,1,loud,0,arousal,0.1\n", ":2: unknown condition"),
     ],
 )

@@ -110,7 +110,10 @@ def test_table1_writes_null_for_undefined_statistics(tmp_path: Path) -> None:
 
 def _emb_metrics(rng: np.random.Generator) -> dict[str, dict[str, dict[str, float]]]:
     return {
-        v: {c: {"rmse": rng.uniform(0.1, 1), "cosine": rng.uniform(0, 1), "infonce": rng.uniform(1, 4)} for c in CONDITIONS}
+        v: {
+            c: {"rmse": rng.uniform(0.1, 1), "cosine": rng.uniform(0, 1), "infonce": rng.uniform(1, 4)}
+            for c in CONDITIONS
+        }
         for v in VARIANTS
     }
 
@@ -121,7 +124,8 @@ def test_table2_round_trips_and_bolds_the_best_of_each_metric(tmp_path: Path) ->
     assert report.read_table2_json(json_path) == metrics
     header, rows = _parse_table(md_path.read_text())
     assert len(header) == 1 + 4 * 3 and list(rows) == list(VARIANTS)
-    for index, (condition, metric) in enumerate((c, m) for c in ("snr0", "snr5", "snr10", "clean") for m in ("rmse", "cosine", "infonce")):
+    columns = [(c, m) for c in ("snr0", "snr5", "snr10", "clean") for m in ("rmse", "cosine", "infonce")]
+    for index, (condition, metric) in enumerate(columns):
         values = {v: metrics[v][condition][metric] for v in VARIANTS}
         best = (max if metric == "cosine" else min)(values, key=values.get)
         for variant in VARIANTS:
@@ -159,7 +163,10 @@ def test_ccc_vs_snr_plot_is_a_non_empty_png(tmp_path: Path) -> None:
 def test_embedding_projection_plot_and_npz_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng()
     teacher = rng.normal(size=(300, 16))
-    students = {"original": teacher + rng.normal(0, 1.0, size=teacher.shape), "RM+TL+CL": teacher + rng.normal(0, 0.2, size=teacher.shape)}
+    students = {
+        "original": teacher + rng.normal(0, 1.0, size=teacher.shape),
+        "RM+TL+CL": teacher + rng.normal(0, 0.2, size=teacher.shape),
+    }
     npz = report.save_projection(teacher, students, tmp_path / report.PROJECTION_NPZ)
     loaded_teacher, loaded_students = report.load_projection(npz)
     np.testing.assert_allclose(loaded_teacher, teacher, rtol=1e-6)
@@ -181,7 +188,8 @@ def test_build_report_from_scores_csv_alone(tmp_path: Path) -> None:
     written = report.build_report(tmp_path, alpha=0.1)
     assert {p.name for p in written} == {report.TABLE1_MD, report.TABLE1_JSON, report.CCC_PLOT}
     assert (tmp_path / report.TABLE1_MD).read_text() == (expected_dir / report.TABLE1_MD).read_text()
-    assert json.loads((tmp_path / report.TABLE1_JSON).read_text()) == json.loads((expected_dir / report.TABLE1_JSON).read_text())
+    rebuilt = json.loads((tmp_path / report.TABLE1_JSON).read_text())
+    assert rebuilt == json.loads((expected_dir / report.TABLE1_JSON).read_text())
     _assert_png(tmp_path / report.CCC_PLOT)
 
 
