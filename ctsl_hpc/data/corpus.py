@@ -40,7 +40,7 @@ class Utterance:
 
 def _parse_label(raw: str | None, where: str, field: str) -> float:
     try:
-        value = float(raw) if raw is not None else math.nan
+        value = float(raw) if raw else math.nan
     except ValueError:
         raise CorpusError(f"{where}: field {field!r} is not a number: {raw!r}") from None
     if math.isnan(value):
