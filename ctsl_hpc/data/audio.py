@@ -47,7 +47,9 @@ def read_audio(
         info = sf.info(str(path))
         frames = info.frames
         if max_seconds is not None:
-            frames = min(frames, int(math.ceil(max_seconds * info.samplerate)))
+            # read a little past the crop when resampling, so the crop's end sees the same filter context
+            margin = 0 if info.samplerate == sample_rate else int(0.1 * info.samplerate)
+            frames = min(frames, int(math.ceil(max_seconds * info.samplerate)) + margin)
         data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: cannot read audio ({exc})") from exc

@@ -32,9 +32,9 @@ def _speech_like(rng: np.random.Generator, seconds: float, sample_rate: int = 16
 
 
 def _write_wav(path: Path, wave: np.ndarray, sample_rate: int = 16000) -> Path:
-    """Write `wave` (float, [-1, 1]; 2-D = frames x channels) as a float WAV, creating folders."""
+    """Write `wave` (float, [-1, 1]; 2-D = frames x channels), creating folders; WAVs keep float samples."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, wave, sample_rate, subtype="FLOAT")
+    sf.write(path, wave, sample_rate, subtype="FLOAT" if path.suffix == ".wav" else None)
     return path
 
 
