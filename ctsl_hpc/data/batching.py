@@ -98,6 +98,11 @@ class UtteranceSet(Dataset):
         return len(self.utterances)
 
     @property
+    def labels(self) -> np.ndarray:
+        """Labels of all items, [N, 3] on the [0, 1] scale, in dataset order."""
+        return self._labels
+
+    @property
     def epoch(self) -> int:
         """The epoch whose noise draws items currently use."""
         return int(self._epoch.item())
@@ -271,7 +276,7 @@ class LengthBucketSampler(_BatchSampler):
         rank: int = 0,
         max_batch_samples: int | None = None,
         chunk_size: int | None = None,
-        jitter: float = 0.05,
+        jitter: float = 0.02,
     ) -> None:
         super().__init__(lengths, batch_size, seed, shuffle, num_replicas, rank, max_batch_samples)
         self.chunk_size = chunk_size or max(4096, 64 * batch_size * num_replicas)
