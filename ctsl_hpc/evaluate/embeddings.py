@@ -1,0 +1,72 @@
+"""Table 2: how close each model's noisy embeddings stay to the teacher's clean ones (dev set).
+
+Per model and condition: RMSE and mean cosine similarity between the teacher's clean embeddings
+and the model's embeddings of the same utterances under the condition, and the label-margin
+InfoNCE loss over consecutive batches of 32 clean/noisy pairs until the set is used up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.evaluate.metrics import CONDITIONS
+from ctsl_hpc.evaluate.scoring import condition_set
+from ctsl_hpc.losses import contrastive_loss, transfer_loss
+from ctsl_hpc.model import load_model
+from ctsl_hpc.train.inference import predict
+
+INFONCE_BATCH = 32
+
+
+def compare_embeddings(
+    teacher_clean: np.ndarray, noisy: np.ndarray, labels: np.ndarray, margin: float, temperature: float
+) -> dict[str, float]:
+    """RMSE, mean cosine similarity and batched InfoNCE between two aligned [N, D] embedding sets."""
+    h_t, h_s, y = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (teacher_clean, noisy, labels))
+    infonce = [
+        contrastive_loss(h_s[i : i + INFONCE_BATCH], h_t[i : i + INFONCE_BATCH], y[i : i + INFONCE_BATCH], margin, temperature)
+        for i in range(0, len(h_s), INFONCE_BATCH)
+    ]
+    return {
+        "rmse": float(transfer_loss(h_t, h_s)),
+        "cosine": float(F.cosine_similarity(h_t, h_s, dim=-1).mean()),
+        "infonce": float(torch.stack(infonce).mean()),
+    }
+
+
+def embedding_metrics(
+    models: Mapping[str, Path],
+    dev_set: UtteranceSet,
+    pool: NoisePool,
+    snr_mode: str,
+    margin: float,
+    temperature: float,
+    batch_size: int,
+    seed: int = 0,
+) -> tuple[dict[str, dict[str, dict[str, float]]], tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Table 2 for ``models`` ({variant: model dir}; ``original`` is the teacher).
+
+    Returns the metrics ``{variant: {condition: {rmse, cosine, infonce}}}`` and, for the projection
+    plot, the teacher's clean embeddings with each model's 0 dB embeddings.
+    """
+    teacher, _, _ = load_model(models["original"])
+    _, teacher_clean = predict(teacher, dev_set, batch_size)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    at_0db: dict[str, np.ndarray] = {}
+    for variant, model_dir in models.items():
+        model, _, _ = load_model(model_dir)
+        table[variant] = {}
+        for condition in CONDITIONS:
+            view = condition_set(dev_set, condition, seed, pool, snr_mode)
+            _, emb = predict(model, view, batch_size, use_noisy=view.noise is not None)
+            table[variant][condition] = compare_embeddings(teacher_clean, emb, dev_set.labels, margin, temperature)
+            if condition == "snr0":
+                at_0db[variant] = emb
+    return table, (teacher_clean, at_0db)

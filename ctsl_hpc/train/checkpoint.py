@@ -1,0 +1,103 @@
+"""Resumable checkpoints: one directory per save, written atomically, complete once marked.
+
+Layout: ``<run_dir>/checkpoints/step-00000123/`` holding the engine's files (weights, optimiser,
+scheduler) and ``trainer.pt`` (epoch, position in the epoch, RNG states, history). The directory
+is first written as ``step-00000123.tmp`` and renamed; the ``COMPLETE`` marker is written last, so a
+checkpoint cut short by a kill is never loaded.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+MARKER = "COMPLETE"
+TRAINER_FILE = "trainer.pt"
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random number generator the training step reads."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: Path,
+    global_step: int,
+    trainer_state: dict[str, Any],
+    write_engine_state: Callable[[Path], None],
+    is_main: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Write a checkpoint for ``global_step``; every rank calls it, rank 0 publishes it.
+
+    ``write_engine_state(tmp_dir)`` writes the model/optimiser files (all ranks, collectively for
+    sharded engines); then rank 0 adds ``trainer.pt``, renames the directory into place and writes
+    the marker.
+    """
+    root = checkpoint_root(run_dir)
+    final = root / f"step-{global_step:08d}"
+    tmp = root / f"step-{global_step:08d}.tmp"
+    if is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    barrier()
+    write_engine_state(tmp)
+    barrier()
+    if is_main:
+        torch.save(trainer_state, tmp / TRAINER_FILE)
+        if final.exists():  # an earlier, identical save of this step (e.g. re-run after a crash)
+            shutil.rmtree(final)
+        tmp.rename(final)
+        (final / MARKER).write_text(f"{global_step}\n")
+    barrier()
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """All complete checkpoints, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if p.is_dir() and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose marker was written, or None."""
+    found = complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=False)
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int, protect: set[Path]) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints, never those in ``protect``."""
+    if keep_last <= 0:
+        return
+    for path in complete_checkpoints(run_dir)[:-keep_last]:
+        if path not in protect:
+            shutil.rmtree(path)

@@ -1,0 +1,241 @@
+"""One training loop for the teacher and every student variant.
+
+Per step: the model sees clean (teacher) or noisy (student) speech; the loss is the CCC loss plus,
+for students, ``lambda_tl`` x transfer loss and ``lambda_cl`` x label-margin InfoNCE against the
+teacher's clean embeddings. Per epoch: development CCC, the epoch's weights, a resumable
+checkpoint. A stop request (preemption) saves a checkpoint after the current optimiser step and
+raises :class:`TrainingInterrupted`; calling :func:`fit` again on the same ``run_dir`` resumes from
+the newest complete checkpoint and reproduces the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ctsl_hpc.config import TrainConfig
+from ctsl_hpc.data.audio import WaveformStats
+from ctsl_hpc.data.batching import LengthBucketSampler, RandomBatchSampler, UtteranceSet, collate
+from ctsl_hpc.data.corpus import ATTRIBUTES
+from ctsl_hpc.losses import ccc, ccc_loss, contrastive_loss, transfer_loss
+from ctsl_hpc.model import EmotionModel, save_model
+from ctsl_hpc.train import checkpoint as ckpt
+from ctsl_hpc.train.engine import Engine, OptimSettings, make_engine
+from ctsl_hpc.train.inference import predict
+from ctsl_hpc.train.variants import Recipe
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.json"
+TeacherEmbedder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+class MetricsSink(Protocol):
+    """Where per-epoch metrics go (MLflow in the tracking layer; nothing by default)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class NullSink:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on request after saving a resumable checkpoint."""
+
+    def __init__(self, checkpoint: Path):
+        super().__init__(f"training interrupted; resumable checkpoint at {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    dev_ccc: list[float]  # arousal, dominance, valence
+    dev_score: float  # mean of the three
+    losses: dict[str, float]
+    model_dir: str
+
+
+@dataclass
+class FitResult:
+    epochs: list[EpochRecord] = field(default_factory=list)
+
+    @property
+    def best(self) -> EpochRecord:
+        return max(self.epochs, key=lambda r: r.dev_score)
+
+    def dev_scores(self) -> dict[int, float]:
+        return {r.epoch: r.dev_score for r in self.epochs}
+
+
+def quiet_progress() -> bool:
+    """No progress bars in CI, Slurm logs or when stderr is not a terminal."""
+    return bool(os.environ.get("CI") or os.environ.get("SLURM_JOB_ID")) or not sys.stderr.isatty()
+
+
+def make_sampler(dataset: UtteranceSet, train: TrainConfig, rank: int, world: int):
+    """Length-bucketed batches by default (``train.bucket_by_length``), else plain random batches."""
+    max_samples = None
+    if train.max_batch_seconds is not None:
+        max_samples = int(train.max_batch_seconds * dataset.sample_rate)
+    cls = LengthBucketSampler if train.bucket_by_length else RandomBatchSampler
+    return cls(dataset.lengths, train.batch_size, train.seed, True, world, rank, max_samples)
+
+
+def _load_history(run_dir: Path) -> FitResult:
+    path = run_dir / HISTORY_FILE
+    if not path.is_file():
+        return FitResult()
+    return FitResult([EpochRecord(**r) for r in json.loads(path.read_text())])
+
+
+def _write_history(run_dir: Path, result: FitResult) -> None:
+    tmp = run_dir / (HISTORY_FILE + ".tmp")
+    tmp.write_text(json.dumps([asdict(r) for r in result.epochs], indent=1))
+    tmp.replace(run_dir / HISTORY_FILE)
+
+
+def student_loss(
+    out, batch: dict[str, torch.Tensor], recipe: Recipe, teacher_embed: TeacherEmbedder | None
+) -> dict[str, torch.Tensor]:
+    """The loss terms of one batch: ``ccc``, ``tl``, ``cl`` and ``total``."""
+    terms = {"ccc": ccc_loss(out.pred.float(), batch["labels"])}
+    zero = terms["ccc"].new_zeros(())
+    terms["tl"], terms["cl"] = zero, zero
+    if recipe.needs_teacher:
+        if teacher_embed is None:
+            raise ValueError(f"variant {recipe.name} needs the teacher's embeddings")
+        h_teacher = teacher_embed(batch).to(out.embedding.device, torch.float32)
+        h_student = out.embedding.float()
+        if recipe.lambda_tl > 0:
+            terms["tl"] = transfer_loss(h_teacher, h_student)
+        if recipe.lambda_cl > 0:
+            terms["cl"] = contrastive_loss(h_student, h_teacher, batch["labels"], recipe.margin, recipe.temperature)
+    terms["total"] = terms["ccc"] + recipe.lambda_tl * terms["tl"] + recipe.lambda_cl * terms["cl"]
+    return terms
+
+
+def evaluate_dev(model: EmotionModel, dev_set: UtteranceSet, noisy: bool, batch_size: int) -> np.ndarray:
+    """CCC per attribute of ``model`` on the whole development set (noisy for students)."""
+    pred, _ = predict(model, dev_set, batch_size, use_noisy=noisy)
+    return ccc(torch.from_numpy(pred).double(), torch.from_numpy(dev_set.labels).double()).numpy()
+
+
+def fit(
+    model: EmotionModel,
+    recipe: Recipe,
+    train_set: UtteranceSet,
+    dev_set: UtteranceSet,
+    train: TrainConfig,
+    run_dir: Path,
+    stats: WaveformStats | None = None,
+    teacher_embed: TeacherEmbedder | None = None,
+    sink: MetricsSink | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> FitResult:
+    """Train ``model`` by ``recipe`` in ``run_dir``, resuming from its newest complete checkpoint."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sink = sink or NullSink()
+    if not recipe.train_backbone:
+        model.backbone.requires_grad_(False)
+    settings = OptimSettings(recipe.lr, recipe.lr_decay, train.grad_accum, train.grad_clip, train.precision, train.fused_optimizer)
+    engine = make_engine(train.engine, model, settings, train.deepspeed_config)
+    sampler = make_sampler(train_set, train, engine.rank, engine.world_size)
+
+    result = _load_history(run_dir)
+    start_epoch, start_batch, global_step = 0, 0, 0
+    resume_from = ckpt.latest_complete_checkpoint(run_dir)
+    if resume_from is not None:
+        engine.load(resume_from)
+        state = ckpt.load_trainer_state(resume_from)
+        start_epoch, start_batch, global_step = state["epoch"], state["batch"], state["global_step"]
+        result = FitResult([EpochRecord(**r) for r in state["history"]])
+        ckpt.restore_rng_state(state["rng"])
+        log.info("%s: resumed from %s (epoch %d, batch %d)", recipe.name, resume_from.name, start_epoch, start_batch)
+    else:
+        torch.manual_seed(train.seed)
+
+    def save(epoch: int, batch: int) -> Path:
+        state = {
+            "epoch": epoch,
+            "batch": batch,
+            "global_step": global_step,
+            "history": [asdict(r) for r in result.epochs],
+            "rng": ckpt.rng_state(),
+        }
+        path = ckpt.save_checkpoint(run_dir, global_step, state, engine.save, engine.is_main, engine.barrier)
+        protect = {run_dir / "checkpoints" / path.name}
+        if engine.is_main:
+            ckpt.prune_checkpoints(run_dir, train.keep_checkpoints, protect)
+        return path
+
+    for epoch in range(start_epoch, recipe.epochs):
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch, start_batch)
+        loader = DataLoader(
+            train_set,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=train.num_workers,
+            pin_memory=engine.device.type == "cuda",
+            generator=torch.Generator().manual_seed(train.seed + epoch),
+        )
+        engine.module.train()
+        if not recipe.train_backbone:
+            model.backbone.eval()
+        sums = {k: 0.0 for k in ("ccc", "tl", "cl", "total")}
+        steps = 0
+        bar = tqdm(loader, desc=f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}", disable=quiet_progress(), leave=False)
+        for position, batch in enumerate(bar, start=start_batch + 1):
+            batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
+            wave = batch["noisy"] if recipe.noisy_input else batch["clean"]
+            with engine.autocast():
+                out = engine.forward(wave, batch["mask"])
+            terms = student_loss(out, batch, recipe, teacher_embed)
+            engine.backward(terms["total"])
+            for key, value in terms.items():
+                sums[key] += float(value.detach())
+            steps += 1
+            if not engine.step():
+                continue
+            global_step += 1
+            if global_step % train.log_every == 0 and quiet_progress() and engine.is_main:
+                log.info("%s epoch %d step %d loss %.4f", recipe.name, epoch + 1, global_step, terms["total"].item())
+            bar.set_postfix(loss=f"{terms['total'].item():.3f}")
+            if engine.all_reduce_flag(should_stop()):
+                raise TrainingInterrupted(save(epoch, position))
+        start_batch = 0
+        engine.end_epoch()
+
+        dev_ccc = evaluate_dev(engine.unwrapped(), dev_set, recipe.noisy_input, train.batch_size)
+        losses = {k: v / max(steps, 1) for k, v in sums.items()}
+        model_dir = run_dir / "epochs" / f"epoch-{epoch + 1:03d}"
+        if engine.is_main:
+            save_model(engine.unwrapped(), model_dir, stats)
+        record = EpochRecord(epoch + 1, dev_ccc.tolist(), float(dev_ccc.mean()), losses, str(model_dir))
+        result.epochs.append(record)
+        metrics = {f"loss/{k}": v for k, v in losses.items()}
+        metrics.update({f"dev/ccc/{a}": float(c) for a, c in zip(ATTRIBUTES, dev_ccc)})
+        metrics["dev/ccc_mean"] = record.dev_score
+        metrics["lr"] = engine.lr
+        if engine.is_main:
+            sink.log_metrics(metrics, step=epoch + 1)
+            log.info("%s epoch %d: dev CCC %s (mean %.3f)", recipe.name, epoch + 1, np.round(dev_ccc, 3), record.dev_score)
+        save(epoch + 1, 0)
+        if engine.is_main:
+            _write_history(run_dir, result)
+    return result
