@@ -1,0 +1,133 @@
+"""The embedded demo corpus: real espeak-ng speech whose labels follow measurable prosody, and real noise."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+from scipy.stats import spearmanr
+
+from ctsl_hpc.data.corpus import load_corpus
+from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.data.synthetic import DemoCorpusError, build_demo_corpus
+
+SMALL_NOISE = (0.5, 0.5, 0.5)
+LICENCES = {"GPL-2", "GPL-2+", "CC-BY-SA-3.0", "CC-BY-3.0"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A 30-utterance single-voice demo built with a fresh seed: (corpus, out_dir, seed)."""
+    seed = int(np.random.SeedSequence().entropy % 10_000)
+    print(f"demo seed {seed}")
+    out_dir = tmp_path_factory.mktemp("demo")
+    return build_demo_corpus(out_dir, n_utterances=30, seed=seed, max_voices=1, noise_minutes=SMALL_NOISE), out_dir, seed
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.wav"))}
+
+
+def _median_f0_and_spread(wave: np.ndarray, sample_rate: int = 16000) -> tuple[float, float]:
+    """Autocorrelation pitch over 40 ms frames: median F0 (Hz) and std of log F0 over voiced frames."""
+    frame, hop = 640, 160
+    count = 1 + (wave.size - frame) // hop
+    frames = wave[np.arange(frame)[None, :] + hop * np.arange(count)[:, None]]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    energy = np.square(frames).mean(axis=1)
+    acf = np.fft.irfft(np.abs(np.fft.rfft(frames, 2 * frame)) ** 2)[:, :frame]
+    lo, hi = sample_rate // 400, sample_rate // 60
+    lag = lo + np.argmax(acf[:, lo:hi], axis=1)
+    voiced = (acf[np.arange(count), lag] > 0.6 * acf[:, 0]) & (energy > 0.05 * energy.max())
+    f0 = sample_rate / lag[voiced]
+    return float(np.median(f0)), float(np.std(np.log(f0)))
+
+
+def test_demo_is_a_16k_mono_csv_corpus_split_70_15_15(demo):
+    corpus, out_dir, _ = demo
+    splits = load_corpus(SimpleNamespace(corpus="synthetic", root=None, manifest=str(corpus.manifest), msp_test_split="Test1"))
+    assert [len(splits[s]) for s in ("train", "dev", "test")] == [21, 4, 5]
+    for utt in splits["train"] + splits["dev"] + splits["test"]:
+        info = sf.info(str(utt.path))
+        assert (info.samplerate, info.channels) == (16000, 1)
+        assert 1.0 < info.duration < 7.0
+        assert all(1.0 <= y <= 7.0 for y in utt.labels) and utt.speaker == "en+f2"
+
+
+def test_labels_are_functions_of_measured_prosody(demo):
+    corpus, out_dir, _ = demo
+    manifest, prosody = _rows(corpus.manifest), _rows(out_dir / "prosody.csv")
+    features, pitch, spread = [], [], []
+    for row, gen in zip(manifest, prosody, strict=True):
+        wave, rate = sf.read(out_dir / row["path"])
+        active = np.abs(wave) > 0.02 * np.abs(wave).max()
+        words_per_second = len(gen["text"].split()) / (wave.size / rate)
+        features.append([np.log(words_per_second), np.log(np.sqrt(np.mean(wave[active] ** 2))), 1.0])
+        f0, f0_spread = _median_f0_and_spread(wave)
+        pitch.append(f0)
+        spread.append(f0_spread)
+    labels = {a: np.array([float(r[a]) for r in manifest]) for a in ("arousal", "dominance", "valence")}
+    arousal = labels["arousal"]
+    _, residual, *_ = np.linalg.lstsq(np.array(features), arousal, rcond=None)
+    r_squared = 1 - residual[0] / np.sum((arousal - arousal.mean()) ** 2)
+    assert r_squared > 0.6  # arousal <- speaking rate + loudness
+    assert spearmanr(pitch, labels["dominance"])[0] < -0.7  # lower pitch = more dominant
+    assert spearmanr(spread, labels["valence"])[0] > 0.4  # livelier intonation = more positive
+
+
+def test_same_seed_gives_identical_files_and_another_seed_differs(demo, tmp_path):
+    corpus, out_dir, seed = demo
+    again = build_demo_corpus(tmp_path / "again", n_utterances=30, seed=seed, max_voices=1, noise_minutes=SMALL_NOISE)
+    assert again.manifest.read_bytes() == corpus.manifest.read_bytes()
+    assert _digest(tmp_path / "again") == _digest(out_dir)
+    other = build_demo_corpus(tmp_path / "other", n_utterances=30, seed=seed + 1, max_voices=1, noise_minutes=SMALL_NOISE)
+    assert other.manifest.read_bytes() != corpus.manifest.read_bytes()
+
+
+def test_complete_build_is_reused_and_changed_parameters_rebuild(tmp_path):
+    first = build_demo_corpus(tmp_path, n_utterances=6, seed=1, max_voices=2, noise_minutes=SMALL_NOISE)
+    stamp = first.manifest.stat().st_mtime_ns
+    cfg = SimpleNamespace(utterances=6, seed=1, max_voices=2)  # the config's `synthetic` section
+    assert build_demo_corpus(tmp_path, cfg, noise_minutes=SMALL_NOISE) == first
+    assert first.manifest.stat().st_mtime_ns == stamp
+    build_demo_corpus(tmp_path, n_utterances=8, seed=1, max_voices=2, noise_minutes=SMALL_NOISE)
+    assert len(_rows(first.manifest)) == 8 and len(list((tmp_path / "audio").glob("*.wav"))) == 8
+
+
+def test_noise_pools_use_disjoint_real_sources_with_licences(demo):
+    corpus, _, _ = demo
+    sources = {}
+    for split, folder in zip(("train", "dev", "test"), (corpus.noise_train, corpus.noise_dev, corpus.noise_test)):
+        rows = _rows(folder / "SOURCES.csv")
+        clips = sorted(p.name for p in folder.glob("*.wav"))
+        assert sorted({r["clip"] for r in rows}) == clips
+        assert {r["kind"] for r in rows} == {"music", "effects", "babble"}
+        assert {r["licence"] for r in rows} <= LICENCES
+        assert all(Path(r["source"]).is_file() for r in rows)
+        babble = {r["clip"]: {r2["package"] for r2 in rows if r2["clip"] == r["clip"]} for r in rows if r["kind"] == "babble"}
+        assert all(pkgs == {"asterisk-core-sounds-en-wav", "fillets-ng-data-cs"} for pkgs in babble.values())
+        for clip in clips:
+            info = sf.info(str(folder / clip))
+            assert (info.samplerate, info.channels) == (16000, 1)
+        pool = NoisePool.from_directory(folder, 16000, minutes=SMALL_NOISE[0], min_seconds=25.0)
+        assert pool.seconds == pytest.approx(30.0)
+        sources[split] = {r["source"] for r in rows}
+    assert not sources["train"] & sources["dev"]
+    assert not sources["train"] & sources["test"]
+    assert not sources["dev"] & sources["test"]
+
+
+def test_missing_espeak_names_the_apt_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DemoCorpusError, match="espeak-ng is not installed; run: apt-get install"):
+        build_demo_corpus(tmp_path / "demo", n_utterances=6)
