@@ -79,7 +79,9 @@ class UtteranceSet(Dataset):
                 else:
                     n = audio_num_samples(utt.path, sample_rate, max_seconds)
                     if n < min_seconds * sample_rate:
-                        raise AudioError(f"{utt.path}: too short ({n / sample_rate:.3f} s < min_seconds {min_seconds:g} s)")
+                        raise AudioError(
+                            f"{utt.path}: too short ({n / sample_rate:.3f} s < min_seconds {min_seconds:g} s)"
+                        )
                     lengths.append(n)
             except AudioError as exc:
                 if on_bad_audio == "error":
@@ -88,7 +90,9 @@ class UtteranceSet(Dataset):
                 continue
             kept.append(utt)
         if self.skipped:
-            log.warning("skipped %d bad utterance(s) of %d (first: %s)", len(self.skipped), len(utterances), self.skipped[0][1])
+            log.warning(
+                "skipped %d bad utterance(s) of %d (first: %s)", len(self.skipped), len(utterances), self.skipped[0][1]
+            )
         self.utterances = kept
         self._waves = waves if preload else None
         self.lengths = np.asarray(lengths, dtype=np.int64)

@@ -110,9 +110,7 @@ class NoisePool:
         folder = Path(folder)
         if not folder.is_dir():
             raise NoiseError(f"{folder}: noise folder not found")
-        files = sorted(
-            p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-        )
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
             raise NoiseError(f"{folder}: no audio files in noise folder")
         cap = None if minutes is None else int(round(minutes * 60 * sample_rate))
@@ -132,7 +130,9 @@ class NoisePool:
                 break
         pool = cls(np.concatenate(parts), sample_rate, sources=used)
         if pool.seconds < min_seconds:
-            raise NoiseError(f"{folder}: noise pool holds {pool.seconds:.2f} s, fewer than the {min_seconds:g} s needed")
+            raise NoiseError(
+                f"{folder}: noise pool holds {pool.seconds:.2f} s, fewer than the {min_seconds:g} s needed"
+            )
         log.debug("noise pool %s: %d files, %.1f s", folder, len(used), pool.seconds)
         return pool
 

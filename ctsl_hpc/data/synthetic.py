@@ -80,7 +80,13 @@ SENTENCES = (
     "The keys are in the drawer by the door.",
 )
 
-PACKAGES = ("espeak-ng", "sound-theme-freedesktop", "asterisk-core-sounds-en-wav", "fillets-ng-data", "fillets-ng-data-cs")
+PACKAGES = (
+    "espeak-ng",
+    "sound-theme-freedesktop",
+    "asterisk-core-sounds-en-wav",
+    "fillets-ng-data",
+    "fillets-ng-data-cs",
+)
 APT_HINT = "apt-get install -y --no-install-recommends " + " ".join(PACKAGES)
 FILLETS_LICENCE = "GPL-2"
 ASTERISK_LICENCE = "CC-BY-SA-3.0"
@@ -169,7 +175,7 @@ def build_demo_corpus(
         futures = [pool.submit(_synthesise, spec, out_dir / "audio") for spec in specs]
         sources = _collect_noise_sources()
         folders = (result.noise_train, result.noise_dev, result.noise_test)
-        for i, (split, minutes, folder) in enumerate(zip(SPLITS, noise_minutes, folders)):
+        for i, (split, minutes, folder) in enumerate(zip(SPLITS, noise_minutes, folders, strict=True)):
             _build_noise_split(folder, sources[split], minutes, np.random.default_rng([seed, 7, i]))
         for future in futures:
             future.result()
@@ -229,7 +235,9 @@ def _write_manifest(path: Path, specs: list[_Spec]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["path", "text", "voice", *PROSODY])
         for spec in specs:
-            writer.writerow([f"audio/utt_{spec.index:05d}.wav", spec.text, spec.voice, *(spec.params[k] for k in PROSODY)])
+            writer.writerow(
+                [f"audio/utt_{spec.index:05d}.wav", spec.text, spec.voice, *(spec.params[k] for k in PROSODY)]
+            )
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -288,7 +296,9 @@ def _collect_noise_sources() -> dict[str, dict[str, list[_Source]]]:
             for f in _package_files("asterisk-core-sounds-en-wav", (".wav",))
             if "/silence/" not in f
         ],
-        "talkers_cs": [_Source(f, "fillets-ng-data-cs", FILLETS_LICENCE) for f in _package_files("fillets-ng-data-cs", (".ogg",))],
+        "talkers_cs": [
+            _Source(f, "fillets-ng-data-cs", FILLETS_LICENCE) for f in _package_files("fillets-ng-data-cs", (".ogg",))
+        ],
     }
     by_split: dict[str, dict[str, list[_Source]]] = {s: {} for s in SPLITS}
     rng = np.random.default_rng(20231)  # fixed: the split of sources does not depend on the corpus seed
@@ -299,7 +309,7 @@ def _collect_noise_sources() -> dict[str, dict[str, list[_Source]]]:
         n_train = max(1, int(NOISE_SPLIT_FRACTIONS[0] * len(files)))
         n_dev = max(1, int(NOISE_SPLIT_FRACTIONS[1] * len(files)))
         parts = (order[:n_train], order[n_train : n_train + n_dev], order[n_train + n_dev :])
-        for split, idx in zip(SPLITS, parts):
+        for split, idx in zip(SPLITS, parts, strict=True):
             by_split[split][kind] = [files[i] for i in sorted(idx)]
     return by_split
 
@@ -328,7 +338,9 @@ def _drop_silence(wave: np.ndarray, frame: int = 320, floor_db: float = -40.0) -
     return frames[keep].ravel()
 
 
-def _stream(rng: np.random.Generator, sources: list[_Source], decode: _Decoder, n: int, used: list[_Source]) -> np.ndarray:
+def _stream(
+    rng: np.random.Generator, sources: list[_Source], decode: _Decoder, n: int, used: list[_Source]
+) -> np.ndarray:
     """n samples of randomly chosen source files played one after another."""
     parts, total = [], 0
     while total < n:
@@ -358,7 +370,9 @@ def _unit_rms(wave: np.ndarray) -> np.ndarray:
     return wave / max(float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))), 1e-9)
 
 
-def _build_noise_split(folder: Path, sources: dict[str, list[_Source]], minutes: float, rng: np.random.Generator) -> None:
+def _build_noise_split(
+    folder: Path, sources: dict[str, list[_Source]], minutes: float, rng: np.random.Generator
+) -> None:
     """Write ~`minutes` of 10 s clips cycling music / effects / babble, with SOURCES.csv."""
     folder.mkdir(parents=True, exist_ok=True)
     decode = _Decoder()

@@ -62,7 +62,10 @@ def test_bad_clips_raise_audio_error_naming_the_file(tmp_path, speech, write_wav
 
 
 def test_streamed_stats_match_concatenated_float64(rng):
-    waves = [(rng.standard_normal(int(rng.integers(100, 50000))) * rng.uniform(0.01, 0.5) + 0.01).astype(np.float32) for _ in range(20)]
+    waves = [
+        (rng.standard_normal(int(rng.integers(100, 50000))) * rng.uniform(0.01, 0.5) + 0.01).astype(np.float32)
+        for _ in range(20)
+    ]
     stats = compute_stats(iter(waves))
     joined = np.concatenate(waves).astype(np.float64)
     assert stats.mean == pytest.approx(joined.mean(), rel=1e-9, abs=1e-12)

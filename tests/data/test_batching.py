@@ -83,7 +83,9 @@ def test_noisy_batches_do_not_depend_on_worker_count_and_change_with_epoch(utter
         for a, b in zip(in_process[epoch], with_workers[epoch], strict=True):
             assert torch.equal(a["index"], b["index"])
             assert torch.equal(a["noisy"], b["noisy"]) and torch.equal(a["clean"], b["clean"])
-    by_index = [{int(i): row for b in batches for i, row in zip(b["index"], b["noisy"])} for batches in in_process]
+    by_index = [
+        {int(i): row for b in batches for i, row in zip(b["index"], b["noisy"], strict=True)} for batches in in_process
+    ]
     assert all(not torch.equal(by_index[0][i], by_index[1][i]) for i in range(len(utterances)))
 
 

@@ -55,7 +55,9 @@ def test_csv_manifest_resolves_relative_paths_and_groups_splits(manifest_corpus,
 
 def test_csv_manifest_without_speaker_column(tmp_path, rng, speech, write_wav):
     write_wav(tmp_path / "a.wav", speech(0.6))
-    manifest = _write_csv(tmp_path / "m.csv", ["path", "valence", "arousal", "dominance", "split"], [["a.wav", 2, 3, 4, "train"]])
+    manifest = _write_csv(
+        tmp_path / "m.csv", ["path", "valence", "arousal", "dominance", "split"], [["a.wav", 2, 3, 4, "train"]]
+    )
     (utt,) = load_csv_manifest(manifest)["train"]
     assert utt.labels == (3.0, 4.0, 2.0)  # (arousal, dominance, valence) whatever the column order
     assert utt.speaker is None
@@ -113,11 +115,11 @@ def _msp_root(tmp_path: Path, rng, speech, write_wav, label_name: str) -> tuple[
 @pytest.mark.parametrize("test_split", ["Test1", "Test2"])
 def test_msp_podcast_layout_maps_splits_and_attribute_order(tmp_path, rng, speech, write_wav, label_name, test_split):
     root, rows = _msp_root(tmp_path, rng, speech, write_wav, label_name)
-    corpus = load_corpus(SimpleNamespace(corpus="msp_podcast", root=str(root), manifest=None, msp_test_split=test_split))
+    corpus = load_corpus(
+        SimpleNamespace(corpus="msp_podcast", root=str(root), manifest=None, msp_test_split=test_split)
+    )
     split_of = {"Train": "train", "Development": "dev", test_split: "test"}
-    expected = [
-        (root / "Audios" / r[0], (r[2], r[4], r[3]), split_of[r[7]], r[5]) for r in rows if r[7] in split_of
-    ]
+    expected = [(root / "Audios" / r[0], (r[2], r[4], r[3]), split_of[r[7]], r[5]) for r in rows if r[7] in split_of]
     got = [(u.path, u.labels, u.split, u.speaker) for s in ("train", "dev", "test") for u in corpus[s]]
     assert got == expected
     assert len(corpus["test"]) == (2 if test_split == "Test1" else 3)

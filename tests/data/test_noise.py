@@ -58,7 +58,7 @@ def test_mix_rejects_short_or_zero_energy_noise_and_unknown_modes(speech):
 def test_pool_from_directory_reads_sorted_resampled_and_capped(tmp_path, rng, speech, write_wav):
     rates = [8000, 22050, 16000]
     waves = [speech(1.0, rate) for rate in rates]
-    for name, wave, rate in zip(["b.wav", "a.flac", "c/d.wav"], waves, rates):
+    for name, wave, rate in zip(["b.wav", "a.flac", "c/d.wav"], waves, rates, strict=True):
         write_wav(tmp_path / "noise" / name, wave, rate)
     (tmp_path / "noise" / "README.txt").write_text("not audio")
     expected = np.concatenate([read_audio(tmp_path / "noise" / n, 16000) for n in ["a.flac", "b.wav", "c/d.wav"]])

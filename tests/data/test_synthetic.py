@@ -26,7 +26,11 @@ def demo(tmp_path_factory):
     seed = int(np.random.SeedSequence().entropy % 10_000)
     print(f"demo seed {seed}")
     out_dir = tmp_path_factory.mktemp("demo")
-    return build_demo_corpus(out_dir, n_utterances=30, seed=seed, max_voices=1, noise_minutes=SMALL_NOISE), out_dir, seed
+    return (
+        build_demo_corpus(out_dir, n_utterances=30, seed=seed, max_voices=1, noise_minutes=SMALL_NOISE),
+        out_dir,
+        seed,
+    )
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -35,7 +39,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.wav"))}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.wav"))
+    }
 
 
 def _median_f0_and_spread(wave: np.ndarray, sample_rate: int = 16000) -> tuple[float, float]:
@@ -55,7 +62,9 @@ def _median_f0_and_spread(wave: np.ndarray, sample_rate: int = 16000) -> tuple[f
 
 def test_demo_is_a_16k_mono_csv_corpus_split_70_15_15(demo):
     corpus, out_dir, _ = demo
-    splits = load_corpus(SimpleNamespace(corpus="synthetic", root=None, manifest=str(corpus.manifest), msp_test_split="Test1"))
+    splits = load_corpus(
+        SimpleNamespace(corpus="synthetic", root=None, manifest=str(corpus.manifest), msp_test_split="Test1")
+    )
     assert [len(splits[s]) for s in ("train", "dev", "test")] == [21, 4, 5]
     for utt in splits["train"] + splits["dev"] + splits["test"]:
         info = sf.info(str(utt.path))
@@ -90,7 +99,9 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(demo, tmp_path
     again = build_demo_corpus(tmp_path / "again", n_utterances=30, seed=seed, max_voices=1, noise_minutes=SMALL_NOISE)
     assert again.manifest.read_bytes() == corpus.manifest.read_bytes()
     assert _digest(tmp_path / "again") == _digest(out_dir)
-    other = build_demo_corpus(tmp_path / "other", n_utterances=30, seed=seed + 1, max_voices=1, noise_minutes=SMALL_NOISE)
+    other = build_demo_corpus(
+        tmp_path / "other", n_utterances=30, seed=seed + 1, max_voices=1, noise_minutes=SMALL_NOISE
+    )
     assert other.manifest.read_bytes() != corpus.manifest.read_bytes()
 
 
@@ -107,14 +118,18 @@ def test_complete_build_is_reused_and_changed_parameters_rebuild(tmp_path):
 def test_noise_pools_use_disjoint_real_sources_with_licences(demo):
     corpus, _, _ = demo
     sources = {}
-    for split, folder in zip(("train", "dev", "test"), (corpus.noise_train, corpus.noise_dev, corpus.noise_test)):
+    for split, folder in zip(
+        ("train", "dev", "test"), (corpus.noise_train, corpus.noise_dev, corpus.noise_test), strict=True
+    ):
         rows = _rows(folder / "SOURCES.csv")
         clips = sorted(p.name for p in folder.glob("*.wav"))
         assert sorted({r["clip"] for r in rows}) == clips
         assert {r["kind"] for r in rows} == {"music", "effects", "babble"}
         assert {r["licence"] for r in rows} <= LICENCES
         assert all(Path(r["source"]).is_file() for r in rows)
-        babble = {r["clip"]: {r2["package"] for r2 in rows if r2["clip"] == r["clip"]} for r in rows if r["kind"] == "babble"}
+        babble = {
+            r["clip"]: {r2["package"] for r2 in rows if r2["clip"] == r["clip"]} for r in rows if r["kind"] == "babble"
+        }
         assert all(pkgs == {"asterisk-core-sounds-en-wav", "fillets-ng-data-cs"} for pkgs in babble.values())
         for clip in clips:
             info = sf.info(str(folder / clip))
