@@ -170,10 +170,10 @@ def build_demo_corpus(
         shutil.rmtree(stale, ignore_errors=True)
     (out_dir / "audio").mkdir(parents=True)
     specs = _draw_specs(n_utterances, seed, max_voices)
+    sources = _collect_noise_sources()  # fails fast, before any TTS, when a noise package is missing
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(_synthesise, spec, out_dir / "audio") for spec in specs]
-        sources = _collect_noise_sources()
         folders = (result.noise_train, result.noise_dev, result.noise_test)
         for i, (split, minutes, folder) in enumerate(zip(SPLITS, noise_minutes, folders, strict=True)):
             _build_noise_split(folder, sources[split], minutes, np.random.default_rng([seed, 7, i]))
