@@ -125,6 +125,7 @@ class Data:
             data = dataclasses.replace(data, corpus="csv", manifest=str(demo.manifest))
             self.noise_dirs = {"train": demo.noise_train, "dev": demo.noise_dev, "test": demo.noise_test}
         self.splits: dict[str, list[Utterance]] = load_corpus(data)
+        self._pools: dict[str, NoisePool] = {}
 
     def _set(self, split: str, stats: WaveformStats | None, noise: NoisePool | None = None, snr: float | None = None) -> UtteranceSet:
         d = self.cfg.data
@@ -156,8 +157,13 @@ class Data:
         return stats
 
     def pool(self, split: str) -> NoisePool:
-        folder = self.noise_dirs[split]
-        return NoisePool.from_directory(folder, self.cfg.data.sample_rate, self.cfg.noise.minutes)
+        """The noise pool of ``split`` (read once, capped to ``noise.minutes``)."""
+        if split not in self._pools:
+            d = self.cfg.data
+            self._pools[split] = NoisePool.from_directory(
+                self.noise_dirs[split], d.sample_rate, self.cfg.noise.minutes, min_seconds=d.max_seconds
+            )
+        return self._pools[split]
 
     def clean(self, split: str) -> UtteranceSet:
         return self._set(split, self.stats)
