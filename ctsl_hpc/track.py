@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -376,9 +377,19 @@ def replay_spool(workdir: str | Path, uri: str | None = None) -> int:
     _http_defaults()
     workdir = Path(workdir)
     state = _State(workdir)
-    with state.lock:
-        _Replayer(state, resolve_uri(workdir, uri)).flush()
+    uri = resolve_uri(workdir, uri)
+    with state.lock, _schema_lock(uri):
+        _Replayer(state, uri).flush()
         return sum(1 for _ in state.pending())
+
+
+def _schema_lock(uri: str) -> FileLock | contextlib.nullcontext:
+    """A lock beside a SQLite database file (a no-op for other stores)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :].split("?")[0])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(f"{db}.lock")
+    return contextlib.nullcontext()
 
 
 def _http_defaults() -> None:
@@ -421,7 +432,6 @@ class Tracker:
             system_metrics = not disabled
         self.system_metrics = system_metrics and importlib.util.find_spec("psutil") is not None
         self._state = _State(self.workdir)
-        self._replayer = _Replayer(self._state, self.uri)
         self._failed_at: float | None = None
         self._artifact_location = None
         if self.uri.startswith("sqlite:") or "://" not in self.uri:
@@ -430,8 +440,10 @@ class Tracker:
             runs = self._state.load_runs()
             if not self._state.runs_file.exists():
                 self._state.save_runs(runs)
-            if self.uri.startswith("sqlite:"):
-                MlflowClient(self.uri).search_experiments(max_results=1)  # creates the schema once
+            # MlflowClient opens the store at once; for SQLite that creates/migrates the schema,
+            # which races between processes: hence under a lock next to the database file.
+            with _schema_lock(self.uri):
+                self._replayer = _Replayer(self._state, self.uri)
         self.flush()
 
     # -- the run tree
@@ -533,6 +545,7 @@ class Run:
         with tracker._state.lock:
             self._seen = tracker._state.logged_steps(key)
         self._monitor: Any = None
+        self._finished = False
         self._start_monitor()
 
     @property
@@ -588,6 +601,7 @@ class Run:
         """End the run with ``status`` (FINISHED, FAILED or KILLED)."""
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"run status {status!r} is not FINISHED, FAILED or KILLED")
+        self._finished = True
         if self._monitor is not None:
             self._monitor.finish()
             self._monitor = None
@@ -614,7 +628,7 @@ class Run:
             self._start_monitor()
 
     def _start_monitor(self) -> None:
-        if not self.tracker.system_metrics or self.key == PARENT_KEY or self._monitor is not None:
+        if not self.tracker.system_metrics or self.key == PARENT_KEY or self._monitor or self._finished:
             return
         run_id = self.run_id
         if run_id is None:

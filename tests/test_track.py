@@ -1,0 +1,276 @@
+"""Tracking against a real MLflow server: the run tree, restarts, and a server that goes away."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ctsl_hpc.track import Tracker, flatten, replay_spool
+from tests.mlflow_fixtures import MlflowServer, mlflow_server  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+JOB_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
+def _experiment_id(server: MlflowServer, name: str) -> str:
+    return server.api("experiments/get-by-name", experiment_name=name)["experiment"]["experiment_id"]
+
+
+def _runs(server: MlflowServer, experiment: str) -> dict[str, dict]:
+    """Run name -> run JSON of every run in ``experiment``."""
+    found = server.post("runs/search", {"experiment_ids": [_experiment_id(server, experiment)], "max_results": 100})
+    return {run["info"]["run_name"]: run for run in found.get("runs", [])}
+
+
+def _history(server: MlflowServer, run_id: str, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of a metric's full history, ordered by step."""
+    metrics = server.api("metrics/get-history", run_id=run_id, metric_key=key).get("metrics", [])
+    pairs = sorted((int(m.get("step", 0)), m["value"]) for m in metrics)
+    return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+def _tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def _params(run: dict) -> dict[str, str]:
+    return {p["key"]: p["value"] for p in run["data"].get("params", [])}
+
+
+def _artifacts(server: MlflowServer, run_id: str, path: str = "") -> set[str]:
+    listing = server.api("artifacts/list", run_id=run_id, path=path).get("files", [])
+    return {f["path"] for f in listing}
+
+
+def _wait_for_system_metrics(server: MlflowServer, run_id: str, timeout_s: float) -> bool:
+    """Poll (bounded) until the run has a ``system/`` metric logged by MLflow's monitor thread."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        metrics = server.api("runs/get", run_id=run_id)["run"]["data"].get("metrics", [])
+        if any(m["key"].startswith("system/") for m in metrics):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def experiment() -> str:
+    return f"exp-{uuid.uuid4().hex[:8]}"
+
+
+def test_run_tree_with_params_tags_metrics_and_artifacts_reaches_the_server(
+    mlflow_server: MlflowServer, tmp_path: Path, experiment: str, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    rng = np.random.default_rng()
+    config = {"name": experiment, "train": {"epochs": 3, "lr": float(rng.uniform())}, "student": {"variants": ["RM"]}}
+    tracker = Tracker(tmp_path / "work", mlflow_server.url, experiment, system_metrics=True)
+    parent = tracker.parent(config=config)
+    losses = {key: rng.uniform(size=3) for key in ("teacher", "student/RM+TL")}
+    for key, values in losses.items():
+        with tracker.child(key, tags={"variant": key}) as run:
+            for epoch, value in enumerate(values, start=1):
+                run.log_metrics({"loss/total": value, "dev/ccc_mean": 1 - value}, step=epoch)
+            run.log_metrics({"ccc/snr0/valence": float(values[-1])}, step=3)
+            (tmp_path / key).mkdir(parents=True)
+            (tmp_path / key / "scores.csv").write_text("condition,ccc\nsnr0,0.1\n")
+            (tmp_path / key / "model").mkdir()
+            (tmp_path / key / "model" / "config.json").write_text("{}")
+            run.log_artifact(tmp_path / key / "scores.csv")
+            run.log_artifacts(tmp_path / key / "model", "model")
+            assert _wait_for_system_metrics(mlflow_server, run.run_id, timeout_s=20)
+    parent.finish()
+
+    runs = _runs(mlflow_server, experiment)
+    assert set(runs) == {f"sweep {tmp_path.joinpath('work').name}", "teacher", "student/RM+TL"}
+    parent_run = runs[f"sweep {tmp_path.joinpath('work').name}"]
+    parent_id = parent_run["info"]["run_id"]
+    assert _params(parent_run) == flatten(config)
+    tags = _tags(parent_run)
+    assert tags["slurm.job_id"] == "4242"
+    assert len(tags["ctsl.config_hash"]) == 12 and tags["ctsl.version"] and tags["ctsl.host"]
+    for key, values in losses.items():
+        run = runs[key]
+        run_id = run["info"]["run_id"]
+        assert run["info"]["status"] == "FINISHED"
+        assert _tags(run)["mlflow.parentRunId"] == parent_id
+        assert _tags(run)["variant"] == key
+        steps, logged = _history(mlflow_server, run_id, "loss/total")
+        assert steps == [1, 2, 3] and logged == pytest.approx(values)
+        steps, logged = _history(mlflow_server, run_id, "ccc/snr0/valence")
+        assert steps == [3] and logged == pytest.approx([values[-1]])
+        assert _artifacts(mlflow_server, run_id) == {"scores.csv", "model"}
+        assert _artifacts(mlflow_server, run_id, "model") == {"model/config.json"}
+    assert json.loads((tmp_path / "work" / "tracking" / "runs.json").read_text())["runs"] == {
+        "parent": parent_id,
+        **{key: runs[key]["info"]["run_id"] for key in losses},
+    }
+
+
+_KILLED_JOB = textwrap.dedent(
+    """
+    import json, os, sys
+    from ctsl_hpc.track import Tracker
+    workdir, uri, experiment, values = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    tracker = Tracker(workdir, uri, experiment, system_metrics=False)
+    tracker.parent(config={"seed": 1})
+    run = tracker.child("teacher")
+    for epoch, value in enumerate(values, start=1):
+        run.log_metrics({"loss/total": value}, step=epoch)
+    print(json.dumps(tracker.run_ids()), flush=True)
+    os._exit(137)  # killed: no finish(), no clean-up
+    """
+)
+
+
+def test_restarted_job_reopens_its_runs_and_logs_no_duplicate_steps(
+    mlflow_server: MlflowServer, tmp_path: Path, experiment: str
+):
+    rng = np.random.default_rng()
+    before, after = rng.uniform(size=3).tolist(), rng.uniform(size=4).tolist()
+    job = subprocess.run(
+        [sys.executable, "-c", _KILLED_JOB, str(tmp_path), mlflow_server.url, experiment, json.dumps(before)],
+        capture_output=True, text=True, cwd=REPO, env=JOB_ENV, timeout=60,
+    )  # fmt: skip
+    assert job.returncode == 137, job.stderr
+    first_ids = json.loads(job.stdout.strip().splitlines()[-1])
+    assert _runs(mlflow_server, experiment)["teacher"]["info"]["status"] == "RUNNING"
+
+    tracker = Tracker(tmp_path, mlflow_server.url, experiment, system_metrics=False)
+    tracker.parent(config={"seed": 1})
+    with tracker.child("teacher") as run:  # resumed from the epoch-1 checkpoint: epochs 2..5 again
+        assert run.run_id == first_ids["teacher"]
+        for epoch, value in enumerate(after, start=2):
+            run.log_metrics({"loss/total": value}, step=epoch)
+    assert tracker.run_ids() == first_ids
+
+    runs = _runs(mlflow_server, experiment)
+    assert len(runs) == 2
+    assert runs["teacher"]["info"]["status"] == "FINISHED"
+    steps, values = _history(mlflow_server, first_ids["teacher"], "loss/total")
+    assert steps == [1, 2, 3, 4, 5]
+    assert values == pytest.approx(before + after[2:])  # the first value of a (name, step) wins
+
+
+def test_server_stopped_mid_run_spools_and_next_call_replays_everything_once(
+    mlflow_server: MlflowServer, tmp_path: Path, experiment: str
+):
+    rng = np.random.default_rng()
+    values = rng.uniform(size=5).tolist()
+    tracker = Tracker(tmp_path, mlflow_server.url, experiment, system_metrics=False, retry_interval_s=0)
+    parent = tracker.parent(config={"seed": 2})
+    teacher = tracker.child("teacher")
+    for epoch in (1, 2):
+        teacher.log_metrics({"loss/total": values[epoch - 1]}, step=epoch)
+
+    mlflow_server.stop()
+    try:
+        started = time.monotonic()
+        for epoch in (3, 4, 5):
+            teacher.log_metrics({"loss/total": values[epoch - 1], "dev/ccc_mean": 1.0 / epoch}, step=epoch)
+        (tmp_path / "scores.csv").write_text("a,b\n1,2\n")
+        teacher.log_artifact(tmp_path / "scores.csv")
+        teacher.finish()
+        student = tracker.child("student/RM")  # created while the server is away
+        student.log_metrics({"loss/total": values[0]}, step=1)
+        outage_s = time.monotonic() - started
+        assert student.run_id is None
+        assert tracker.pending() >= 7
+    finally:
+        mlflow_server.start()
+    assert outage_s < 20, f"logging during the outage took {outage_s:.1f} s"
+
+    parent.set_tags({"phase": "server back"})  # the next call replays the spool, in order
+    student.finish()
+    parent.finish()
+    assert tracker.pending() == 0
+    assert replay_spool(tmp_path, mlflow_server.url) == 0
+
+    runs = _runs(mlflow_server, experiment)
+    ids = tracker.run_ids()
+    assert {r["info"]["run_id"] for r in runs.values()} == set(ids.values())
+    assert _tags(runs["student/RM"])["mlflow.parentRunId"] == ids["parent"]
+    assert _tags(runs[f"sweep {tmp_path.name}"])["phase"] == "server back"
+    assert all(run["info"]["status"] == "FINISHED" for run in runs.values())
+    steps, logged = _history(mlflow_server, ids["teacher"], "loss/total")
+    assert steps == [1, 2, 3, 4, 5] and logged == pytest.approx(values)
+    assert _history(mlflow_server, ids["teacher"], "dev/ccc_mean")[0] == [3, 4, 5]
+    assert _history(mlflow_server, ids["student/RM"], "loss/total") == ([1], pytest.approx([values[0]]))
+    assert _artifacts(mlflow_server, ids["teacher"]) == {"scores.csv"}
+
+
+def test_sync_replays_a_sweep_that_never_reached_its_server(
+    mlflow_server: MlflowServer, tmp_path: Path, experiment: str
+):
+    from ctsl_hpc.track import free_port
+
+    rng = np.random.default_rng()
+    values = rng.uniform(size=3).tolist()
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    tracker = Tracker(tmp_path, unreachable, experiment, system_metrics=False, retry_interval_s=3600)
+    parent = tracker.parent(config={"train": {"epochs": 3}})
+    with tracker.child("teacher") as teacher:
+        for epoch, value in enumerate(values, start=1):
+            teacher.log_metrics({"loss/total": value}, step=epoch)
+    parent.finish()
+    assert time.monotonic() - started < 10
+    assert tracker.run_ids() == {}
+    spooled = tracker.pending()
+
+    assert replay_spool(tmp_path, mlflow_server.url) == 0
+    assert replay_spool(tmp_path, mlflow_server.url) == 0  # a second sync sends nothing again
+    ids = json.loads((tmp_path / "tracking" / "runs.json").read_text())["runs"]
+    runs = _runs(mlflow_server, experiment)
+    assert spooled >= 6 and set(runs) == {f"sweep {tmp_path.name}", "teacher"}
+    assert runs["teacher"]["info"]["run_id"] == ids["teacher"]
+    assert _params(runs[f"sweep {tmp_path.name}"]) == {"train.epochs": "3"}
+    steps, logged = _history(mlflow_server, ids["teacher"], "loss/total")
+    assert steps == [1, 2, 3] and logged == pytest.approx(values)
+
+
+_PARALLEL_JOB = textwrap.dedent(
+    """
+    import sys
+    from ctsl_hpc.track import Tracker
+    tracker = Tracker(sys.argv[1], None, "parallel", system_metrics=False)
+    tracker.parent()
+    with tracker.child(sys.argv[2]) as run:
+        for epoch in range(1, 4):
+            run.log_metrics({"loss/total": 1.0 / epoch}, step=epoch)
+    """
+)
+
+
+def test_parallel_jobs_share_the_embedded_sqlite_store_of_a_fresh_workdir(tmp_path: Path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    JOB_ENV.pop("MLFLOW_TRACKING_URI", None)
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PARALLEL_JOB, str(tmp_path), key], cwd=REPO, env=JOB_ENV, stderr=subprocess.PIPE
+        )
+        for key in ("student/RM", "student/RH")
+    ]
+    for job in jobs:
+        _, err = job.communicate(timeout=120)
+        assert job.returncode == 0, err.decode()[-2000:]
+    assert (tmp_path / "mlflow.db").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
+    by_key = {run.data.tags["ctsl.run_key"]: run for run in runs}
+    assert sorted(by_key) == ["parent", "student/RH", "student/RM"]
+    for key in ("student/RH", "student/RM"):
+        assert by_key[key].data.tags["mlflow.parentRunId"] == by_key["parent"].info.run_id
+        history = client.get_metric_history(by_key[key].info.run_id, "loss/total")
+        assert sorted(m.step for m in history) == [1, 2, 3]
