@@ -2,7 +2,8 @@
 
 ``sweep`` runs (or continues) an experiment: with no arguments, the embedded demo in this process.
 ``report`` rebuilds the tables and plots from saved scores. ``sync`` replays spooled MLflow
-records. ``mlflow-server`` starts a tracking server for a cluster.
+records. ``mlflow-server`` starts a tracking server for a cluster. ``predict`` scores audio files
+with a saved model.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = _load(args)
     ws = pipeline.Workspace.open(cfg)
     started = time.time()
+    ws.data.check()  # bad corpus, audio or noise fails here, before any training
     jobs.teacher_job(ws.root)
     for variant in cfg.student.variants:
         jobs.student_job(ws.root, variant)
@@ -85,6 +87,14 @@ def cmd_mlflow_server(args: argparse.Namespace) -> int:
     return run_server(args.backend_store_uri, args.artifacts_destination, args.host, args.port)
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ctsl_hpc.predict import run_cli
+
+    return run_cli(
+        args.model, args.inputs, args.out, args.json, args.window_s, args.hop_s, args.batch_size, args.skip_bad
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ctsl_hpc.launch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -108,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--host", default="0.0.0.0")
     server.add_argument("--port", type=int, default=5000)
     server.set_defaults(func=cmd_mlflow_server)
+
+    predict = commands.add_parser("predict", help="arousal/dominance/valence (1..7) of audio files")
+    predict.add_argument("--model", required=True, help="a saved model directory (or a finished training stage)")
+    predict.add_argument("inputs", nargs="+", help="audio files, folders (recursive) or CSVs with a path column")
+    predict.add_argument("--out", default="predictions.csv", help="CSV output (default: predictions.csv)")
+    predict.add_argument("--json", help="also write the predictions as JSON here")
+    predict.add_argument("--window-s", type=float, default=10.0, help="chunk length in seconds (default 10)")
+    predict.add_argument("--hop-s", type=float, default=5.0, help="chunk hop in seconds (default 5)")
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--skip-bad", action="store_true", help="report unreadable files and go on")
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 
