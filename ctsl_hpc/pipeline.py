@@ -165,6 +165,12 @@ class Data:
             )
         return self._pools[split]
 
+    def check(self) -> None:
+        """Open every noise pool and the waveform statistics: bad input fails before any training."""
+        for split in ("train", "dev", "test"):
+            self.pool(split)
+        _ = self.stats
+
     def clean(self, split: str) -> UtteranceSet:
         return self._set(split, self.stats)
 

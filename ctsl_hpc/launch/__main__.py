@@ -16,6 +16,13 @@ import time
 from pathlib import Path
 
 from ctsl_hpc.config import ConfigError, load_config
+from ctsl_hpc.data.audio import AudioError
+from ctsl_hpc.data.corpus import CorpusError
+from ctsl_hpc.data.noise import NoiseError
+from ctsl_hpc.pipeline import ConfigMismatch
+
+# Bad input the user can fix: reported as one line naming the file or field, no traceback.
+InputError = (CorpusError, AudioError, NoiseError, ConfigMismatch)
 
 log = logging.getLogger("ctsl_hpc")
 
@@ -140,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except InputError as exc:
+        print(f"input error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,48 @@
+"""Shared fixtures: offline Hugging Face, a small synthetic corpus built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """A 40-utterance espeak-ng corpus with its train/dev/test noise pools (built in about a second)."""
+    from ctsl_hpc.data.synthetic import build_demo_corpus
+
+    return build_demo_corpus(tmp_path_factory.mktemp("corpus"), n_utterances=40, seed=3, noise_minutes=(1.0, 0.5, 0.5))
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(small_corpus):
+    """``tiny_overrides(workdir)``: config overrides for a fast pipeline run on ``small_corpus``."""
+    return lambda workdir: _tiny_overrides(small_corpus, workdir)
+
+
+def _tiny_overrides(corpus, workdir) -> list[str]:
+    return [
+        f"workdir={workdir}",
+        "data.corpus=csv",
+        f"data.manifest={corpus.manifest}",
+        f"noise.train={corpus.noise_train}",
+        f"noise.dev={corpus.noise_dev}",
+        f"noise.test={corpus.noise_test}",
+        "data.max_seconds=2.0",
+        "train.epochs=2",
+        "train.batch_size=4",
+        "student.epochs=2",
+        "eval.n_groups=2",
+        "eval.top_k=1",
+        "model.head_hidden=16",
+        "model.tiny.hidden_size=16",
+        "model.tiny.intermediate_size=32",
+        "model.tiny.conv_dim=16",
+        "model.tiny.heads=2",
+        "model.tiny.num_layers=1",
+        "model.num_layers=1",
+    ]

@@ -1,0 +1,73 @@
+"""The typed config: YAML + dotted overrides, validation naming the key."""
+
+import pytest
+
+from ctsl_hpc.config import CONFIG_DIR, ConfigError, config_from_dict, load_config, parse_override
+
+
+def test_demo_config_is_the_default_and_loads():
+    cfg = load_config()
+    assert cfg.data.corpus == "synthetic" and cfg.model.backbone == "tiny"
+
+
+def test_paper_config_holds_the_papers_setup():
+    cfg = load_config(CONFIG_DIR / "paper.yaml")
+    assert cfg.model.backbone == "facebook/wav2vec2-large-robust"
+    assert cfg.model.num_layers == 12 and cfg.model.freeze_feature_encoder
+    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.epochs) == (32, 1e-5, 20)
+    assert (cfg.student.lambda_tl, cfg.student.lambda_cl, cfg.student.snr_db) == (100.0, 10.0, 0.0)
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(None, ["train.epochs=3", "data.manifest=/x.csv", "student.variants=[RM, RM+TL]", "train.lr=1e-4"])
+    assert cfg.train.epochs == 3 and cfg.data.manifest == "/x.csv"
+    assert cfg.student.variants == ["RM", "RM+TL"] and cfg.train.lr == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.epoch=3", "train.epoch"),
+        ("trian.epochs=3", "trian"),
+        ("train.epochs=three", "train.epochs"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.lr=-1", "train.lr"),
+        ("data.corpus=timit", "data.corpus"),
+        ("student.variants=[RM, XL]", "student.variants[1]"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("eval.alpha=2", "eval.alpha"),
+        ("train.bucket_by_length=maybe", "train.bucket_by_length"),
+        ("eval.noisy_roots={snr3: /x}", "eval.noisy_roots.snr3"),
+    ],
+)
+def test_bad_values_fail_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
+
+
+def test_a_real_corpus_needs_its_paths_and_noise_folders():
+    with pytest.raises(ConfigError, match="data.manifest"):
+        load_config(None, ["data.corpus=csv"])
+    with pytest.raises(ConfigError, match="noise.train"):
+        load_config(None, ["data.corpus=csv", "data.manifest=/m.csv"])
+
+
+def test_override_syntax_errors_are_clear():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        parse_override("train.epochs")
+
+
+def test_round_trip_through_a_dict_keeps_the_digest():
+    cfg = load_config(None, ["train.epochs=5"])
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg and again.digest() == cfg.digest()
+    assert load_config(None, ["train.epochs=6"]).digest() != cfg.digest()
+
+
+def test_missing_and_invalid_yaml_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
