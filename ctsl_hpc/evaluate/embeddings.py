@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.noise import NoisePool
-from ctsl_hpc.evaluate.metrics import CONDITIONS
+from ctsl_hpc.evaluate.metrics import CONDITIONS, ccc_numpy
 from ctsl_hpc.evaluate.scoring import condition_set
 from ctsl_hpc.losses import contrastive_loss, transfer_loss
 from ctsl_hpc.model import load_model
@@ -54,19 +54,35 @@ def embedding_metrics(
     """Table 2 for ``models`` ({variant: model dir}; ``original`` is the teacher).
 
     Returns the metrics ``{variant: {condition: {rmse, cosine, infonce}}}`` and, for the projection
-    plot, the teacher's clean embeddings with each model's 0 dB embeddings.
+    plot, the teacher's clean embeddings with the 0 dB embeddings of ``original`` and of the best
+    student (highest mean CCC on the 0 dB development set, see :func:`best_student`).
     """
     teacher, _, _ = load_model(models["original"])
     _, teacher_clean = predict(teacher, dev_set, batch_size)
     table: dict[str, dict[str, dict[str, float]]] = {}
     at_0db: dict[str, np.ndarray] = {}
+    ccc_0db: dict[str, float] = {}
     for variant, model_dir in models.items():
         model, _, _ = load_model(model_dir)
         table[variant] = {}
         for condition in CONDITIONS:
             view = condition_set(dev_set, condition, seed, pool, snr_mode)
-            _, emb = predict(model, view, batch_size, use_noisy=view.noise is not None)
+            pred, emb = predict(model, view, batch_size, use_noisy=view.noise is not None)
             table[variant][condition] = compare_embeddings(teacher_clean, emb, dev_set.labels, margin, temperature)
             if condition == "snr0":
                 at_0db[variant] = emb
-    return table, (teacher_clean, at_0db)
+                ccc_0db[variant] = float(np.mean(ccc_numpy(pred, dev_set.labels)))
+    best = best_student(ccc_0db)
+    shown = ["original"] if best is None else ["original", best]
+    return table, (teacher_clean, {v: at_0db[v] for v in shown})
+
+
+def best_student(dev_ccc: Mapping[str, float]) -> str | None:
+    """The variant other than ``original`` with the highest mean dev CCC (NaN ranks last; ties: first).
+
+    None when there is no student.
+    """
+    students = [v for v in dev_ccc if v != "original"]
+    if not students:
+        return None
+    return max(students, key=lambda v: -np.inf if np.isnan(dev_ccc[v]) else dev_ccc[v])
