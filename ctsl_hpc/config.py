@@ -139,6 +139,28 @@ class TrackingConfig:
 
 
 @dataclass
+class TuneConfig:
+    """The Ray Tune search over the student's loss weights and the training-noise budget."""
+
+    variant: str = "RM+TL+CL"
+    lambda_tl: list[float] = field(default_factory=lambda: [1.0, 1000.0])  # log-uniform [low, high]
+    lambda_cl: list[float] = field(default_factory=lambda: [0.1, 100.0])  # log-uniform [low, high]
+    noise_minutes: list[float] = field(default_factory=lambda: [0.5, 2.0, 10.0, 30.0])  # choice
+    num_samples: int = 8
+    search_alg: Literal["random", "optuna"] = "random"
+    metric: Literal["dev/ccc_mean", "dev/ccc/arousal", "dev/ccc/dominance", "dev/ccc/valence"] = "dev/ccc_mean"
+    grace_period: int = 1  # ASHA, in epochs
+    reduction_factor: int = 2
+    max_t: int = 4  # epochs of a trial that is never stopped early
+    max_concurrent: int = 0  # 0: as many trials as the resources allow
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    storage_path: str | None = None  # default: <workdir>/tune (shared storage on a cluster)
+    final_variants: list[str] | None = None  # students trained with the best config; default student.variants
+    seed: int = 0
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "ctsl"
     workdir: str = "runs/ctsl"
@@ -152,7 +174,7 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     slurm: dict[str, Any] = field(default_factory=dict)
-    tune: dict[str, Any] = field(default_factory=dict)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain nested dicts (YAML/JSON serialisable)."""
@@ -341,9 +363,27 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(e.top_k >= 1, "eval.top_k", "must be at least 1")
     _require(0 < e.alpha < 1, "eval.alpha", "must be in (0, 1)")
     _require(e.batch_size >= 1, "eval.batch_size", "must be at least 1")
+    _validate_tune(cfg.tune)
     for condition in e.noisy_roots:
         _require(
             condition in ("snr10", "snr5", "snr0"),
             f"eval.noisy_roots.{condition}",
             "conditions are snr10, snr5, snr0",
         )
+
+
+def _validate_tune(tune: TuneConfig) -> None:
+    _require(tune.variant in STUDENT_VARIANTS, "tune.variant", f"{tune.variant!r} is not one of {list(STUDENT_VARIANTS)}")
+    for key in ("lambda_tl", "lambda_cl"):
+        bounds = getattr(tune, key)
+        _require(len(bounds) == 2 and 0 < bounds[0] <= bounds[1], f"tune.{key}", "must be [low, high] with 0 < low <= high")
+    _require(bool(tune.noise_minutes) and min(tune.noise_minutes) > 0, "tune.noise_minutes", "must be positive minutes")
+    _require(tune.num_samples >= 1, "tune.num_samples", "must be at least 1")
+    _require(tune.max_t >= 1, "tune.max_t", "must be at least 1 epoch")
+    _require(1 <= tune.grace_period <= tune.max_t, "tune.grace_period", "must be in [1, max_t]")
+    _require(tune.reduction_factor >= 2, "tune.reduction_factor", "must be at least 2")
+    _require(tune.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0: no limit)")
+    _require(tune.cpus_per_trial > 0, "tune.cpus_per_trial", "must be positive")
+    _require(tune.gpus_per_trial >= 0, "tune.gpus_per_trial", "must be >= 0")
+    for i, variant in enumerate(tune.final_variants or []):
+        _require(variant in STUDENT_VARIANTS, f"tune.final_variants[{i}]", f"{variant!r} is not one of {list(STUDENT_VARIANTS)}")
