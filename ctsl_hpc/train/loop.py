@@ -145,8 +145,14 @@ def fit(
     teacher_embed: TeacherEmbedder | None = None,
     sink: MetricsSink | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    on_epoch_end: Callable[[EpochRecord, Path], None] | None = None,
 ) -> FitResult:
-    """Train ``model`` by ``recipe`` in ``run_dir``, resuming from its newest complete checkpoint."""
+    """Train ``model`` by ``recipe`` in ``run_dir``, resuming from its newest complete checkpoint.
+
+    ``on_epoch_end(record, checkpoint)`` runs on the main rank after the epoch's checkpoint and history
+    are on disk (unlike ``sink``, which sees the metrics before the save): a scheduler such as Ray Tune
+    may stop the process inside it without losing the epoch.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     sink = sink or NullSink()
@@ -235,7 +241,9 @@ def fit(
         if engine.is_main:
             sink.log_metrics(metrics, step=epoch + 1)
             log.info("%s epoch %d: dev CCC %s (mean %.3f)", recipe.name, epoch + 1, np.round(dev_ccc, 3), record.dev_score)
-        save(epoch + 1, 0)
+        saved = save(epoch + 1, 0)
         if engine.is_main:
             _write_history(run_dir, result)
+            if on_epoch_end is not None:
+                on_epoch_end(record, saved)
     return result
