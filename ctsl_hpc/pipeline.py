@@ -171,6 +171,10 @@ class Data:
             self.pool(split)
         _ = self.stats
 
+    def set_pool(self, split: str, pool: NoisePool) -> None:
+        """Use ``pool`` for ``split`` instead of reading the folder (a pool shared by tuning trials)."""
+        self._pools[split] = pool
+
     def clean(self, split: str) -> UtteranceSet:
         return self._set(split, self.stats)
 
