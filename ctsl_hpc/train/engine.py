@@ -27,6 +27,7 @@ class OptimSettings:
     grad_clip: float  # 0 disables clipping
     precision: str  # "auto" | "fp32" | "bf16"
     fused: bool
+    batch_size: int  # the global batch (all ranks together); DeepSpeed's batch sizes come from it
 
 
 def resolve_device() -> torch.device:
@@ -86,6 +87,10 @@ class Engine:
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The rows of ``tensor`` from every rank (the loss is computed on the global batch)."""
+        return tensor
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate gradients of ``loss`` (scaled by the accumulation count)."""
