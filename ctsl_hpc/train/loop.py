@@ -87,12 +87,21 @@ def quiet_progress() -> bool:
 
 
 def make_sampler(dataset: UtteranceSet, train: TrainConfig, rank: int, world: int):
-    """Length-bucketed batches by default (``train.bucket_by_length``), else plain random batches."""
+    """Length-bucketed batches by default (``train.bucket_by_length``), else plain random batches.
+
+    ``train.batch_size`` is the global batch: with several ranks each takes its share of every
+    global batch (:class:`ctsl_hpc.train.distributed.ShardedBatchSampler`).
+    """
     max_samples = None
     if train.max_batch_seconds is not None:
         max_samples = int(train.max_batch_seconds * dataset.sample_rate)
     cls = LengthBucketSampler if train.bucket_by_length else RandomBatchSampler
-    return cls(dataset.lengths, train.batch_size, train.seed, True, world, rank, max_samples)
+    sampler = cls(dataset.lengths, train.batch_size, train.seed, True, 1, 0, max_samples)
+    if world == 1:
+        return sampler
+    from ctsl_hpc.train.distributed import ShardedBatchSampler
+
+    return ShardedBatchSampler(sampler, rank, world)
 
 
 def _load_history(run_dir: Path) -> FitResult:
@@ -109,21 +118,29 @@ def _write_history(run_dir: Path, result: FitResult) -> None:
 
 
 def student_loss(
-    out, batch: dict[str, torch.Tensor], recipe: Recipe, teacher_embed: TeacherEmbedder | None
+    out,
+    batch: dict[str, torch.Tensor],
+    recipe: Recipe,
+    teacher_embed: TeacherEmbedder | None,
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
 ) -> dict[str, torch.Tensor]:
-    """The loss terms of one batch: ``ccc``, ``tl``, ``cl`` and ``total``."""
-    terms = {"ccc": ccc_loss(out.pred.float(), batch["labels"])}
+    """The loss terms of one batch: ``ccc``, ``tl``, ``cl`` and ``total``.
+
+    ``gather`` (``engine.gather``) collects every rank's rows, so the terms are those of the global batch.
+    """
+    pred, embedding, labels = gather(out.pred.float()), gather(out.embedding.float()), gather(batch["labels"])
+    terms = {"ccc": ccc_loss(pred, labels)}
     zero = terms["ccc"].new_zeros(())
     terms["tl"], terms["cl"] = zero, zero
     if recipe.needs_teacher:
         if teacher_embed is None:
             raise ValueError(f"variant {recipe.name} needs the teacher's embeddings")
-        h_teacher = teacher_embed(batch).to(out.embedding.device, torch.float32)
-        h_student = out.embedding.float()
+        h_teacher = gather(teacher_embed(batch).to(out.embedding.device, torch.float32))
+        h_student = embedding
         if recipe.lambda_tl > 0:
             terms["tl"] = transfer_loss(h_teacher, h_student)
         if recipe.lambda_cl > 0:
-            terms["cl"] = contrastive_loss(h_student, h_teacher, batch["labels"], recipe.margin, recipe.temperature)
+            terms["cl"] = contrastive_loss(h_student, h_teacher, labels, recipe.margin, recipe.temperature)
     terms["total"] = terms["ccc"] + recipe.lambda_tl * terms["tl"] + recipe.lambda_cl * terms["cl"]
     return terms
 
@@ -158,7 +175,10 @@ def fit(
     sink = sink or NullSink()
     if not recipe.train_backbone:
         model.backbone.requires_grad_(False)
-    settings = OptimSettings(recipe.lr, recipe.lr_decay, train.grad_accum, train.grad_clip, train.precision, train.fused_optimizer)
+    settings = OptimSettings(
+        recipe.lr, recipe.lr_decay, train.grad_accum, train.grad_clip, train.precision, train.fused_optimizer,
+        train.batch_size,
+    )
     engine = make_engine(train.engine, model, settings, train.deepspeed_config)
     sampler = make_sampler(train_set, train, engine.rank, engine.world_size)
 
@@ -166,14 +186,14 @@ def fit(
     start_epoch, start_batch, global_step = 0, 0, 0
     resume_from = ckpt.latest_complete_checkpoint(run_dir)
     if resume_from is not None:
-        engine.load(resume_from)
         state = ckpt.load_trainer_state(resume_from)
         start_epoch, start_batch, global_step = state["epoch"], state["batch"], state["global_step"]
         result = FitResult([EpochRecord(**r) for r in state["history"]])
         ckpt.restore_rng_state(state["rng"])
+        engine.load(resume_from)  # after the shared RNG state: distributed engines restore each rank's own
         log.info("%s: resumed from %s (epoch %d, batch %d)", recipe.name, resume_from.name, start_epoch, start_batch)
     else:
-        torch.manual_seed(train.seed)
+        torch.manual_seed(train.seed + engine.rank)  # ranks draw different dropout masks
 
     def save(epoch: int, batch: int) -> Path:
         state = {
@@ -211,7 +231,7 @@ def fit(
             wave = batch["noisy"] if recipe.noisy_input else batch["clean"]
             with engine.autocast():
                 out = engine.forward(wave, batch["mask"])
-            terms = student_loss(out, batch, recipe, teacher_embed)
+            terms = student_loss(out, batch, recipe, teacher_embed, engine.gather)
             engine.backward(terms["total"])
             for key, value in terms.items():
                 sums[key] += float(value.detach())
