@@ -161,6 +161,62 @@ class TuneConfig:
 
 
 @dataclass
+class SlurmStageConfig:
+    """Per-stage Slurm overrides (teacher, students, eval); ``None`` inherits the ``slurm.*`` default."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    constraint: str | None = None
+    array_parallelism: int | None = None
+    signal_delay_s: int | None = None
+    max_requeues: int | None = None
+    additional: dict[str, Any] | None = None  # extra sbatch options, merged over slurm.additional
+
+
+SLURM_STAGES = ("teacher", "students", "eval")
+
+
+@dataclass
+class SlurmConfig:
+    """Slurm resources of a sweep; each stage may override any field (``slurm.students.gpus_per_node``)."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 240
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: float = 8.0
+    constraint: str | None = None
+    array_parallelism: int = 8
+    signal_delay_s: int = 120
+    max_requeues: int = 10
+    additional: dict[str, Any] = field(default_factory=dict)  # e.g. {"exclusive": true, "reservation": "x"}
+    teacher: SlurmStageConfig = field(default_factory=SlurmStageConfig)
+    students: SlurmStageConfig = field(default_factory=SlurmStageConfig)
+    eval: SlurmStageConfig = field(default_factory=SlurmStageConfig)
+
+    def stage(self, name: str) -> SlurmStageConfig:
+        """The resolved settings of stage ``name`` (every field filled; ``additional`` merged)."""
+        if name not in SLURM_STAGES:
+            raise ConfigError(f"slurm: unknown stage {name!r} (stages: {list(SLURM_STAGES)})")
+        override: SlurmStageConfig = getattr(self, name)
+        values = {}
+        for f in dataclasses.fields(SlurmStageConfig):
+            mine = getattr(override, f.name)
+            values[f.name] = getattr(self, f.name) if mine is None else mine
+        values["additional"] = {**self.additional, **(override.additional or {})}
+        return SlurmStageConfig(**values)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "ctsl"
     workdir: str = "runs/ctsl"
@@ -173,7 +229,7 @@ class ExperimentConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    slurm: dict[str, Any] = field(default_factory=dict)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -364,12 +420,26 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(0 < e.alpha < 1, "eval.alpha", "must be in (0, 1)")
     _require(e.batch_size >= 1, "eval.batch_size", "must be at least 1")
     _validate_tune(cfg.tune)
+    _validate_slurm(cfg.slurm)
     for condition in e.noisy_roots:
         _require(
             condition in ("snr10", "snr5", "snr0"),
             f"eval.noisy_roots.{condition}",
             "conditions are snr10, snr5, snr0",
         )
+
+
+def _validate_slurm(slurm: SlurmConfig) -> None:
+    for name in SLURM_STAGES:
+        st, key = slurm.stage(name), f"slurm.{name}"
+        _require(st.time_min >= 1, f"{key}.time_min", "must be at least 1 minute")
+        _require(st.nodes >= 1, f"{key}.nodes", "must be at least 1")
+        _require(st.gpus_per_node >= 0, f"{key}.gpus_per_node", "must be >= 0")
+        _require(st.cpus_per_task >= 1, f"{key}.cpus_per_task", "must be at least 1")
+        _require(st.mem_gb > 0, f"{key}.mem_gb", "must be positive")
+        _require(st.array_parallelism >= 1, f"{key}.array_parallelism", "must be at least 1")
+        _require(0 <= st.signal_delay_s < st.time_min * 60, f"{key}.signal_delay_s", "must be in [0, time_min * 60)")
+        _require(st.max_requeues >= 0, f"{key}.max_requeues", "must be >= 0")
 
 
 def _validate_tune(tune: TuneConfig) -> None:

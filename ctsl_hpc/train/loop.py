@@ -104,6 +104,25 @@ def make_sampler(dataset: UtteranceSet, train: TrainConfig, rank: int, world: in
     return ShardedBatchSampler(sampler, rank, world)
 
 
+def make_loader(dataset: UtteranceSet, sampler, train: TrainConfig, device: torch.device) -> DataLoader:
+    """One DataLoader for the whole run (``train.num_workers`` persistent workers, pinned memory on GPUs).
+
+    The loader re-reads its batch sampler at every ``iter()``: call ``sampler.set_epoch(epoch, start_batch)``
+    and ``dataset.set_epoch(epoch)`` (shared memory, seen by running workers) before iterating. Noise is
+    mixed in the workers (``UtteranceSet.__getitem__``). The loader's own generator only seeds the
+    workers, so it never draws from the global RNG that the dropout masks use.
+    """
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=train.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=train.num_workers > 0,
+        generator=torch.Generator().manual_seed(train.seed),
+    )
+
+
 def _load_history(run_dir: Path) -> FitResult:
     path = run_dir / HISTORY_FILE
     if not path.is_file():
@@ -175,6 +194,8 @@ def fit(
     sink = sink or NullSink()
     if not recipe.train_backbone:
         model.backbone.requires_grad_(False)
+    if train.compile:
+        model.compile()  # in place: parameter names and checkpoints stay those of the plain model
     settings = OptimSettings(
         recipe.lr, recipe.lr_decay, train.grad_accum, train.grad_clip, train.precision, train.fused_optimizer,
         train.batch_size,
@@ -209,24 +230,20 @@ def fit(
             ckpt.prune_checkpoints(run_dir, train.keep_checkpoints, protect)
         return path
 
+    loader = make_loader(train_set, sampler, train, engine.device)
     for epoch in range(start_epoch, recipe.epochs):
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch, start_batch)
-        loader = DataLoader(
-            train_set,
-            batch_sampler=sampler,
-            collate_fn=collate,
-            num_workers=train.num_workers,
-            pin_memory=engine.device.type == "cuda",
-            generator=torch.Generator().manual_seed(train.seed + epoch),
-        )
         engine.module.train()
         if not recipe.train_backbone:
             model.backbone.eval()
         sums = {k: 0.0 for k in ("ccc", "tl", "cl", "total")}
         steps = 0
+        padded, real = 0, 0  # samples fed to the model, and how many of them are audio (not padding)
         bar = tqdm(loader, desc=f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}", disable=quiet_progress(), leave=False)
         for position, batch in enumerate(bar, start=start_batch + 1):
+            padded += batch["mask"].numel()
+            real += int(batch["lengths"].sum())
             batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
             wave = batch["noisy"] if recipe.noisy_input else batch["clean"]
             with engine.autocast():
@@ -258,6 +275,7 @@ def fit(
         metrics.update({f"dev/ccc/{a}": float(c) for a, c in zip(ATTRIBUTES, dev_ccc)})
         metrics["dev/ccc_mean"] = record.dev_score
         metrics["lr"] = engine.lr
+        metrics["data/padding_waste"] = 1.0 - real / padded if padded else 0.0  # padded / fed samples
         if engine.is_main:
             sink.log_metrics(metrics, step=epoch + 1)
             log.info("%s epoch %d: dev CCC %s (mean %.3f)", recipe.name, epoch + 1, np.round(dev_ccc, 3), record.dev_score)
