@@ -299,8 +299,9 @@ def write_json(results: Sequence[FilePrediction], path: str | os.PathLike[str]) 
     return path
 
 
-def print_table(results: Sequence[FilePrediction], out: TextIO = sys.stdout) -> None:
-    """A readable table: per file its chunks, then the mean."""
+def print_table(results: Sequence[FilePrediction], out: TextIO | None = None) -> None:
+    """A readable table (to ``out``, default stdout): per file its chunks, then the mean."""
+    out = out or sys.stdout
     header = f"{'chunk':>6} {'start_s':>9} {'end_s':>9} " + " ".join(f"{a:>9}" for a in ATTRIBUTES)
     for result in results:
         if result.error is not None:
