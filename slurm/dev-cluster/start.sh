@@ -78,6 +78,8 @@ write_configs() {
     db_port="$(pick_db_port)"
     echo "$db_port" > "$ETC/db.port"
 
+    local node_gres=""
+    [ "$gpus" -gt 0 ] && node_gres="Gres=gpu:$gpus"
     mkdir -p "$STATE/dev"
     for (( i = 0; i < gpus; i++ )); do ln -sfn /dev/null "$STATE/dev/nvidia$i"; done
 
@@ -117,7 +119,7 @@ JobAcctGatherFrequency=10
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb Gres=gpu:$gpus State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb $node_gres State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES PriorityTier=1 MaxTime=INFINITE State=UP
 PartitionName=high Nodes=$NODE PriorityTier=10 MaxTime=INFINITE State=UP
 EOF
@@ -229,6 +231,10 @@ timed() {
 }
 
 [ "$(id -u)" = 0 ] || die "run start.sh as root (munged, slurmctld and slurmd run as root here)"
+# munged refuses a socket below a folder that not everyone may traverse (pytest's tmp folders).
+for d in "$STATE" $(p="$STATE"; while [ "$p" != / ]; do p="$(dirname "$p")"; echo "$p"; done); do
+    [ "$(( 0$(stat -c %a "$d") & 1 ))" = 1 ] || die "$d is not traversable by all (chmod o+x) and munged needs that for its socket: pick another CTSL_SLURM_STATE"
+done
 if all_up; then
     log "already up in $STATE"
     print_env

@@ -1,0 +1,162 @@
+"""The `slurm_cluster` fixture: a real one-node Slurm (slurm/dev-cluster/start.sh) per test session.
+
+Tests that need it are marked `@pytest.mark.cluster` and take the `slurm_cluster` fixture; while it
+is alive, `SLURM_CONF` in `os.environ` points at the cluster, so `sbatch`, `sacct` and submitit
+subprocesses talk to it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+DEV_CLUSTER = Path(__file__).resolve().parents[2] / "slurm" / "dev-cluster"
+FINISHED_STATES = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the `cluster` marker (tests that run jobs on the dev Slurm cluster)."""
+    config.addinivalue_line("markers", "cluster: needs the one-node dev Slurm cluster (slurm_cluster fixture)")
+
+
+def _run(args: list[str], timeout_s: float = 30) -> str:
+    """Run a Slurm client command and return its stdout; raise with its stderr on failure."""
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    """A running dev cluster: where it lives and what it offers."""
+
+    state_dir: Path
+    conf: Path
+    partitions: tuple[str, ...]
+    default_partition: str
+    high_partition: str
+    max_array_size: int
+    gpus_per_node: int
+    cpus_per_node: int
+
+    def sbatch(self, *args: str) -> str:
+        """Submit with `sbatch --parsable ARGS` and return the job id."""
+        return _run(["sbatch", "--parsable", *args]).strip().split(";")[0]
+
+    def job_state(self, job_id: str) -> str:
+        """Current state of a job as slurmctld sees it (e.g. PENDING, RUNNING, COMPLETED)."""
+        return _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]).strip()
+
+    def sacct_rows(self, job_id: str) -> list[dict[str, str]]:
+        """Accounting rows of the job allocation, one per run (requeues included), oldest first."""
+        fields = ["JobID", "Partition", "State", "ElapsedRaw", "ExitCode"]
+        out = _run(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", ",".join(fields)])
+        return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line]
+
+    def wait_for(self, job_id: str, states: frozenset[str] = FINISHED_STATES, timeout_s: float = 90) -> str:
+        """Poll the job until its state (first word, e.g. `CANCELLED by 0`) is in `states`; return it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.job_state(job_id).split(" ")[0]
+            if state in states:
+                return state
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {state!r} after {timeout_s} s (wanted {sorted(states)})")
+            time.sleep(0.2)
+
+    def wait_for_sacct(self, job_id: str, state: str, timeout_s: float = 30) -> list[dict[str, str]]:
+        """Poll `sacct` until the job's newest row has `state` (accounting lags slurmctld slightly)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self.sacct_rows(job_id)
+            if rows and rows[-1]["State"].split(" ")[0] == state:
+                return rows
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sacct never showed job {job_id} as {state}: {rows}")
+            time.sleep(0.2)
+
+
+def _free_port_base(start: int = 6817) -> int:
+    """First port >= start such that it and the next two are free on 127.0.0.1."""
+    port = start
+    while True:
+        try:
+            for p in range(port, port + 3):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            port += 3
+
+
+def _conf_fields(conf: Path, key: str) -> list[dict[str, str]]:
+    """The `key=...` lines of a generated slurm.conf, each as a dict of its `name=value` words."""
+    rows = []
+    for line in conf.read_text().splitlines():
+        if line.startswith(f"{key}="):
+            rows.append(dict(word.split("=", 1) for word in line.split()))
+    if not rows:
+        raise KeyError(f"no {key}= line in {conf}")
+    return rows
+
+
+def _describe(state: Path) -> SlurmCluster:
+    """Read what the generated slurm.conf under `state` declares."""
+    conf = state / "etc" / "slurm.conf"
+    partitions = _conf_fields(conf, "PartitionName")
+    by_tier = sorted(partitions, key=lambda p: int(p.get("PriorityTier", "1")))
+    node = _conf_fields(conf, "NodeName")[0]
+    return SlurmCluster(
+        state_dir=state,
+        conf=conf,
+        partitions=tuple(p["PartitionName"] for p in partitions),
+        default_partition=next(p["PartitionName"] for p in partitions if p.get("Default") == "YES"),
+        high_partition=by_tier[-1]["PartitionName"],
+        max_array_size=int(_conf_fields(conf, "MaxArraySize")[0]["MaxArraySize"]),
+        gpus_per_node=int(node.get("Gres", "gpu:0").rsplit(":", 1)[1]),
+        cpus_per_node=int(node["CPUs"]),
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """Start a fresh dev Slurm cluster for the session (stopped at its end) and point SLURM_CONF at it.
+
+    Its state lives in a new /tmp/ctsl-slurm-test-* folder (munged needs every parent traversable by
+    all, which pytest's own tmp folders are not); the logs stay there, the database is removed.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the dev Slurm cluster runs munged, slurmctld and slurmd as root")
+    state = Path(tempfile.mkdtemp(prefix="ctsl-slurm-test-", dir="/tmp"))
+    state.chmod(0o755)
+    env = {**os.environ, "CTSL_SLURM_STATE": str(state), "CTSL_SLURM_PORT": str(_free_port_base())}
+    started = subprocess.run([str(DEV_CLUSTER / "start.sh")], env=env, capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        subprocess.run([str(DEV_CLUSTER / "stop.sh")], env=env, capture_output=True, timeout=300)
+        pytest.fail(f"slurm/dev-cluster/start.sh failed ({started.returncode}):\n{started.stderr}")
+    conf = state / "etc" / "slurm.conf"
+    saved = {key: os.environ.get(key) for key in ("SLURM_CONF", "CTSL_SLURM_STATE")}
+    os.environ.update(SLURM_CONF=str(conf), CTSL_SLURM_STATE=str(state))
+    try:
+        yield _describe(state)
+    finally:
+        subprocess.run([str(DEV_CLUSTER / "stop.sh")], env=env, capture_output=True, timeout=300)
+        shutil.rmtree(state / "mariadb", ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
