@@ -40,13 +40,16 @@ wait_until() {
     done
 }
 
+# pid_gone PID: true when the process has exited (a zombie counts as exited).
+pid_gone() { [ ! -e "/proc/$1" ] || grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
 # stop_pidfile PIDFILE NAME SECONDS: SIGTERM the daemon and wait for it to exit (SIGKILL after).
 stop_pidfile() {
     local pid
     pid_alive "$1" "$2" || { rm -f "$1"; return 0; }
     pid="$(tr -dc '0-9' < "$1" 2>/dev/null)" || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_until "$3" bash -c "! kill -0 $pid"; then
+    if ! wait_until "$3" pid_gone "$pid"; then
         log "$2 (pid $pid) ignored SIGTERM for $3 s, killing it"
         kill -KILL "$pid" 2>/dev/null || true
     fi
