@@ -210,6 +210,14 @@ class _State:
     def set_offset(self, offset: int) -> None:
         _atomic_write_json(self.offset_file, offset)
 
+    def pending_records(self) -> Iterator[dict[str, Any]]:
+        """The pending records that parse (a torn line is skipped here; replay rejects it)."""
+        for _, line in self.pending():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
     def pending(self) -> Iterator[tuple[int, bytes]]:
         """Pending journal lines with the offset just past each."""
         if not self.spool.exists():
@@ -247,8 +255,7 @@ class _State:
                     seen.add((name, int(step)))
                 except (ValueError, TypeError):
                     continue  # a torn last line
-        for _, line in self.pending():  # journaled before a crash could reach the ledger
-            record = json.loads(line)
+        for record in self.pending_records():  # journaled before a crash could reach the ledger
             if record.get("op") == "metrics" and record.get("key") == key:
                 seen.update((name, int(step)) for name, _, _, step in record["metrics"])
         return seen
@@ -499,8 +506,7 @@ class Tracker:
             if key in self._state.load_runs()["runs"]:
                 return True
             return any(
-                (rec := json.loads(line)).get("op") == "create" and rec.get("key") == key
-                for _, line in self._state.pending()
+                rec.get("op") == "create" and rec.get("key") == key for rec in self._state.pending_records()
             )
 
     def _open(self, key: str, parent: str | None, name: str, tags: dict[str, str]) -> Run:
@@ -690,7 +696,7 @@ def serve(
 
 def server_url(host: str, port: int) -> str:
     """The URL clients use for a server bound to ``host`` (``0.0.0.0`` -> this node's name)."""
-    name = socket.getfqdn() if host in ("0.0.0.0", "::") else host
+    name = socket.gethostname() if host in ("0.0.0.0", "::") else host
     return f"http://{name}:{port}"
 
 

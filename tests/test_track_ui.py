@@ -13,17 +13,22 @@ import base64
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 
 from ctsl_hpc.track import Tracker
-from tests.mlflow_fixtures import MlflowServer, mlflow_server  # noqa: F401  (fixture)
+
+if TYPE_CHECKING:
+    from tests.mlflow_fixtures import MlflowServer
+
+pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -109,7 +114,7 @@ async def _render_run_tree(url: str, parent: str, children: list[str], png: Path
                 png.write_bytes(base64.b64decode(shot["data"]))
                 return text
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # the browser and its renderer/GPU helpers
         proc.wait(timeout=20)
 
 
