@@ -1,0 +1,146 @@
+"""score_models: which cells are scored in copies/splits mode, resuming, and the CCC values themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctsl_hpc.config import load_config
+from ctsl_hpc.data.audio import compute_stats
+from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.data.corpus import load_csv_manifest
+from ctsl_hpc.data.noise import NoisePool, noisy_copy
+from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS, SNR_OF, ccc_numpy
+from ctsl_hpc.evaluate.protocol import Scores, test_groups
+from ctsl_hpc.evaluate.scoring import score_models
+from ctsl_hpc.model import WEIGHTS_FILE, build_model, load_model, save_model
+
+SR = 16000
+N_GROUPS = 2
+N_UTTERANCES = 24
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def test_set(small_corpus) -> UtteranceSet:
+    """24 utterances of the small corpus, 1.5 s at most, normalised with their own statistics."""
+    utterances = [u for split in load_csv_manifest(small_corpus.manifest).values() for u in split][:N_UTTERANCES]
+    raw = UtteranceSet(utterances, SR, max_seconds=1.5, preload=True)
+    stats = compute_stats(raw.raw_wave(i) for i in range(len(raw)))
+    return UtteranceSet(utterances, SR, max_seconds=1.5, stats=stats, preload=True)
+
+
+@pytest.fixture(scope="module")
+def pool(small_corpus) -> NoisePool:
+    return NoisePool.from_directory(small_corpus.noise_test, SR, minutes=0.5)
+
+
+def _tiny_model(directory: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = build_model(load_config(None, []).model)
+    with torch.no_grad():  # keep outputs away from constant so CCCs differ between groups
+        model.head[-1].weight.mul_(5.0)
+    return save_model(model, directory, None)
+
+
+@pytest.fixture
+def models(tmp_path) -> dict[str, dict[int, Path]]:
+    seeds = np.random.SeedSequence().generate_state(3)
+    return {
+        "original": {4: _tiny_model(tmp_path / "orig", int(seeds[0]))},
+        "RM": {2: _tiny_model(tmp_path / "rm2", int(seeds[1])), 5: _tiny_model(tmp_path / "rm5", int(seeds[2]))},
+    }
+
+
+def _score(models, test_set, pool, mode, scores=None, real_noisy=None) -> Scores:
+    groups = test_groups(len(test_set), N_GROUPS, mode, seed=int(np.random.SeedSequence().entropy % 2**31))
+    return score_models(models, test_set, pool, groups, mode, "rms", 8, real_noisy, scores)
+
+
+def _cells(scores: Scores) -> dict[tuple[str, int, str], list[int]]:
+    cells: dict[tuple[str, int, str], set[int]] = {}
+    for r in scores.rows:
+        cells.setdefault((r.variant, r.model_epoch, r.condition), set()).add(r.group)
+    return {k: sorted(v) for k, v in cells.items()}
+
+
+def test_copies_mode_scores_clean_once_and_every_noisy_copy(models, test_set, pool):
+    scores = _score(models, test_set, pool, "copies")
+    assert len(scores) == 3 * (1 + 3 * N_GROUPS) * len(ATTRIBUTES)
+    cells = _cells(scores)
+    assert set(cells) == {(v, e, c) for v, eps in models.items() for e in eps for c in CONDITIONS}
+    for (_, _, condition), groups in cells.items():
+        assert groups == ([0] if condition == "clean" else list(range(N_GROUPS)))
+    noisy = scores.values("RM", "snr0", "arousal")
+    assert len(set(noisy.tolist())) == noisy.size, "each noisy copy is a different draw"
+
+
+def test_splits_mode_scores_every_group_of_every_condition(models, test_set, pool):
+    scores = _score(models, test_set, pool, "splits")
+    assert len(scores) == 3 * len(CONDITIONS) * N_GROUPS * len(ATTRIBUTES)
+    assert all(groups == list(range(N_GROUPS)) for groups in _cells(scores).values())
+
+
+@torch.no_grad()
+def _alone(model, wave: np.ndarray) -> np.ndarray:
+    return model(torch.from_numpy(wave)[None], torch.ones(1, len(wave), dtype=torch.bool)).pred[0].numpy()
+
+
+@pytest.mark.parametrize("mode", ["copies", "splits"])
+def test_scores_are_the_ccc_of_each_groups_predictions(models, test_set, pool, mode):
+    """Reference: each utterance mixed with its test copy's noise and run alone through the model."""
+    groups = test_groups(len(test_set), N_GROUPS, mode, seed=int(np.random.SeedSequence().entropy % 2**31))
+    epoch, model_dir = next(iter(models["RM"].items()))
+    scores = score_models({"RM": {epoch: model_dir}}, test_set, pool, groups, mode, "rms", 8)
+    model, _, _ = load_model(model_dir)
+    labels, stats = test_set.labels, test_set.stats
+    clean = np.stack([_alone(model, stats.normalise(test_set.raw_wave(i))) for i in range(len(test_set))])
+    scored_groups = {"clean": groups[:1] if mode == "copies" else groups, "snr5": groups}
+    for condition, specs in scored_groups.items():
+        for spec in specs:
+            if condition == "clean":
+                pred = clean
+            else:
+                pred = np.stack([
+                    _alone(model, stats.normalise(noisy_copy(test_set.raw_wave(i), pool, SNR_OF[condition], spec.noise_seed, 0, i)))
+                    for i in range(len(test_set))
+                ])
+            want = ccc_numpy(pred[spec.indices], labels[spec.indices])
+            got = [r.ccc for r in scores.rows if r.condition == condition and r.group == spec.group]
+            np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"{condition} group {spec.group}")
+    assert np.abs(scores.values("RM", "snr5", "valence")).max() > 1e-3, "non-trivial CCCs"
+
+
+def test_resumed_scoring_keeps_present_cells_and_skips_finished_models(models, test_set, pool):
+    first = _score({"original": models["original"]}, test_set, pool, "copies")
+    before = {r.key(): r.ccc for r in first.rows}
+    (models["original"][4] / WEIGHTS_FILE).unlink()  # a finished model must not even be loaded again
+    partial = Scores(first.rows)
+    for group in range(N_GROUPS):
+        partial.add("RM", 2, "snr10", group, [0.123, 0.456, 0.789])
+    resumed = _score(models, test_set, pool, "copies", scores=partial)
+    assert resumed is partial
+    assert {k: v for k, v in ((r.key(), r.ccc) for r in resumed.rows) if k[0] == "original"} == before
+    kept = [r.ccc for r in resumed.rows if (r.variant, r.model_epoch, r.condition) == ("RM", 2, "snr10")]
+    assert kept == [0.123, 0.456, 0.789] * N_GROUPS
+    cells = _cells(resumed)
+    assert cells[("RM", 2, "snr0")] == list(range(N_GROUPS)) and cells[("RM", 2, "clean")] == [0]
+    assert len(resumed) == 3 * (1 + 3 * N_GROUPS) * len(ATTRIBUTES)
+
+
+def test_a_real_noisy_recording_set_is_scored_once_in_copies_mode(models, test_set, pool):
+    """A shipped noisy test set is one fixed recording: like clean, one group is enough."""
+    only = {"original": models["original"]}
+    scores = _score(only, test_set, pool, "copies", real_noisy={"snr0": test_set})
+    cells = _cells(scores)
+    assert cells[("original", 4, "snr0")] == [0] and cells[("original", 4, "snr5")] == list(range(N_GROUPS))
+    np.testing.assert_array_equal(
+        scores.values("original", "snr0", "arousal"), scores.values("original", "clean", "arousal")
+    )
