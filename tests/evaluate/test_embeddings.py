@@ -1,0 +1,142 @@
+"""Table 2 metrics against a float64 numpy reference, and the models the projection plot shows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+
+from ctsl_hpc.config import load_config
+from ctsl_hpc.data.audio import compute_stats
+from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.data.corpus import load_csv_manifest
+from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.evaluate.embeddings import INFONCE_BATCH, best_student, compare_embeddings, embedding_metrics
+from ctsl_hpc.evaluate.metrics import CONDITIONS, ccc_numpy
+from ctsl_hpc.evaluate.scoring import condition_set
+from ctsl_hpc.model import build_model, load_model, save_model
+from ctsl_hpc.train.inference import predict
+
+SR = 16000
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print(f"{request.node.name}: rng seed {seed}")
+    return np.random.default_rng(seed)
+
+
+def _infonce_reference(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray, margin: float, tau: float) -> float:
+    """Label-margin InfoNCE of one batch (METHOD.md), in float64 numpy."""
+    q = student / np.linalg.norm(student, axis=1, keepdims=True)
+    k = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
+    positive = (q * k).sum(axis=1) / tau
+    similarity = q @ q.T / tau
+    is_negative = (np.abs(labels[:, None, :] - labels[None, :, :]) >= margin).all(axis=-1)
+    np.fill_diagonal(is_negative, False)
+    losses = [
+        -(positive[i] - logsumexp(np.concatenate([[positive[i]], similarity[i, is_negative[i]]])))
+        for i in range(len(q))
+        if is_negative[i].any()
+    ]
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def _reference(teacher: np.ndarray, noisy: np.ndarray, labels: np.ndarray, margin: float, tau: float, batch: int):
+    t, s = teacher.astype(np.float64), noisy.astype(np.float64)
+    cosine = (t * s).sum(axis=1) / (np.linalg.norm(t, axis=1) * np.linalg.norm(s, axis=1))
+    batches = [
+        _infonce_reference(s[i : i + batch], t[i : i + batch], labels[i : i + batch], margin, tau)
+        for i in range(0, len(t), batch)
+    ]
+    return {"rmse": math.sqrt(np.mean((t - s) ** 2)), "cosine": float(cosine.mean()), "infonce": float(np.mean(batches))}
+
+
+def test_compare_embeddings_matches_a_float64_reference_over_batches_of_32(rng):
+    n, dim = int(rng.integers(70, 100)), 24
+    teacher = rng.normal(size=(n, dim)).astype(np.float32)
+    noisy = (teacher + rng.normal(scale=0.7, size=(n, dim))).astype(np.float32)
+    labels = rng.uniform(0, 1, size=(n, 3)).astype(np.float32)
+    got = compare_embeddings(teacher, noisy, labels, margin=0.2, temperature=0.1)
+    want = _reference(teacher, noisy, labels.astype(np.float64), 0.2, 0.1, INFONCE_BATCH)
+    assert INFONCE_BATCH == 32
+    for name in ("rmse", "cosine", "infonce"):
+        assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-12), name
+    whole_set = _reference(teacher, noisy, labels.astype(np.float64), 0.2, 0.1, n)
+    assert abs(whole_set["infonce"] - got["infonce"]) > 1e-3, "the batch size must matter for this check to bite"
+
+
+def test_identical_embeddings_have_zero_rmse_and_unit_cosine(rng):
+    emb = rng.normal(size=(40, 16))
+    labels = rng.uniform(0, 1, size=(40, 3))
+    got = compare_embeddings(emb, emb.copy(), labels, margin=0.2, temperature=0.1)
+    assert got["rmse"] == 0.0
+    assert got["cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert got["infonce"] == pytest.approx(_reference(emb, emb, labels, 0.2, 0.1, 32)["infonce"], rel=1e-9)
+
+
+def test_best_student_is_the_highest_non_original_with_nan_last_and_ties_first():
+    assert best_student({"original": 0.9, "RH": 0.2, "RM": 0.4, "RM+TL": 0.4}) == "RM"
+    assert best_student({"original": 0.1, "RM": math.nan, "RH": -0.3}) == "RH"
+    assert best_student({"original": 0.5}) is None
+
+
+# --------------------------------------------------------------------------- with real models
+
+
+@pytest.fixture(scope="module")
+def dev_set(small_corpus) -> UtteranceSet:
+    utterances = [u for split in load_csv_manifest(small_corpus.manifest).values() for u in split][:20]
+    raw = UtteranceSet(utterances, SR, max_seconds=1.5, preload=True)
+    stats = compute_stats(raw.raw_wave(i) for i in range(len(raw)))
+    return UtteranceSet(utterances, SR, max_seconds=1.5, stats=stats, preload=True)
+
+
+@pytest.fixture(scope="module")
+def dev_pool(small_corpus) -> NoisePool:
+    return NoisePool.from_directory(small_corpus.noise_dev, SR, minutes=0.5)
+
+
+def _tiny_model(directory: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = build_model(load_config(None, []).model)
+    with torch.no_grad():
+        model.head[-1].weight.mul_(5.0)
+    return save_model(model, directory, None)
+
+
+def test_embedding_metrics_per_model_and_condition_and_the_projected_models(tmp_path, dev_set, dev_pool):
+    seeds = np.random.SeedSequence().generate_state(4)
+    models = {v: _tiny_model(tmp_path / v, int(s)) for v, s in zip(["original", "RH", "RM", "RM+TL"], seeds, strict=True)}
+    margin, tau = 0.5 / 6, 0.1
+    table, (teacher_clean, projected) = embedding_metrics(models, dev_set, dev_pool, "rms", margin, tau, 8, seed=5)
+
+    assert list(table) == list(models) and all(list(by_c) == list(CONDITIONS) for by_c in table.values())
+    assert table["original"]["clean"]["rmse"] == pytest.approx(0.0, abs=1e-6)
+    assert table["original"]["clean"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    teacher, _, _ = load_model(models["original"])
+    np.testing.assert_allclose(teacher_clean, predict(teacher, dev_set, 4)[1], atol=1e-5)
+
+    ccc_0db = {}
+    for variant, model_dir in models.items():
+        model, _, _ = load_model(model_dir)
+        view = condition_set(dev_set, "snr0", 5, dev_pool, "rms")
+        pred, emb = predict(model, view, 4, use_noisy=True)
+        ccc_0db[variant] = float(ccc_numpy(pred, dev_set.labels).mean())
+        want = _reference(teacher_clean, emb, dev_set.labels.astype(np.float64), margin, tau, 32)
+        for name, value in want.items():
+            assert table[variant]["snr0"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), (variant, name)
+        if variant in projected:
+            np.testing.assert_allclose(projected[variant], emb, atol=1e-5)
+    best = max((v for v in models if v != "original"), key=ccc_0db.get)
+    assert list(projected) == ["original", best]
