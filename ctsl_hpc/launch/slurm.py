@@ -352,8 +352,12 @@ class _StopFlag:
         return bool(self.signals)
 
 
-def job_logging() -> None:
-    """Our log lines in the job's stdout file, next to submitit's."""
+def job_setup() -> None:
+    """In a job: our log lines in its stdout file next to submitit's; torch threads = the CPUs Slurm gave."""
+    import torch
+
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -397,7 +401,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         from ctsl_hpc.launch import jobs
         from ctsl_hpc.train.loop import TrainingInterrupted
 
-        job_logging()
+        job_setup()
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
         flag = _StopFlag()
         signal.signal(signal.SIGUSR2, flag)
@@ -453,7 +457,7 @@ class EvaluationJob(submitit.helpers.Checkpointable):
     def __call__(self, workdir: str) -> str:
         from ctsl_hpc.launch import jobs
 
-        job_logging()
+        job_setup()
         registry = Registry(workdir)
         registry.update(self.key, state="RUNNING", job_id=submitit.JobEnvironment().job_id,
                         requeues=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
@@ -620,10 +624,18 @@ def dry_run_lines(workdir: Path, cfg: ExperimentConfig, cluster: str) -> list[st
     states: dict[str, str] = {}
     records = Registry(workdir).all() if (workdir / "jobs").is_dir() else []
     if cluster == "slurm" and shutil.which("sacct") and records:
-        states = job_states([r.job_id for r in records if r.job_id])
+        try:
+            states = job_states([r.job_id for r in records if r.job_id])
+        except SlurmError:
+            pass
     plan = plan_sweep(workdir, cfg, states) if (workdir / "jobs").is_dir() else _fresh_plan(workdir, cfg)
-    limit = max_array_size() if cluster == "slurm" and shutil.which("scontrol") else None
     lines = [f"dry run: nothing is submitted ({cluster}, work directory {workdir})"]
+    limit = None
+    if cluster == "slurm":
+        try:
+            limit = max_array_size()
+        except SlurmError as exc:
+            lines.append(f"(cluster not reachable, MaxArraySize unknown: {str(exc).splitlines()[0]})")
     waits = ""
     for stage in plan:
         res = cfg.slurm.stage(stage.stage)

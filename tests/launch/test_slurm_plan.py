@@ -1,0 +1,123 @@
+"""The Slurm layer without a cluster: array chunks, sacct parsing, the plan, config, CLI errors, dry run."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ctsl_hpc.config import ConfigError, load_config
+from ctsl_hpc.launch import slurm
+from ctsl_hpc.launch.state import JobRecord, Registry, training_progress
+
+
+def test_arrays_are_split_into_chunks_of_at_most_max_array_size():
+    rng = random.Random()
+    for _ in range(50):
+        items = list(range(rng.randint(1, 80)))
+        size = rng.randint(1, 20)
+        parts = slurm.chunks(items, size)
+        assert [x for part in parts for x in part] == items
+        assert all(1 <= len(part) <= size for part in parts)
+        assert len(parts) == -(-len(items) // size)
+    with pytest.raises(ValueError):
+        slurm.chunks([1], 0)
+
+
+def test_afterok_dependency_lists_every_job():
+    assert slurm.dependency(["12", "13_0", "13_1"]) == "afterok:12:13_0:13_1"
+    assert slurm.dependency([]) is None
+
+
+def test_sacct_array_ids_and_gpu_counts_are_parsed():
+    assert slurm._expand_array("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert slurm._expand_array("12_3") == ["12_3"]
+    assert slurm._gpus("billing=2,cpu=2,gres/gpu=2,mem=2000M,node=1") == 2
+    assert slurm._gpus("cpu=8,gres/gpu:a100=4,node=1") == 4
+    assert slurm._gpus("cpu=1,mem=1000M,node=1") == 0
+
+
+def test_stage_settings_inherit_defaults_and_merge_additional():
+    cfg = load_config(None, [
+        "slurm.partition=gpu", "slurm.gpus_per_node=1", "slurm.additional={exclusive: true}",
+        "slurm.students.gpus_per_node=4", "slurm.students.additional={reservation: r1}", "slurm.eval.partition=cpu",
+    ])
+    students, teacher, evaluation = (cfg.slurm.stage(s) for s in ("students", "teacher", "eval"))
+    assert (students.partition, students.gpus_per_node) == ("gpu", 4)
+    assert students.additional == {"exclusive": True, "reservation": "r1"}
+    assert (teacher.partition, teacher.gpus_per_node, teacher.additional) == ("gpu", 1, {"exclusive": True})
+    assert evaluation.partition == "cpu"
+    with pytest.raises(ConfigError, match="slurm.students.signal_delay_s"):
+        load_config(None, ["slurm.students.time_min=2", "slurm.students.signal_delay_s=120"])
+    with pytest.raises(ConfigError, match="slurm.teacher.cpus_per_task"):
+        load_config(None, ["slurm.teacher.cpus_per_task=0"])
+
+
+def test_ddp_training_stages_get_one_task_per_gpu():
+    cfg = load_config(None, ["train.engine=ddp", "slurm.gpus_per_node=4"])
+    assert slurm.tasks_per_node(cfg, "students") == 4
+    assert slurm.tasks_per_node(cfg, "eval") == 1
+    assert slurm.tasks_per_node(load_config(None, ["slurm.gpus_per_node=4"]), "teacher") == 1
+
+
+def test_plan_skips_done_stages_and_waits_on_queued_jobs(tmp_path: Path):
+    cfg = load_config(None, ["student.variants=[RM,RM+TL,RM+CL]"])
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "DONE").write_text("{}")
+    registry = Registry(tmp_path)
+    registry.put(JobRecord("student/RM", "students", "RM", job_id="7_0"))
+    registry.put(JobRecord("student/RM+CL", "students", "RM+CL", job_id="7_2"))
+    plan = {p.stage: p for p in slurm.plan_sweep(tmp_path, cfg, {"7_0": "RUNNING", "7_2": "FAILED"})}
+    assert [t.key for t in plan["teacher"].done] == ["teacher"] and not plan["teacher"].submit
+    assert {t.key: j for t, j in plan["students"].running.items()} == {"student/RM": "7_0"}
+    assert [t.key for t in plan["students"].submit] == ["student/RM+TL", "student/RM+CL"]
+    assert [t.key for t in plan["eval"].submit] == ["eval"]
+
+
+def test_registry_round_trips_records_and_reads_training_progress(tmp_path: Path):
+    registry = Registry(tmp_path)
+    registry.put(JobRecord("student/RM+TL", "students", "RM+TL", job_id="3_1", resources={"mem_gb": 2.0}))
+    registry.update("student/RM+TL", state="RUNNING", requeues=2)
+    record = Registry(tmp_path).get("student/RM+TL")
+    assert (record.job_id, record.state, record.requeues, record.resources) == ("3_1", "RUNNING", 2, {"mem_gb": 2.0})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.json").write_text('[{"epoch": 1, "dev_score": 0.4}, {"epoch": 2, "dev_score": 0.3}]')
+    assert training_progress(run) == (2, 0.4)
+    with pytest.raises(KeyError):
+        registry.update("eval", state="RUNNING")
+
+
+def _cli(*args: str, path: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run([sys.executable, "-m", "ctsl_hpc.launch", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_slurm_sweep_without_sbatch_on_path_fails_with_a_clear_error(tmp_path: Path):
+    out = _cli("sweep", "--cluster", "slurm", "--workdir", str(tmp_path / "w"), path=str(Path(sys.executable).parent))
+    assert out.returncode == 2, out.stderr
+    assert "sbatch" in out.stderr and "not found on PATH" in out.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_dry_run_prints_jobs_and_resources_quickly_and_submits_nothing(tmp_path: Path):
+    work = tmp_path / "w"
+    started = time.monotonic()
+    out = _cli("sweep", "--dry-run", "--cluster", "slurm", "--workdir", str(work), "student.variants=[RM,RM+TL]",
+               "slurm.students.gpus_per_node=2", "slurm.students.partition=gpu", path=str(Path(sys.executable).parent))
+    elapsed = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("dry run: nothing is submitted")
+    assert any(line.startswith("students: submit [RM, RM+TL]") for line in lines)
+    assert any("partition=gpu" in line and "gpus/node=2" in line and "afterok on the teacher" in line for line in lines)
+    assert any(line.startswith("eval: submit [eval]") for line in lines)
+    assert not work.exists()
+    assert elapsed < 2.0 * (1 + os.getloadavg()[0] / 2), f"dry run took {elapsed:.1f} s"
