@@ -1,0 +1,311 @@
+"""A Ray cluster inside one Slurm allocation, with the Tune sweep driver on its head node.
+
+One task per node (``srun``/submitit, ``SLURM_PROCID`` = node rank): rank 0 starts ``ray start --head``,
+publishes its address in ``<workdir>/ray/<job id>/address`` (shared storage), waits for every node and
+runs the driver (:func:`ctsl_hpc.tune.run_sweep`); the other ranks start ``ray start --address ...`` and
+stay until the head writes ``DONE``. Every port Ray opens (GCS, node manager, object manager, agents,
+metrics, the worker range) is chosen free on the node instead of Ray's fixed defaults,
+so two allocations sharing a node do not collide; each node's processes run in their own process group
+and only those are stopped (``ray stop`` would kill every Ray of the user on the node).
+
+``ray symmetric-run`` (Ray >= 2.49) does the same start-run-stop dance, but it refuses to start when any
+Ray runs on the node, takes the GCS port from the command line and ends with ``ray stop``: on shared
+nodes this module is the safer choice.
+
+Preemption: the driver turns SIGUSR2 (``slurm.signal_delay_s`` before the end) into a stop request the
+trials read; when the search ends on such a request, the job requeues itself (``scontrol requeue``) and
+the rerun restores the Tune experiment from the shared storage.
+
+Entry points: :func:`submit` (submitit: one allocation of ``slurm.nodes`` x ``slurm.gpus_per_node``),
+:func:`sweep_tune` (the CLI's ``sweep --tune``), and ``python -m ctsl_hpc.launch.ray_cluster --workdir W``
+inside an ``srun`` (what ``launch/ray-on-slurm.sh`` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ADDRESS_FILE = "address"
+DONE_FILE = "DONE"
+TOKEN_FILE = "auth_token"
+WORKER_PORTS = 200  # ports reserved for Ray's worker processes on each node
+
+
+def free_port(host: str = "") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _range_is_free(start: int, count: int) -> bool:
+    for port in range(start, start + count, 7):  # spot checks: a busy range is rarely sparse
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                return False
+    return True
+
+
+@dataclass(frozen=True)
+class RayPorts:
+    """Every port one Ray node listens on."""
+
+    gcs: int
+    node_manager: int
+    object_manager: int
+    runtime_env_agent: int
+    dashboard_agent_grpc: int
+    dashboard_agent_listen: int
+    metrics_export: int
+    min_worker: int
+    max_worker: int
+
+    @classmethod
+    def pick(cls, rng: random.Random | None = None) -> RayPorts:
+        """Free ports for this node (the worker range is a free block in 20000-59999)."""
+        rng = rng or random.Random()
+        singles = [free_port() for _ in range(7)]
+        if len(set(singles)) < len(singles):
+            return cls.pick(rng)
+        for _ in range(100):
+            start = rng.randrange(20000, 60000 - WORKER_PORTS)
+            if _range_is_free(start, WORKER_PORTS) and not any(start <= p < start + WORKER_PORTS for p in singles):
+                return cls(*singles, start, start + WORKER_PORTS - 1)
+        raise RuntimeError(f"no free block of {WORKER_PORTS} ports for Ray workers on {socket.gethostname()}")
+
+    def start_args(self, head: bool) -> list[str]:
+        """The ``ray start`` options that pin these ports."""
+        args = [
+            f"--node-manager-port={self.node_manager}",
+            f"--object-manager-port={self.object_manager}",
+            f"--runtime-env-agent-port={self.runtime_env_agent}",
+            f"--dashboard-agent-grpc-port={self.dashboard_agent_grpc}",
+            f"--dashboard-agent-listen-port={self.dashboard_agent_listen}",
+            f"--metrics-export-port={self.metrics_export}",
+            f"--min-worker-port={self.min_worker}",
+            f"--max-worker-port={self.max_worker}",
+        ]
+        if head:
+            args.append(f"--port={self.gcs}")
+        return args
+
+
+def node_resources() -> list[str]:
+    """``--num-cpus``/``--num-gpus`` of this node's share of the allocation."""
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or str(len(os.sched_getaffinity(0)))
+    args = [f"--num-cpus={cpus}"]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        args.append(f"--num-gpus={len([d for d in visible.split(',') if d.strip()])}")
+    return args
+
+
+def start_node(address: str | None, ports: RayPorts, temp_dir: Path, node_ip: str) -> subprocess.Popen:
+    """``ray start --block`` for a head (``address`` None) or a worker, in its own process group."""
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--node-ip-address={node_ip}"]
+    cmd += ["--head", "--include-dashboard=false", f"--temp-dir={temp_dir}"] if address is None else [f"--address={address}"]
+    cmd += ports.start_args(head=address is None) + node_resources()
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    log.info("starting Ray %s: %s", "head" if address is None else "worker", " ".join(cmd))
+    return subprocess.Popen(cmd, env=env, start_new_session=True)
+
+
+def stop_node(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Stop this node's Ray processes (its process group only)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode} while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout_s:.0f} s")
+        time.sleep(1.0)  # polling shared storage / the GCS, not synchronising threads
+
+
+def _alive_nodes() -> int:
+    import ray
+
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
+def run_in_allocation(driver: Callable[[str], int], rendezvous: Path, timeout_s: float = 600.0) -> int:
+    """Start this node's part of the Ray cluster; rank 0 runs ``driver(address)`` and returns its status.
+
+    Rank and node count come from Slurm (``SLURM_PROCID``, ``SLURM_NTASKS``; one task per node).
+    """
+    import ray
+
+    rank = int(os.environ.get("SLURM_PROCID", "0"))
+    nodes = int(os.environ.get("SLURM_NTASKS", "1"))
+    rendezvous.mkdir(parents=True, exist_ok=True)
+    address_file, done_file, token_file = (rendezvous / name for name in (ADDRESS_FILE, DONE_FILE, TOKEN_FILE))
+    # One token per allocation (Ray's token auth), read by every node and the driver from shared storage.
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
+    _reload_ray_auth()
+    job = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+    temp_dir = Path(tempfile.gettempdir()) / f"ray-{job}"  # short: Ray's socket paths must stay < 108 chars
+    node_ip = ray.util.get_node_ip_address()
+    ports = RayPorts.pick()
+    if rank == 0:
+        done_file.unlink(missing_ok=True)
+        token_file.touch(mode=0o600)
+        token_file.write_text(secrets.token_hex(32))
+        proc = start_node(None, ports, temp_dir, node_ip)
+        address = f"{node_ip}:{ports.gcs}"
+        try:
+            _wait_for(lambda: _gcs_answers(address), "the Ray head", timeout_s, proc)
+            tmp = address_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"address": address, "job": job, "ports": asdict(ports)}))
+            tmp.replace(address_file)
+            ray.init(address=address, include_dashboard=False)
+            _wait_for(lambda: _alive_nodes() >= nodes, f"{nodes} Ray node(s)", timeout_s, proc)
+            log.info("Ray cluster of %d node(s) at %s: %s", nodes, address, ray.cluster_resources())
+            return driver(address)
+        finally:
+            done_file.write_text("done\n")
+            address_file.unlink(missing_ok=True)
+            ray.shutdown()
+            stop_node(proc)
+    _wait_for(address_file.is_file, f"the head's address in {address_file}", timeout_s)
+    address = json.loads(address_file.read_text())["address"]
+    proc = start_node(address, ports, temp_dir, node_ip)
+    try:
+        _wait_for(lambda: done_file.is_file() or proc.poll() is not None, "the end of the sweep", float("inf"))
+    finally:
+        stop_node(proc)
+    return 0
+
+
+def _reload_ray_auth() -> None:
+    """Make this process re-read ``RAY_AUTH_*`` (what ``ray.init`` does itself when it enables token auth)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _gcs_answers(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def tune_allocation(workdir: str) -> int:
+    """The allocation's program on every node: Ray cluster + the sweep driver; requeue if preempted."""
+    from ctsl_hpc import tune
+    from ctsl_hpc.launch.jobs import open_workspace
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ws = open_workspace(workdir)
+    job = os.environ.get("SLURM_JOB_ID", "local")
+
+    def drive(address: str) -> int:
+        result = tune.run_sweep(ws.cfg, address=address)
+        if result is None:
+            return tune.INTERRUPTED
+        print((result.report_dir / "table1.md").read_text(), flush=True)
+        return 0
+
+    status = run_in_allocation(drive, ws.root / "ray" / job)
+    if status == tune.INTERRUPTED and int(os.environ.get("SLURM_PROCID", "0")) == 0 and "SLURM_JOB_ID" in os.environ:
+        log.warning("preempted: requeueing job %s (the rerun restores the search)", job)
+        subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
+    return status
+
+
+def executor(ws, folder: Path | None = None):
+    """A submitit executor for one allocation of ``slurm.nodes`` nodes x ``slurm.gpus_per_node`` GPUs."""
+    import submitit
+
+    s = ws.cfg.slurm
+    ex = submitit.AutoExecutor(folder=folder or ws.root / "slurm" / "tune", cluster="slurm")
+    params = {
+        "name": f"{ws.cfg.name}-tune",
+        "nodes": s.nodes,
+        "tasks_per_node": 1,
+        "cpus_per_task": s.cpus_per_task,
+        "mem_gb": s.mem_gb,
+        "timeout_min": s.time_min,
+        "slurm_signal_delay_s": s.signal_delay_s,
+        "slurm_additional_parameters": {"requeue": True, **s.additional},
+    }
+    if s.gpus_per_node:
+        params["gpus_per_node"] = s.gpus_per_node
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(s, key):
+            params[f"slurm_{key}"] = getattr(s, key)
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit(ws, folder: Path | None = None):
+    """Submit the sweep (Ray cluster + Tune driver) as one Slurm allocation; returns the submitit job."""
+    job = executor(ws, folder).submit(tune_allocation, str(ws.root))
+    (ws.root / "ray").mkdir(exist_ok=True)
+    (ws.root / "ray" / "submitted").write_text(f"{job.job_id}\n")
+    return job
+
+
+def sweep_tune(cfg, cluster: str = "local") -> int:
+    """``sweep --tune``: run the search here (``local``) or submit its allocation (``slurm``)."""
+    from ctsl_hpc import pipeline, tune
+
+    if cluster == "slurm":
+        ws = pipeline.Workspace.open(cfg)
+        job = submit(ws)
+        print(f"submitted the Ray Tune sweep as Slurm job {job.job_id} ({cfg.slurm.nodes} node(s))")
+        print(f"work directory: {ws.root}; log: {job.paths.stdout}")
+        return 0
+    started = time.time()
+    result = tune.run_sweep(cfg, address=os.environ.get("RAY_ADDRESS"))
+    if result is None:
+        print("the search was stopped on request; run the same command again to continue")
+        return tune.INTERRUPTED
+    print((result.report_dir / "table1.md").read_text())
+    print(f"best: {result.best['params']} ({result.best['metric']} {result.best['value']:.4f}) -> {result.best_config}")
+    print(f"report: {result.report_dir} ({time.time() - started:.0f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ctsl_hpc.launch.ray_cluster --workdir W`` in every task of an ``srun``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True, help="a work directory created by `sweep --tune` (config.yaml)")
+    args = parser.parse_args(argv)
+    return tune_allocation(args.workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
