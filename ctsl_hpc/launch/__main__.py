@@ -56,6 +56,10 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.tune:  # the Ray Tune search over the CTSL loss weights and noise minutes, then Table 1
+        from ctsl_hpc.launch.ray_cluster import sweep_tune
+
+        return sweep_tune(_load(args), getattr(args, "cluster", "local"))
     cfg = _load(args)
     if args.dry_run:
         from ctsl_hpc.launch.slurm import dry_run_lines
@@ -214,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="run or continue an experiment (default: the embedded demo)")
     _config_args(sweep)
+    sweep.add_argument("--tune", action="store_true",
+                       help="Ray Tune search (configs/sweep.yaml: tune.*), then the best setting's students and report")
     sweep.add_argument("--cluster", choices=["local", "slurm"], default="local",
                        help="local: run here (default); slurm: submit teacher -> students -> eval and return")
     sweep.add_argument("--dry-run", action="store_true", help="print the jobs and resources; submit nothing")
