@@ -57,8 +57,9 @@ def _load(args: argparse.Namespace):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.tune:  # the Ray Tune search over the CTSL loss weights and noise minutes, then Table 1
-        from ctsl_hpc.launch.ray_cluster import sweep_tune
+        from ctsl_hpc.launch.ray_cluster import SWEEP_CONFIG, sweep_tune
 
+        args.config = args.config or str(SWEEP_CONFIG)
         return sweep_tune(_load(args), getattr(args, "cluster", "local"))
     cfg = _load(args)
     if args.dry_run:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 ADDRESS_FILE = "address"
 DONE_FILE = "DONE"
 TOKEN_FILE = "auth_token"
+SWEEP_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sweep.yaml"  # `sweep --tune` default
 WORKER_PORTS = 200  # ports reserved for Ray's worker processes on each node
 
 
