@@ -56,10 +56,13 @@ install_packages() {
     return 0
 }
 
-# pick_db_port: a free port for MariaDB, stable per state folder when possible.
+# pick_db_port: a free port for MariaDB, below the ephemeral range (where outgoing connections
+# could take it between the check and the bind), stable per state folder when possible.
 pick_db_port() {
-    local port
-    port=$(( 20000 + $(printf '%s' "$STATE" | cksum | cut -d' ' -f1) % 20000 ))
+    local low span port
+    low="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+    span=$(( low > 12000 ? low - 10000 : 2000 ))
+    port=$(( 10000 + $(printf '%s' "$STATE" | cksum | cut -d' ' -f1) % span ))
     while port_in_use "$port"; do port=$(( port + 1 )); done
     echo "$port"
 }
@@ -116,6 +119,7 @@ AccountingStoragePass=$MUNGE_SOCKET
 AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=10
+SchedulerParameters=sched_interval=2,bf_interval=2
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
@@ -164,6 +168,7 @@ start_munged() {
 }
 
 db() { mariadb --no-defaults --socket="$DB_SOCKET" -u root "$@"; }
+db_up_or_gone() { db -e 'SELECT 1' || pid_gone "$1"; }
 
 start_mariadb() {
     up mariadbd && return 0
@@ -178,7 +183,10 @@ start_mariadb() {
         --performance-schema=OFF --innodb-buffer-pool-size=128M --innodb-log-file-size=16M --innodb-doublewrite=0 \
         --innodb-lock-wait-timeout=900 --innodb-flush-log-at-trx-commit=0 --innodb-flush-method=nosync \
         </dev/null >>"$LOG/mariadb.log" 2>&1 &
-    wait_until 60 db -e 'SELECT 1' || die "MariaDB did not come up, see $LOG/mariadb.log"
+    local pid=$!
+    wait_until 60 db_up_or_gone "$pid"
+    pid_gone "$pid" && die "mariadbd exited while starting, see $LOG/mariadb.log"
+    db -e 'SELECT 1' >/dev/null 2>&1 || die "MariaDB did not answer within 60 s, see $LOG/mariadb.log"
     local pass
     pass="$(cat "$ETC/db.pass")"
     db <<EOF || die "could not create the slurm database user"

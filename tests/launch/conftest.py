@@ -78,11 +78,15 @@ class SlurmCluster:
             time.sleep(0.2)
 
     def wait_for_sacct(self, job_id: str, state: str, timeout_s: float = 30) -> list[dict[str, str]]:
-        """Poll `sacct` until the job's newest row has `state` (accounting lags slurmctld slightly)."""
+        """Poll `sacct` until the job's newest row has `state` and every row its partition.
+
+        Accounting lags slurmctld: for about a second after a short job ends, sacct can already
+        show it COMPLETED with an empty Partition.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             rows = self.sacct_rows(job_id)
-            if rows and rows[-1]["State"].split(" ")[0] == state:
+            if rows and rows[-1]["State"].split(" ")[0] == state and all(r["Partition"] for r in rows):
                 return rows
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sacct never showed job {job_id} as {state}: {rows}")

@@ -35,7 +35,8 @@ def wait_for_file(path: Path, timeout_s: float = 60) -> str:
 def trapping_script(folder: Path, partition: str, cpus: int) -> Path:
     """A batch script that marks each run's start, waits, and records USR2 per run (SLURM_RESTART_COUNT).
 
-    The first run waits up to 5 minutes for a signal; a requeued run exits at once.
+    The first run waits up to 5 minutes for a signal; a requeued run exits at once. Like submitit,
+    it ignores the SIGTERM that Slurm sends right after the preemption signal.
     """
     script = folder / "trap.sh"
     script.write_text(
@@ -44,6 +45,7 @@ def trapping_script(folder: Path, partition: str, cpus: int) -> Path:
 #SBATCH --output={folder}/out-%j.txt --open-mode=append
 run=${{SLURM_RESTART_COUNT:-0}}
 trap 'echo usr2 > {folder}/usr2.$run; exit 0' USR2
+trap '' TERM
 echo started > {folder}/started.$run
 [ "$run" -ge 1 ] && exit 0
 sleep 300 &
