@@ -29,6 +29,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -357,7 +358,7 @@ def make_tuner(ws: pipeline.Workspace, shared: SharedInputs, callbacks: list[Any
     )
 
 
-def prepare_shared(ws: pipeline.Workspace) -> SharedInputs:
+def prepare_shared(ws: pipeline.Workspace, should_stop: Callable[[], bool] = lambda: False) -> SharedInputs:
     """Train the teacher (once), fill the embedding cache, read the noise pools: before any trial."""
     from ctsl_hpc.launch import jobs
     from ctsl_hpc.model import load_model
@@ -365,7 +366,7 @@ def prepare_shared(ws: pipeline.Workspace) -> SharedInputs:
     from ctsl_hpc.train.variants import recipe
 
     cfg = ws.cfg
-    jobs.teacher_job(ws.root)
+    jobs.teacher_job(ws.root, should_stop=should_stop)
     teacher_dir = Path(pipeline.stage_summary(ws.teacher_dir)["best_dir"])
     if cfg.student.cache_teacher_embeddings and recipe(cfg.tune.variant, cfg).needs_teacher:
         teacher, _, _ = load_model(teacher_dir)
@@ -407,11 +408,20 @@ def init_ray(address: str | None = None) -> None:
 
 
 def run_search(ws: pipeline.Workspace, grace_s: float = 60.0):
-    """Run (or continue) the search; returns Tune's ResultGrid, or None if a stop request ended it."""
+    """Run (or continue) the search; returns Tune's ResultGrid, or None if a stop request ended it.
+
+    From here on SIGUSR2 (Slurm's preemption warning) asks the teacher or the trials to save and stop.
+    """
+    from ctsl_hpc.train.loop import TrainingInterrupted
+
     relay = PreemptionRelay(tune_dir(ws))
     relay.clear()
-    shared = prepare_shared(ws)
     relay.install()
+    try:
+        shared = prepare_shared(ws, should_stop=relay.requested)
+    except TrainingInterrupted:
+        log.warning("the teacher was stopped on request; run the same command again to continue")
+        return None
     tuner = make_tuner(ws, shared, callbacks=[SweepCallback(ws.root, grace_s)])
     results = tuner.fit()
     if relay.requested():

@@ -126,7 +126,13 @@ def start_node(address: str | None, ports: RayPorts, temp_dir: Path, node_ip: st
     cmd += ports.start_args(head=address is None) + node_resources()
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     log.info("starting Ray %s: %s", "head" if address is None else "worker", " ".join(cmd))
-    return subprocess.Popen(cmd, env=env, start_new_session=True)
+    return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_ignore_preemption_signal)
+
+
+def _ignore_preemption_signal() -> None:
+    """Slurm sends USR2 to every process of the job step; Ray's processes would die of it (measured):
+    they inherit "ignore" instead, and the driver relays the request to the trials itself."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def stop_node(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
@@ -196,6 +202,7 @@ def run_in_allocation(driver: Callable[[str], int], rendezvous: Path, timeout_s:
             address_file.unlink(missing_ok=True)
             ray.shutdown()
             stop_node(proc)
+    _ignore_preemption_signal()  # a worker node only waits; the driver on the head handles USR2
     _wait_for(address_file.is_file, f"the head's address in {address_file}", timeout_s)
     address = json.loads(address_file.read_text())["address"]
     proc = start_node(address, ports, temp_dir, node_ip)
@@ -223,23 +230,33 @@ def _gcs_answers(address: str) -> bool:
         return False
 
 
-def tune_allocation(workdir: str) -> int:
-    """The allocation's program on every node: Ray cluster + the sweep driver; requeue if preempted."""
+def tune_allocation(workdir: str, config: str | None = None, overrides: list[str] = ()) -> int:
+    """The allocation's program on every node: Ray cluster + the sweep driver; requeue if preempted.
+
+    The head (rank 0) runs the sweep of ``config`` + ``overrides`` (default: the configuration saved in
+    ``workdir``); the other nodes only need ``workdir`` for the rendezvous.
+    """
     from ctsl_hpc import tune
-    from ctsl_hpc.launch.jobs import open_workspace
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ws = open_workspace(workdir)
     job = os.environ.get("SLURM_JOB_ID", "local")
 
     def drive(address: str) -> int:
-        result = tune.run_sweep(ws.cfg, address=address)
+        from ctsl_hpc.config import load_config
+        from ctsl_hpc.launch.jobs import open_workspace
+
+        if config is None and not overrides:
+            cfg = open_workspace(workdir).cfg
+        else:
+            cfg = load_config(config, list(overrides))
+            cfg.workdir = str(workdir)
+        result = tune.run_sweep(cfg, address=address)
         if result is None:
             return tune.INTERRUPTED
         print((result.report_dir / "table1.md").read_text(), flush=True)
         return 0
 
-    status = run_in_allocation(drive, ws.root / "ray" / job)
+    status = run_in_allocation(drive, Path(workdir).resolve() / "ray" / job)
     if status == tune.INTERRUPTED and int(os.environ.get("SLURM_PROCID", "0")) == 0 and "SLURM_JOB_ID" in os.environ:
         log.warning("preempted: requeueing job %s (the rerun restores the search)", job)
         subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
@@ -303,9 +320,11 @@ def sweep_tune(cfg, cluster: str = "local") -> int:
 def main(argv: list[str] | None = None) -> int:
     """``python -m ctsl_hpc.launch.ray_cluster --workdir W`` in every task of an ``srun``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="a work directory created by `sweep --tune` (config.yaml)")
+    parser.add_argument("--workdir", required=True, help="the sweep's work directory, on shared storage")
+    parser.add_argument("--config", help="experiment YAML (default: the config saved in --workdir)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides such as tune.num_samples=32")
     args = parser.parse_args(argv)
-    return tune_allocation(args.workdir)
+    return tune_allocation(args.workdir, args.config, args.overrides)
 
 
 if __name__ == "__main__":
