@@ -325,30 +325,42 @@ def _search_alg(tc: TuneConfig):
     return BasicVariantGenerator(random_state=tc.seed, max_concurrent=tc.max_concurrent)
 
 
-def make_tuner(ws: pipeline.Workspace, shared: SharedInputs, callbacks: list[Any] = ()):
-    """A new Tuner for the workspace's search, or the restored one when the experiment exists."""
+def make_tuner(
+    ws: pipeline.Workspace,
+    shared: SharedInputs,
+    callbacks: list[Any] = (),
+    param_space: dict[str, Any] | None = None,
+    early_stopping: bool = True,
+    name: str = EXPERIMENT,
+):
+    """A new Tuner for the workspace's search, or the restored one when the experiment exists.
+
+    ``param_space`` replaces the configured space (e.g. a grid); ``early_stopping=False`` runs every
+    trial to ``tune.max_t`` (FIFO) instead of ASHA.
+    """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     tc = ws.cfg.tune
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, shared=shared), {"cpu": tc.cpus_per_trial, "gpu": tc.gpus_per_trial}
     )
-    path = tune_dir(ws) / EXPERIMENT
+    path = tune_dir(ws) / name
     if tune.Tuner.can_restore(str(path)):
         log.info("continuing the search in %s", path)
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     scheduler = ASHAScheduler(
         time_attr="epoch", max_t=tc.max_t, grace_period=tc.grace_period, reduction_factor=tc.reduction_factor
-    )
+    ) if early_stopping else FIFOScheduler()
     return tune.Tuner(
         trainable,
-        param_space=search_space(tc),
+        param_space=param_space or search_space(tc),
         tune_config=tune.TuneConfig(
-            metric=tc.metric, mode="max", scheduler=scheduler, search_alg=_search_alg(tc), num_samples=tc.num_samples,
+            metric=tc.metric, mode="max", scheduler=scheduler, search_alg=_search_alg(tc),
+            num_samples=1 if param_space else tc.num_samples,
         ),
         run_config=tune.RunConfig(
-            name=EXPERIMENT,
+            name=name,
             storage_path=str(tune_dir(ws)),
             callbacks=list(callbacks),
             failure_config=tune.FailureConfig(max_failures=0),  # errored trials resume at the next run
