@@ -75,14 +75,18 @@ def _free_port() -> int:
 def rank_env() -> RankEnv:
     """This process's rank, exporting the torch ``env://`` variables when they are missing.
 
-    Order: torchrun-style variables; else a Slurm task (submitit's environment, without touching
-    ``CUDA_VISIBLE_DEVICES`` so that DeepSpeed's ``set_device(local_rank)`` stays valid); else a
-    world of one on 127.0.0.1.
+    Order: torchrun-style variables (also what submitit's ``TorchDistributedEnvironment().export()``
+    sets); else a Slurm task (``srun``/sbatch tasks: rank, task count and first node parsed by
+    submitit's Slurm environment; port from ``MASTER_PORT`` or the job id; ``CUDA_VISIBLE_DEVICES``
+    untouched so that ``set_device(local_rank)`` stays valid); else a world of one on 127.0.0.1.
     """
     if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
-        from submitit.helpers import TorchDistributedEnvironment
+        from submitit.slurm.slurm import SlurmJobEnvironment
 
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        job = SlurmJobEnvironment()
+        os.environ.update(RANK=str(job.global_rank), WORLD_SIZE=str(job.num_tasks), LOCAL_RANK=str(job.local_rank))
+        os.environ.setdefault("MASTER_ADDR", job.hostnames[0])
+        os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 40000))
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
