@@ -205,21 +205,24 @@ def fit(
 
     result = _load_history(run_dir)
     start_epoch, start_batch, global_step = 0, 0, 0
+    running: dict | None = None  # the interrupted epoch's loss sums, so its averages match an uninterrupted run
     resume_from = ckpt.latest_complete_checkpoint(run_dir)
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
         start_epoch, start_batch, global_step = state["epoch"], state["batch"], state["global_step"]
         result = FitResult([EpochRecord(**r) for r in state["history"]])
+        running = state.get("running")
         ckpt.restore_rng_state(state["rng"])
         engine.load(resume_from)  # after the shared RNG state: distributed engines restore each rank's own
         log.info("%s: resumed from %s (epoch %d, batch %d)", recipe.name, resume_from.name, start_epoch, start_batch)
     else:
         torch.manual_seed(train.seed + engine.rank)  # ranks draw different dropout masks
 
-    def save(epoch: int, batch: int) -> Path:
+    def save(epoch: int, batch: int, running: dict | None = None) -> Path:
         state = {
             "epoch": epoch,
             "batch": batch,
+            "running": running,
             "global_step": global_step,
             "history": [asdict(r) for r in result.epochs],
             "rng": ckpt.rng_state(),
@@ -240,6 +243,9 @@ def fit(
         sums = {k: 0.0 for k in ("ccc", "tl", "cl", "total")}
         steps = 0
         padded, real = 0, 0  # samples fed to the model, and how many of them are audio (not padding)
+        if running is not None:  # resumed mid-epoch: the epoch's averages include the steps before
+            sums, steps, padded, real = dict(running["sums"]), running["steps"], running["padded"], running["real"]
+            running = None
         bar = tqdm(loader, desc=f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}", disable=quiet_progress(), leave=False)
         for position, batch in enumerate(bar, start=start_batch + 1):
             padded += batch["mask"].numel()
@@ -260,7 +266,7 @@ def fit(
                 log.info("%s epoch %d step %d loss %.4f", recipe.name, epoch + 1, global_step, terms["total"].item())
             bar.set_postfix(loss=f"{terms['total'].item():.3f}")
             if engine.all_reduce_flag(should_stop()):
-                raise TrainingInterrupted(save(epoch, position))
+                raise TrainingInterrupted(save(epoch, position, {"sums": sums, "steps": steps, "padded": padded, "real": real}))
         start_batch = 0
         engine.end_epoch()
 
