@@ -1,0 +1,178 @@
+"""The Ray Tune sweep: search space from the config, the preemption relay, and `sweep --tune` end to end
+(ASHA stopping trials early, a driver killed mid-search and resumed without duplicate MLflow runs, the
+best configuration and the final report), plus a run inside the one-node Slurm."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctsl_hpc import tune as ctune
+from ctsl_hpc.config import ConfigError, load_config
+
+NUM_SAMPLES, MAX_T = 6, 3
+ENV = dict(
+    os.environ,
+    HF_HUB_OFFLINE="1",
+    RAY_USAGE_STATS_ENABLED="0",
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false",
+    RAY_DEDUP_LOGS="0",
+)
+
+
+def _tune_overrides(seed: int) -> list[str]:
+    return [
+        f"tune.num_samples={NUM_SAMPLES}",
+        f"tune.max_t={MAX_T}",
+        "tune.grace_period=1",
+        "tune.reduction_factor=2",
+        "tune.noise_minutes=[0.1,0.25,0.5,1.0]",
+        "tune.final_variants=[RM+TL+CL]",
+        "tune.cpus_per_trial=1",
+        f"tune.seed={seed}",
+        f"seed={seed}",
+    ]
+
+
+def test_search_space_samples_stay_in_the_configured_ranges():
+    low_tl, high_tl = sorted(random.uniform(0.5, 50) for _ in range(2))
+    cfg = load_config(None, [f"tune.lambda_tl=[{low_tl},{high_tl}]", "tune.noise_minutes=[0.5,3]"])
+    space = ctune.search_space(cfg.tune)
+    for _ in range(200):
+        assert low_tl <= space["lambda_tl"].sample() <= high_tl
+        assert 0.1 <= space["lambda_cl"].sample() <= 100
+        assert space["noise_minutes"].sample() in (0.5, 3.0)
+    params = {"lambda_tl": high_tl, "lambda_cl": 0.3, "noise_minutes": 3.0}
+    trial = ctune.apply_params(cfg, params, epochs=2)
+    assert (trial.student.lambda_tl, trial.student.lambda_cl, trial.noise.minutes, trial.student.epochs) == (
+        high_tl, 0.3, 3.0, 2,
+    )
+    again = load_config(None, ctune.overrides_for(params))
+    assert (again.student.lambda_tl, again.student.lambda_cl, again.noise.minutes) == (high_tl, 0.3, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("tune.lambda_tl=[10,1]", "tune.lambda_tl"),
+        ("tune.lambda_cl=[0,5]", "tune.lambda_cl"),
+        ("tune.noise_minutes=[]", "tune.noise_minutes"),
+        ("tune.variant=RX", "tune.variant"),
+        ("tune.grace_period=5", "tune.grace_period"),
+        ("tune.search_alg=grid", "tune.search_alg"),
+    ],
+)
+def test_a_bad_search_setting_names_its_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_sigusr2_reaches_trials_as_a_stop_request_in_the_work_directory(tmp_path):
+    relay = ctune.PreemptionRelay(tmp_path / "tune")
+    trial_view = ctune.PreemptionRelay(tmp_path / "tune")  # what a trial process sees
+    previous = signal.getsignal(signal.SIGUSR2)
+    try:
+        relay.install()
+        assert not trial_view.requested()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert trial_view.requested()
+        relay.clear()
+        assert not trial_view.requested()
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def _sweep_command(workdir: Path, overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "ctsl_hpc.launch", "sweep", "--tune", *overrides]
+
+
+def _first_report(storage: Path) -> bool:
+    return any(p.stat().st_size > 0 for p in storage.glob("search/*/result.json"))
+
+
+@pytest.fixture(scope="module")
+def resumed_sweep(tiny_overrides, tmp_path_factory):
+    """`sweep --tune` killed (SIGKILL, the whole process group) after the first trial report, then rerun."""
+    workdir = tmp_path_factory.mktemp("tune")
+    overrides = [*tiny_overrides(workdir), *_tune_overrides(random.randrange(1000))]
+    cmd = _sweep_command(workdir, overrides)
+    log = open(workdir.parent / "first.log", "wb")
+    first = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not _first_report(workdir / "tune"):
+        assert first.poll() is None, (workdir.parent / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial reported within 240 s"
+        time.sleep(0.5)  # polling the Tune storage for the first report
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    started = time.monotonic()
+    second = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return workdir, second.stdout, time.monotonic() - started
+
+
+def _trial_rows(workdir: Path) -> list[dict[str, str]]:
+    with open(workdir / ctune.TRIALS_CSV) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_asha_stops_some_trials_before_max_t(resumed_sweep):
+    workdir, _, _ = resumed_sweep
+    rows = _trial_rows(workdir)
+    assert len(rows) == NUM_SAMPLES
+    epochs = [int(r["epochs"]) for r in rows]
+    assert max(epochs) == MAX_T
+    assert min(epochs) < MAX_T, f"ASHA stopped no trial early: {epochs}"
+    for row in rows:  # Tune's own per-trial results agree with the summary, one line per epoch
+        results = [json.loads(line) for p in (workdir / "tune" / "search").glob(f"*{row['trial_id']}*/result.json")
+                   for line in p.read_text().splitlines()]
+        assert sorted({r["epoch"] for r in results}) == list(range(1, int(row["epochs"]) + 1))
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_with_one_mlflow_run_per_trial(resumed_sweep):
+    from mlflow import MlflowClient
+
+    workdir, _, _ = resumed_sweep
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    keys = [r.data.tags.get("ctsl.run_key", "") for r in runs]
+    trial_keys = [k for k in keys if k.startswith("trial/")]
+    assert len(trial_keys) == NUM_SAMPLES == len(set(trial_keys))
+    assert len(keys) == len(set(keys)), f"duplicate runs: {sorted(keys)}"
+    epochs = {r["trial_id"]: int(r["epochs"]) for r in _trial_rows(workdir)}
+    for run in runs:
+        key = run.data.tags.get("ctsl.run_key", "")
+        if key.startswith("trial/"):
+            history = client.get_metric_history(run.info.run_id, "dev/ccc_mean")
+            steps = sorted(m.step for m in history)
+            assert steps == list(range(1, epochs[key.removeprefix("trial/")] + 1)), (key, steps)
+            assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_best_config_is_written_and_its_students_reach_table1(resumed_sweep):
+    workdir, stdout, _ = resumed_sweep
+    best = ctune.read_best_config(workdir)
+    rows = _trial_rows(workdir)
+    top = max(rows, key=lambda r: float(r["best"]))
+    assert best["trial_id"] == top["trial_id"]
+    assert best["value"] == pytest.approx(float(top["best"]))
+    final = yaml.safe_load((workdir / ctune.FINAL_DIR / "config.yaml").read_text())
+    assert final["student"]["lambda_tl"] == pytest.approx(best["params"]["lambda_tl"])
+    assert final["noise"]["minutes"] == pytest.approx(best["params"]["noise_minutes"])
+    table1 = json.loads((workdir / ctune.FINAL_DIR / "report" / "table1.json").read_text())
+    assert list(table1) == ["original", "RM+TL+CL"]
+    assert (workdir / ctune.SUMMARY_PLOT).stat().st_size > 0
+    assert "RM+TL+CL" in stdout and str(workdir / ctune.BEST_CONFIG) in stdout
