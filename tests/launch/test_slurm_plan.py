@@ -121,3 +121,15 @@ def test_dry_run_prints_jobs_and_resources_quickly_and_submits_nothing(tmp_path:
     assert any(line.startswith("eval: submit [eval]") for line in lines)
     assert not work.exists()
     assert elapsed < 2.0 * (1 + os.getloadavg()[0] / 2), f"dry run took {elapsed:.1f} s"
+
+
+def test_gpu_example_config_runs_one_task_per_gpu_and_one_gpu_for_eval():
+    from ctsl_hpc.config import CONFIG_DIR
+
+    cfg = load_config(CONFIG_DIR / "slurm-gpu.yaml")
+    teacher, evaluation = cfg.slurm.stage("teacher"), cfg.slurm.stage("eval")
+    assert (teacher.gpus_per_node, slurm.tasks_per_node(cfg, "teacher"), teacher.time_min) == (4, 4, 1440)
+    assert (evaluation.gpus_per_node, slurm.tasks_per_node(cfg, "eval")) == (1, 1)
+    params = slurm.executor_parameters("x", cfg.slurm.stage("students"), slurm.tasks_per_node(cfg, "students"))
+    assert params["gpus_per_node"] == 4 and params["tasks_per_node"] == 4 and params["slurm_partition"] == "gpu"
+    assert cfg.train.batch_size % params["tasks_per_node"] == 0
