@@ -96,8 +96,8 @@ class EmotionModel(nn.Module):
         self.backbone = backbone
         if cfg.freeze_feature_encoder:
             backbone.freeze_feature_encoder()
-        if cfg.gradient_checkpointing:
-            backbone.gradient_checkpointing_enable()
+        if cfg.gradient_checkpointing:  # recompute CNN and transformer activations in backward (long audio)
+            backbone.activation_checkpointing_enable()
         self.head = RegressionHead(backbone.config.hidden_size, cfg.head_hidden, cfg.head_layers, cfg.dropout)
 
     @property
