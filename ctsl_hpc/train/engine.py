@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 ENGINE_FILE = "engine.pt"
+FUSED_ADAM_DEVICES = ("cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def make_optimizer(params: list[nn.Parameter], settings: OptimSettings, device: torch.device) -> torch.optim.Optimizer:
-    """Adam (the paper's optimiser); the fused CUDA kernel where available."""
-    fused = settings.fused and device.type == "cuda"
+    """Adam (the paper's optimiser); torch's fused kernel on the devices that have one (CUDA, CPU)."""
+    fused = settings.fused and device.type in FUSED_ADAM_DEVICES
     return torch.optim.Adam(params, lr=settings.lr, fused=fused or None)
 
 
