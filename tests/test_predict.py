@@ -69,7 +69,8 @@ def speech_bank(tmp_path_factory) -> np.ndarray:
     waves = []
     for i, text in enumerate(SENTENCES):
         path = folder / f"s{i}.wav"
-        subprocess.run(["espeak-ng", "-s", str(140 + 20 * i), "-p", str(30 + 10 * i), "-w", str(path), text], check=True)
+        voice = ["-s", str(140 + 20 * i), "-p", str(30 + 10 * i)]
+        subprocess.run(["espeak-ng", *voice, "-w", str(path), text], check=True)
         waves.append(read_audio(path, SR))
     return np.concatenate(waves)
 
@@ -192,7 +193,8 @@ def test_batch_size_does_not_change_predictions(model_dir, long_files, predicted
     one = predict_files(model_dir, long_files, 10.0, 5.0, batch_size=1)
     many = predict_files(model_dir, long_files, 10.0, 5.0, batch_size=16)
     for a, b, c in zip(one, many, predicted, strict=True):
-        np.testing.assert_allclose(np.stack([x.values for x in a.chunks]), np.stack([x.values for x in b.chunks]), atol=2e-4)
+        chunks_a, chunks_b = (np.stack([x.values for x in r.chunks]) for r in (a, b))
+        np.testing.assert_allclose(chunks_a, chunks_b, atol=2e-4)
         np.testing.assert_allclose(a.mean, c.mean, atol=2e-4)
 
 

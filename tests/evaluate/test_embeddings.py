@@ -36,7 +36,9 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _infonce_reference(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray, margin: float, tau: float) -> float:
+def _infonce_reference(
+    student: np.ndarray, teacher: np.ndarray, labels: np.ndarray, margin: float, tau: float
+) -> float:
     """Label-margin InfoNCE of one batch (METHOD.md), in float64 numpy."""
     q = student / np.linalg.norm(student, axis=1, keepdims=True)
     k = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
@@ -59,7 +61,8 @@ def _reference(teacher: np.ndarray, noisy: np.ndarray, labels: np.ndarray, margi
         _infonce_reference(s[i : i + batch], t[i : i + batch], labels[i : i + batch], margin, tau)
         for i in range(0, len(t), batch)
     ]
-    return {"rmse": math.sqrt(np.mean((t - s) ** 2)), "cosine": float(cosine.mean()), "infonce": float(np.mean(batches))}
+    rmse = math.sqrt(np.mean((t - s) ** 2))
+    return {"rmse": rmse, "cosine": float(cosine.mean()), "infonce": float(np.mean(batches))}
 
 
 def test_compare_embeddings_matches_a_float64_reference_over_batches_of_32(rng):
@@ -117,7 +120,8 @@ def _tiny_model(directory: Path, seed: int) -> Path:
 
 def test_embedding_metrics_per_model_and_condition_and_the_projected_models(tmp_path, dev_set, dev_pool):
     seeds = np.random.SeedSequence().generate_state(4)
-    models = {v: _tiny_model(tmp_path / v, int(s)) for v, s in zip(["original", "RH", "RM", "RM+TL"], seeds, strict=True)}
+    variants = ["original", "RH", "RM", "RM+TL"]
+    models = {v: _tiny_model(tmp_path / v, int(s)) for v, s in zip(variants, seeds, strict=True)}
     margin, tau = 0.5 / 6, 0.1
     table, (teacher_clean, projected) = embedding_metrics(models, dev_set, dev_pool, "rms", margin, tau, 8, seed=5)
 

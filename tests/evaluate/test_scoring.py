@@ -108,10 +108,10 @@ def test_scores_are_the_ccc_of_each_groups_predictions(models, test_set, pool, m
             if condition == "clean":
                 pred = clean
             else:
-                pred = np.stack([
-                    _alone(model, stats.normalise(noisy_copy(test_set.raw_wave(i), pool, SNR_OF[condition], spec.noise_seed, 0, i)))
-                    for i in range(len(test_set))
-                ])
+                snr = SNR_OF[condition]
+                raw = [test_set.raw_wave(i) for i in range(len(test_set))]
+                noisy = [noisy_copy(wave, pool, snr, spec.noise_seed, 0, i) for i, wave in enumerate(raw)]
+                pred = np.stack([_alone(model, stats.normalise(wave)) for wave in noisy])
             want = ccc_numpy(pred[spec.indices], labels[spec.indices])
             got = [r.ccc for r in scores.rows if r.condition == condition and r.group == spec.group]
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5, err_msg=f"{condition} group {spec.group}")
