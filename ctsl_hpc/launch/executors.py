@@ -109,7 +109,7 @@ class SlurmExecutor(Executor):
             try:
                 with executor.batch():
                     handles = [self._submit_one(executor, task) for task in chunk]
-            except submitit.core.utils.FailedJobError as exc:
+            except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as exc:
                 raise slurm.SlurmError(f"sbatch refused the {stage} job(s): {exc}") from exc
             for task, job in zip(chunk, handles):
                 slurm.new_record(task, self.name, job.job_id, self.registry, params, max_requeues,

@@ -554,8 +554,8 @@ def status_rows(workdir: Path, cfg: ExperimentConfig) -> list[StatusRow]:
             continue
         acct = usage.get(record.job_id or "")
         state = live.get(record.job_id or "") or (acct.state if acct else record.state)
-        if record.state in ("FAILED", "STOPPED") and state in ("COMPLETED", "FAILED", "CANCELLED"):
-            state = record.state if state != "CANCELLED" else state  # our reason beats Slurm's exit code
+        if record.state in ("FAILED", "STOPPED") and state in ("COMPLETING", "COMPLETED", "FAILED"):
+            state = record.state  # the job's own account of how it ended beats Slurm's exit code
         hours = None
         if usage:
             hours = sum(usage[j].gpu_hours for j in (*record.history, record.job_id) if j in usage)

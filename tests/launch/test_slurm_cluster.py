@@ -155,7 +155,9 @@ def _copy_with_teacher(reference: Path, dest: Path, **slurm_overrides: int) -> t
     for name in ("data", "teacher", "cache"):
         shutil.copytree(reference / name, dest / name)
     cfg = config_from_dict(yaml.safe_load((dest / "config.yaml").read_text()))
-    for key, value in slurm_overrides.items():
+    cfg.workdir = str(dest)
+    (dest / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    for key, value in slurm_overrides.items():  # for the submission only; the jobs train by config.yaml
         setattr(cfg.slurm.students, key, value)
     return dest, cfg
 
@@ -192,13 +194,14 @@ def test_student_preempted_twice_mid_epoch_matches_an_uninterrupted_run(sweeps: 
         assert all(torch.equal(ours[k], reference[k]) for k in ours), epoch
 
 
-def test_job_requeued_more_than_max_requeues_fails_with_a_clear_message(sweeps: Sweeps, tmp_path):
+def test_job_requeued_more_than_max_requeues_fails_with_a_clear_message(sweeps: Sweeps, slurm_cluster, tmp_path):
     work, cfg = _copy_with_teacher(sweeps.local, tmp_path / "limit", max_requeues=0)
     key = "student/RM+TL"
     (job,) = SlurmExecutor(work, cfg).submit("students", [Task(key, "students", "RM+TL")], [])
     wait_until(lambda: _state(work, key) == ("RUNNING", 0), 120, "student running", work)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     wait_until(lambda: _state(work, key)[0] == "FAILED", 120, "student fails", work)
+    slurm_cluster.wait_for_sacct(job, "FAILED")
     message = Registry(work).get(key).message
     assert "more than slurm.students.max_requeues=0" in message and "resume" in message
     status = cli("status", "--workdir", work).stdout
@@ -229,10 +232,10 @@ def test_cancel_then_resume_resubmits_only_what_is_unfinished(sweeps: Sweeps, sl
 def test_arrays_above_max_array_size_are_split_and_wait_on_their_dependency(sweeps: Sweeps, slurm_cluster, tmp_path):
     work, cfg = _copy_with_teacher(sweeps.local, tmp_path / "chunks")
     held = slurm_cluster.sbatch("--hold", "--wrap", "true")
-    tasks = [Task(f"student/{v}", "students", v) for v in ("RM", "RM+TL")]
-    ids = SlurmExecutor(work, cfg, max_array=1).submit("students", tasks, [held])
-    try:
-        assert len({j.split("_")[0] for j in ids}) == 2 and all(j.endswith("_0") for j in ids)
+    tasks = [Task(f"student/{v}", "students", v) for v in ("RM", "RM+TL", "RM+CL")]
+    ids = SlurmExecutor(work, cfg, max_array=2).submit("students", tasks, [held])
+    try:  # an array of two tasks, then a single job
+        assert ids[0].endswith("_0") and ids[1] == ids[0][:-1] + "1" and "_" not in ids[2], ids
         for job in ids:
             dep = subprocess.run(["squeue", "-h", "-j", job, "-o", "%E"], capture_output=True, text=True).stdout
             assert dep.strip() == f"afterok:{held}(unfulfilled)"
