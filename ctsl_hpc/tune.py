@@ -364,7 +364,8 @@ def make_tuner(
             storage_path=str(tune_dir(ws)),
             callbacks=list(callbacks),
             failure_config=tune.FailureConfig(max_failures=0),  # errored trials resume at the next run
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # all kept: a trial checkpoint is a 50-byte pointer (num_to_keep would force a state snapshot per save)
+            checkpoint_config=tune.CheckpointConfig(),
             verbose=1,
         ),
     )
