@@ -1,0 +1,404 @@
+"""Student-step throughput: the paper's naive loop against the package's student step (issue 8).
+
+Both loops train the same model (the demo's tiny wav2vec2, or ``--gpu-large``: a 12-layer
+large-robust-shaped one in bf16) as the ``RM+TL+CL`` student on the same noisy corpus with an
+MSP-Podcast-like length mix (2.75 to 11 s, log-normal by default):
+
+(a) naive, like the paper's code: random batches padded to the longest item, the frozen teacher run
+    on the clean batch every step, plain (unfused) Adam;
+(b) the package: ``ctsl_hpc.train.loop.make_sampler`` (length buckets), ``make_loader``, the engine of
+    ``make_engine`` (mixed precision, fused optimiser where available), ``student_loss`` with
+    ``cached_teacher`` over ``teacher_embeddings`` (built once before timing; its cost is printed).
+
+Each loop runs ``--warmup`` untimed steps, then ``--reps`` timed windows of ``--steps`` steps each
+(data loading included); the median window is reported. Also printed: the padding waste of each
+sampler over a whole epoch, and the noise mixing + loading throughput (``UtteranceSet.__getitem__``
+plus ``collate`` in a tight loop, one process, one thread) in audio seconds per wall second per core.
+
+    python benchmarks/student_step.py            # CPU, tiny model, < 3 min on 2 cores
+    python benchmarks/student_step.py --gpu-large  # a CUDA GPU: 12-layer large-robust shape, bf16, MFU
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import soundfile as sf
+import torch
+from transformers import Wav2Vec2Config
+
+from ctsl_hpc.config import ExperimentConfig, load_config
+from ctsl_hpc.data.audio import WaveformStats
+from ctsl_hpc.data.batching import RandomBatchSampler, UtteranceSet, collate, padding_waste
+from ctsl_hpc.data.corpus import Utterance
+from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.model import EmotionModel, build_model, model_from_backbone_config, save_model
+from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
+from ctsl_hpc.train.engine import OptimSettings, make_engine
+from ctsl_hpc.train.loop import make_loader, make_sampler, student_loss
+from ctsl_hpc.train.variants import Recipe, recipe
+
+SAMPLE_RATE = 16000
+MIN_SECONDS, MAX_SECONDS = 2.75, 11.0
+VARIANT = "RM+TL+CL"
+DEMO_NOISE = Path("runs/demo/data/synthetic/noise/train")
+
+# dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from the vendors' data sheets
+PEAK_BF16_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.4, "A100": 312.0}
+
+
+@dataclass
+class Throughput:
+    samples_per_s: float
+    audio_s_per_s: float  # real audio (no padding) per wall second
+    padded_audio_s_per_s: float  # what the model computed on, padding included
+    step_s: float
+    windows: list[float]  # samples/s of each timed window
+
+
+@dataclass
+class Loop:
+    """One way of training: its step, an endless batch stream, and its sampler's padding waste."""
+
+    step: Callable[[dict[str, torch.Tensor]], None]
+    batches: Iterator[dict[str, torch.Tensor]]
+    padding_waste: float
+    sync: Callable[[], None]
+
+
+def msp_like_seconds(n: int, rng: np.random.Generator, dist: str) -> np.ndarray:
+    """Utterance durations in [2.75, 11] s: log-normal (median 5 s, most short, a long tail) or uniform."""
+    if dist == "uniform":
+        return rng.uniform(MIN_SECONDS, MAX_SECONDS, n)
+    return np.clip(rng.lognormal(np.log(5.0), 0.4, n), MIN_SECONDS, MAX_SECONDS)
+
+
+def speech_like(n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """A voiced, syllable-modulated harmonic signal with a wandering pitch (a speech stand-in)."""
+    t = np.arange(n_samples) / SAMPLE_RATE
+    f0 = rng.uniform(90, 250) * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 1.5) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+    syllables = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 6) * t)) ** 2
+    wave = voiced * syllables + 0.02 * rng.standard_normal(n_samples)
+    return (0.1 * wave / np.abs(wave).max()).astype(np.float32)
+
+
+def write_corpus(folder: Path, seconds: np.ndarray, rng: np.random.Generator) -> list[Utterance]:
+    """WAV files of the given durations with random labels on the 1..7 scale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    utts = []
+    for i, s in enumerate(seconds):
+        path = folder / f"utt{i:05d}.wav"
+        sf.write(path, speech_like(int(s * SAMPLE_RATE), rng), SAMPLE_RATE, subtype="PCM_16")
+        utts.append(Utterance(path, tuple(rng.uniform(1, 7, 3).tolist()), "train"))
+    return utts
+
+
+def noise_pool(noise_dir: Path | None, rng: np.random.Generator) -> tuple[NoisePool, str]:
+    """The demo's real Debian noise when built (or ``--noise-dir``), else babble-like arrays."""
+    if noise_dir is not None and noise_dir.is_dir():
+        return NoisePool.from_directory(noise_dir, SAMPLE_RATE, minutes=30.0, min_seconds=MAX_SECONDS), str(noise_dir)
+    arrays = [sum(speech_like(60 * SAMPLE_RATE, rng) for _ in range(4)) for _ in range(3)]
+    return NoisePool.from_arrays(arrays, SAMPLE_RATE), "synthetic babble arrays (no demo noise folder found)"
+
+
+def _window(loop: Loop, steps: int) -> tuple[float, int, int, int]:
+    n = audio = padded = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(loop.batches)
+        loop.step(batch)
+        n += batch["lengths"].numel()
+        audio += int(batch["lengths"].sum())
+        padded += batch["mask"].numel()
+    loop.sync()
+    return time.perf_counter() - start, n, audio, padded
+
+
+def interleaved(loops: dict[str, Loop], warmup: int, steps: int, reps: int) -> dict[str, Throughput]:
+    """Median throughput per loop over ``reps`` windows of ``steps`` steps, after ``warmup`` untimed steps.
+
+    The loops' windows alternate, so a load change on a shared machine hits both alike.
+    """
+    for loop in loops.values():
+        for _ in range(warmup):
+            loop.step(next(loop.batches))
+        loop.sync()
+    runs: dict[str, list[tuple[float, int, int, int]]] = {name: [] for name in loops}
+    for _ in range(reps):
+        for name, loop in loops.items():
+            runs[name].append(_window(loop, steps))
+    out = {}
+    for name, windows in runs.items():
+        out[name] = Throughput(
+            samples_per_s=statistics.median(n / t for t, n, _, _ in windows),
+            audio_s_per_s=statistics.median(a / SAMPLE_RATE / t for t, _, a, _ in windows),
+            padded_audio_s_per_s=statistics.median(p / SAMPLE_RATE / t for t, _, _, p in windows),
+            step_s=statistics.median(t / steps for t, _, _, _ in windows),
+            windows=[n / t for t, n, _, _ in windows],
+        )
+    return out
+
+
+def epochs_of(loader, dataset: UtteranceSet, sampler) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of epoch 0, 1, ... without end (dataset and sampler re-set per epoch, as ``fit`` does)."""
+    epoch = 0
+    while True:
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def naive_loop(student: EmotionModel, teacher: EmotionModel, dataset: UtteranceSet, rec: Recipe, batch_size: int,
+               device: torch.device, amp: torch.dtype | None) -> Loop:
+    """(a) The paper's step: random padded batches, a teacher forward on the clean audio every step."""
+    sampler = RandomBatchSampler(dataset.lengths, batch_size, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    student.to(device).train()
+    embed = live_teacher(teacher.to(device))
+    optimizer = torch.optim.Adam(student.parameters(), lr=rec.lr)
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out = student(batch["noisy"], batch["mask"])
+            terms = student_loss(out, batch, rec, embed)
+        terms["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    waste = statistics.mean(epoch_waste(sampler, dataset.lengths, e) for e in range(3))
+    return Loop(step, epochs_of(loader, dataset, sampler), waste, sync(device))
+
+
+def package_step(student: EmotionModel, table: torch.Tensor, dataset: UtteranceSet, rec: Recipe,
+                 cfg: ExperimentConfig) -> Loop:
+    """(b) The package's step: buckets, one persistent loader, the engine, cached teacher embeddings."""
+    embed = cached_teacher(table)
+    t = cfg.train
+    settings = OptimSettings(rec.lr, rec.lr_decay, t.grad_accum, t.grad_clip, t.precision, t.fused_optimizer, t.batch_size)
+    if t.compile:
+        student.compile()
+    engine = make_engine("plain", student, settings)
+    sampler = make_sampler(dataset, t, 0, 1)
+    loader = make_loader(dataset, sampler, t, engine.device)
+    engine.module.train()
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
+        with engine.autocast():
+            out = engine.forward(batch["noisy"], batch["mask"])
+        terms = student_loss(out, batch, rec, embed, engine.gather)
+        engine.backward(terms["total"])
+        engine.step()
+
+    waste = statistics.mean(epoch_waste(sampler, dataset.lengths, e) for e in range(3))
+    return Loop(step, epochs_of(loader, dataset, sampler), waste, sync(engine.device))
+
+
+def epoch_waste(sampler, lengths: np.ndarray, epoch: int) -> float:
+    """Padding waste of the sampler's whole ``epoch`` (padded samples / samples fed to the model)."""
+    sampler.set_epoch(epoch)
+    return padding_waste(sampler.batches(), lengths)
+
+
+def corpus_scale_waste(cfg: ExperimentConfig, dist: str, n: int = 50_000) -> float:
+    """The package sampler's waste on an MSP-Podcast-sized list of lengths from the same distribution."""
+    lengths = (msp_like_seconds(n, np.random.default_rng(1), dist) * SAMPLE_RATE).astype(np.int64)
+    sampler = make_sampler(SimpleNamespace(lengths=lengths, sample_rate=SAMPLE_RATE), cfg.train, 0, 1)
+    return epoch_waste(sampler, lengths, 0)
+
+
+def mixing_throughput(dataset: UtteranceSet, seconds: float, batch_size: int) -> float:
+    """Audio seconds of noisy items (read or preloaded, mixed, normalised, collated) per wall second, 1 core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    audio, start, i, epoch = 0, time.perf_counter(), 0, 0
+    order = np.random.default_rng(0).permutation(len(dataset))
+    while time.perf_counter() - start < seconds:
+        items = []
+        for _ in range(batch_size):
+            if i == len(order):
+                i, epoch = 0, epoch + 1
+                dataset.set_epoch(epoch)
+            items.append(dataset[int(order[i])])
+            i += 1
+        audio += int(collate(items)["lengths"].sum())
+    elapsed = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return audio / SAMPLE_RATE / elapsed
+
+
+def cfg_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def large_robust_shape() -> Wav2Vec2Config:
+    """facebook/wav2vec2-large-robust's architecture (typed in: no hub here), pruned to 12 layers."""
+    return Wav2Vec2Config(
+        hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, intermediate_size=4096,
+        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, conv_dim=[512] * 7,
+        conv_stride=[5, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2], num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16, layerdrop=0.0, apply_spec_augment=False, mask_time_prob=0.0,
+    )
+
+
+def make_model(cfg: ExperimentConfig, large: bool) -> EmotionModel:
+    """The demo's tiny model, or a randomly initialised 12-layer large-robust-shaped one."""
+    torch.manual_seed(0)
+    return model_from_backbone_config(large_robust_shape(), cfg.model) if large else build_model(cfg.model)
+
+
+def train_step_flops(model: EmotionModel, batch: dict[str, torch.Tensor], device: torch.device) -> int:
+    """FLOPs of one forward + backward of ``model`` on ``batch`` (torch.utils.flop_counter, matmuls and convs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.to(device).train()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(batch["noisy"].to(device), batch["mask"].to(device))
+        (out.pred.float().sum() + out.embedding.float().pow(2).mean()).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def gpu_peak_tflops() -> tuple[float | None, str]:
+    name = torch.cuda.get_device_name()
+    for key, peak in PEAK_BF16_TFLOPS.items():
+        if all(part in name for part in key.split()):
+            return peak, name
+    return None, name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--utterances", type=int, default=384)
+    parser.add_argument("--lengths", choices=("lognormal", "uniform"), default="lognormal")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each loop")
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed window")
+    parser.add_argument("--reps", type=int, default=3, help="timed windows per loop (the median is reported)")
+    parser.add_argument("--mix-seconds", type=float, default=3.0)
+    parser.add_argument("--noise-dir", type=Path, default=DEMO_NOISE)
+    parser.add_argument("--gpu-large", action="store_true", help="12-layer large-robust shape in bf16 on a GPU; MFU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the demo config's train.batch_size")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.gpu_large and not torch.cuda.is_available():
+        parser.error("--gpu-large needs a CUDA GPU")
+
+    overrides = [f"data.max_seconds={MAX_SECONDS}"]
+    if args.batch_size:
+        overrides.append(f"train.batch_size={args.batch_size}")
+    if args.gpu_large:  # the paper's head and frozen CNN
+        overrides += ["model.head_hidden=1024", "model.freeze_feature_encoder=true", "model.dropout=0.5"]
+    cfg = load_config(None, overrides)
+    rec = recipe(VARIANT, cfg)
+    rng = np.random.default_rng(0)
+    device = cfg_device()
+    amp = torch.bfloat16 if device.type == "cuda" else None  # the same precision in both loops
+    with tempfile.TemporaryDirectory(prefix="student-step-") as tmp:
+        tmp_dir = Path(tmp)
+        seconds = msp_like_seconds(args.utterances, rng, args.lengths)
+        utts = write_corpus(tmp_dir / "audio", seconds, rng)
+        pool, pool_source = noise_pool(args.noise_dir, rng)
+        stats = WaveformStats(0.0, 0.05)
+
+        def dataset(noisy: bool, preload: bool = True) -> UtteranceSet:
+            noise = {"noise": pool, "snr_db": cfg.student.snr_db} if noisy else {}
+            return UtteranceSet(utts, SAMPLE_RATE, MAX_SECONDS, stats=stats, preload=preload, seed=cfg.seed, **noise)
+
+        train_set, clean_set = dataset(True), dataset(False)
+        teacher = make_model(cfg, args.gpu_large)
+        teacher_dir = save_model(teacher, tmp_dir / "teacher", stats)
+        students = [make_model(cfg, args.gpu_large) for _ in range(2)]
+        for student in students:  # both start from the teacher, as students do
+            student.load_state_dict(teacher.state_dict())
+
+        start = time.perf_counter()
+        table = teacher_embeddings(teacher.to(device), teacher_dir, clean_set, tmp_dir / "cache", cfg.eval.batch_size)
+        cache_s = time.perf_counter() - start
+        loops = {
+            "naive": naive_loop(students[0], teacher, train_set, rec, cfg.train.batch_size, device, amp),
+            "package": package_step(students[1], table, train_set, rec, cfg),
+        }
+        measured = interleaved(loops, args.warmup, args.steps, args.reps)
+        naive, package = measured["naive"], measured["package"]
+        result = {
+            "model": "12-layer large-robust shape, bf16" if args.gpu_large else "demo tiny wav2vec2",
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "batch_size": cfg.train.batch_size,
+            "utterances": args.utterances,
+            "lengths": f"{args.lengths}, {seconds.min():.2f}-{seconds.max():.2f} s, mean {seconds.mean():.2f} s",
+            "noise": pool_source,
+            "naive": dataclasses.asdict(naive),
+            "package": dataclasses.asdict(package),
+            "ratio": package.samples_per_s / naive.samples_per_s,
+            "window_ratios": [b / a for a, b in zip(naive.windows, package.windows)],
+            "padding_waste_naive": loops["naive"].padding_waste,
+            "padding_waste_package": loops["package"].padding_waste,
+            "padding_waste_package_50k": corpus_scale_waste(cfg, args.lengths),
+            "teacher_cache_build_s": cache_s,
+            "mixing_x_realtime_per_core_preloaded": mixing_throughput(train_set, args.mix_seconds, cfg.train.batch_size),
+            "mixing_x_realtime_per_core_from_disk": mixing_throughput(
+                dataset(True, preload=False), args.mix_seconds, cfg.train.batch_size
+            ),
+        }
+        if args.gpu_large:
+            result.update(gpu_utilisation(students[1], next(loops["package"].batches), package, device))
+    report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+def gpu_utilisation(model: EmotionModel, batch: dict[str, torch.Tensor], measured: Throughput,
+                    device: torch.device) -> dict[str, float | None]:
+    """Model FLOPs utilisation: counted FLOPs per padded audio second x padded audio seconds per second / peak."""
+    flops = train_step_flops(model, batch, device)
+    per_padded_s = flops / (batch["mask"].numel() / SAMPLE_RATE)
+    achieved = per_padded_s * measured.padded_audio_s_per_s
+    peak, _ = gpu_peak_tflops()
+    return {
+        "train_flops_per_padded_audio_s": per_padded_s,
+        "achieved_tflops": achieved / 1e12,
+        "peak_bf16_tflops": peak,
+        "mfu": None if peak is None else achieved / (peak * 1e12),
+    }
+
+
+def report(r: dict) -> None:
+    print(f"model: {r['model']} on {r['device']} ({r['torch_threads']} threads), batch {r['batch_size']}, "
+          f"{r['utterances']} utterances ({r['lengths']}), noise: {r['noise']}")
+    for key, label in (("naive", "(a) naive (paper)"), ("package", "(b) package")):
+        t = r[key]
+        print(f"{label:18s} {t['samples_per_s']:8.2f} samples/s {t['audio_s_per_s']:9.1f} audio s/s "
+              f"{t['step_s']:7.3f} s/step  padding waste {r['padding_waste_' + key]:6.1%}")
+    ratios = ", ".join(f"{x:.2f}" for x in r["window_ratios"])
+    print(f"RATIO (b)/(a): {r['ratio']:.2f}x  (per window: {ratios}; teacher cache built once in "
+          f"{r['teacher_cache_build_s']:.1f} s)")
+    print(f"padding waste of (b)'s sampler on a 50k-utterance corpus of the same mix: {r['padding_waste_package_50k']:.1%}")
+    print(f"noise mixing + loading: {r['mixing_x_realtime_per_core_preloaded']:.0f}x real time per core (preloaded), "
+          f"{r['mixing_x_realtime_per_core_from_disk']:.0f}x (read from disk)")
+    if "mfu" in r:
+        mfu = "n/a (unknown GPU peak)" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        print(f"achieved {r['achieved_tflops']:.1f} TFLOP/s of {r['peak_bf16_tflops']} peak bf16: MFU {mfu}")
+
+
+if __name__ == "__main__":
+    main()
