@@ -46,6 +46,8 @@ def tiny_backbone_config(cfg: ModelConfig) -> Wav2Vec2Config:
         conv_kernel=list(tiny.conv_kernel),
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
+        conv_bias=True,  # as large-robust; without it padded frames reach the CNN's layer norms with
+        # zero variance and their gradients explode (~1e10 at the first layer)
         feat_extract_norm="layer",
         do_stable_layer_norm=True,
         layerdrop=0.0,

@@ -90,3 +90,15 @@ def test_save_and_load_round_trip_gives_identical_predictions(model_cfg, tmp_pat
 def test_loading_a_non_model_directory_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.pt"):
         load_model(tmp_path)
+
+
+def test_padded_batches_give_moderate_gradients_at_initialisation(model_cfg):
+    """Padding must not reach the CNN's layer norms with zero variance (gradients ~1e10 without conv_bias)."""
+    from ctsl_hpc.losses import ccc_loss
+
+    torch.manual_seed(0)
+    model = build_model(model_cfg)
+    wave, mask = batch([16000, 6000, 3000, 11000])
+    ccc_loss(model(wave, mask).pred, torch.rand(4, 3)).backward()
+    largest = max(p.grad.norm().item() for p in model.parameters() if p.grad is not None)
+    assert largest < 1e3
