@@ -36,7 +36,7 @@ def setup(small_corpus, tiny_overrides, tmp_path_factory):
     splits = load_csv_manifest(small_corpus.manifest)
     pool = NoisePool.from_directory(small_corpus.noise_train, 16000, 1.0, min_seconds=4.0)
     stats = WaveformStats(0.0, 0.1)
-    common = dict(sample_rate=16000, max_seconds=4.0, stats=stats, preload=True, seed=1)
+    common = {"sample_rate": 16000, "max_seconds": 4.0, "stats": stats, "preload": True, "seed": 1}
     noisy = UtteranceSet(splits["train"], noise=pool, snr_db=5.0, **common)
     clean = UtteranceSet(splits["train"], **common)
     assert len(set(noisy.lengths.tolist())) > 3  # utterances of different lengths: batches are padded
