@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import yaml
 
-from ctsl_hpc.config import ExperimentConfig, config_from_dict
+from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.data.audio import WaveformStats, compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.corpus import Utterance, load_corpus
@@ -34,11 +33,11 @@ from ctsl_hpc.model import build_model, load_model
 from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
 from ctsl_hpc.train.loop import FitResult, MetricsSink, fit
 from ctsl_hpc.train.variants import recipe
+from ctsl_hpc.workdir import CONFIG_FILE, ConfigMismatch, open_workdir  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 DONE = "DONE"
-CONFIG_FILE = "config.yaml"
 
 
 class RunSink(MetricsSink, Protocol):
@@ -52,10 +51,6 @@ class RunSink(MetricsSink, Protocol):
 SinkFactory = Callable[[str], RunSink | None]
 
 
-class ConfigMismatch(ValueError):
-    """The work directory was created with another configuration."""
-
-
 @dataclass
 class Workspace:
     """A work directory: everything a resume needs lives here."""
@@ -65,21 +60,8 @@ class Workspace:
 
     @classmethod
     def open(cls, cfg: ExperimentConfig, root: str | Path | None = None) -> Workspace:
-        """Create or reopen the work directory; refuse one made with a different configuration."""
-        path = Path(root or cfg.workdir).resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        saved = path / CONFIG_FILE
-        if saved.is_file():
-            previous = config_from_dict(yaml.safe_load(saved.read_text()))
-            if previous.digest() != cfg.digest():
-                diff = _differences(previous.to_dict(), cfg.to_dict())
-                raise ConfigMismatch(
-                    f"{path} was created with another configuration (differs at: {', '.join(diff[:8])}); "
-                    "use a new --workdir or the same settings"
-                )
-        else:
-            saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return cls(path, cfg)
+        """Create or reopen the work directory; refuse one made for another experiment."""
+        return cls(open_workdir(cfg, root), cfg)
 
     def stage(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts)
@@ -100,17 +82,6 @@ class Workspace:
     @cached_property
     def data(self) -> Data:
         return Data(self)
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(a) | set(b)):
-        left, right = a.get(key), b.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            keys += _differences(left, right, f"{prefix}{key}.")
-        elif left != right:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 class Data:

@@ -25,7 +25,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
     from ctsl_hpc.data.audio import AudioError
     from ctsl_hpc.data.corpus import CorpusError
     from ctsl_hpc.data.noise import NoiseError
-    from ctsl_hpc.pipeline import ConfigMismatch
+    from ctsl_hpc.workdir import ConfigMismatch
 
     return (CorpusError, AudioError, NoiseError, ConfigMismatch)
 
@@ -97,8 +97,9 @@ def _submit_to_slurm(cfg) -> int:
     slurm.require_slurm()
     slurm.check_partitions(cfg, SLURM_STAGES)
     from ctsl_hpc.launch.executors import SlurmExecutor
+    from ctsl_hpc.workdir import open_workdir
 
-    root = slurm.open_workdir(cfg)
+    root = open_workdir(cfg)
     plan = slurm.submit_sweep(root, cfg, SlurmExecutor(root, cfg))
     records = {r.key: r for r in slurm.Registry(root).all()}
     for stage in plan:

@@ -138,40 +138,6 @@ def submit_sweep(workdir: Path, cfg: ExperimentConfig, executor: Executor) -> li
 # ---------------------------------------------------------------------------- the cluster side
 
 
-def open_workdir(cfg: ExperimentConfig) -> Path:
-    """Create the work directory with ``config.yaml`` (as ``pipeline.Workspace.open`` does, without
-    importing torch: submitting must take seconds); refuse one made with another configuration."""
-    import yaml
-
-    from ctsl_hpc.config import ConfigError, config_from_dict
-
-    root = Path(cfg.workdir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    saved = root / "config.yaml"
-    if saved.is_file():
-        previous = config_from_dict(yaml.safe_load(saved.read_text()))
-        if previous.digest() != cfg.digest():
-            flat_old, flat_new = _flat(previous.to_dict()), _flat(cfg.to_dict())
-            diff = sorted(k for k in flat_old.keys() | flat_new.keys() if flat_old.get(k) != flat_new.get(k))
-            raise ConfigError(
-                f"{root} was created with another configuration (differs at: {', '.join(diff[:8])}); "
-                "use a new --workdir or the same settings"
-            )
-    else:
-        saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    return root
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def require_slurm() -> None:
     """Raise :class:`SlurmError` unless the Slurm client tools are on PATH."""
     missing = [tool for tool in ("sbatch", "srun", "sacct", "squeue") if shutil.which(tool) is None]
