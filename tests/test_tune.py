@@ -1,6 +1,7 @@
-"""The Ray Tune sweep: search space from the config, the preemption relay, and `sweep --tune` end to end
-(ASHA stopping trials early, a driver killed mid-search and resumed without duplicate MLflow runs, the
-best configuration and the final report), plus a run inside the one-node Slurm."""
+"""The Ray Tune sweep: search space from the config, the preemption relay, and `sweep --tune` end to end:
+ASHA stopping trials early, a driver killed mid-search, then preempted (USR2), then resumed to
+completion without duplicate MLflow runs, the best configuration and the final report. The run inside
+the one-node Slurm is in tests/launch/test_ray_cluster.py (it needs the `slurm_cluster` fixture)."""
 
 from __future__ import annotations
 
@@ -96,29 +97,40 @@ def _sweep_command(workdir: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "ctsl_hpc.launch", "sweep", "--tune", *overrides]
 
 
-def _first_report(storage: Path) -> bool:
-    return any(p.stat().st_size > 0 for p in storage.glob("search/*/result.json"))
+def _reports(storage: Path) -> int:
+    """How many epoch results Tune has recorded so far."""
+    return sum(len(p.read_text().splitlines()) for p in storage.glob("search/*/result.json"))
+
+
+def _start_and_wait_for_a_report(cmd: list[str], log: Path, storage: Path) -> subprocess.Popen:
+    before = _reports(storage)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _reports(storage) <= before:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no new trial report within 300 s"
+        time.sleep(0.5)  # polling the Tune storage for the next report
+    return proc
 
 
 @pytest.fixture(scope="module")
 def resumed_sweep(tiny_overrides, tmp_path_factory):
-    """`sweep --tune` killed (SIGKILL, the whole process group) after the first trial report, then rerun."""
+    """`sweep --tune` killed (SIGKILL to its process group) after the first trial report, rerun and
+    preempted (SIGUSR2, relayed to the trials) after its next report, then rerun to completion."""
     workdir = tmp_path_factory.mktemp("tune")
-    overrides = [*tiny_overrides(workdir), *_tune_overrides(random.randrange(1000))]
-    cmd = _sweep_command(workdir, overrides)
-    log = open(workdir.parent / "first.log", "wb")
-    first = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while not _first_report(workdir / "tune"):
-        assert first.poll() is None, (workdir.parent / "first.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no trial reported within 240 s"
-        time.sleep(0.5)  # polling the Tune storage for the first report
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    storage = workdir / "tune"
+    cmd = _sweep_command(workdir, [*tiny_overrides(workdir), *_tune_overrides(random.randrange(1000))])
+    killed = _start_and_wait_for_a_report(cmd, workdir.parent / "killed.log", storage)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    preempted = _start_and_wait_for_a_report(cmd, workdir.parent / "preempted.log", storage)
+    os.kill(preempted.pid, signal.SIGUSR2)
+    assert preempted.wait(timeout=300) == ctune.INTERRUPTED, (workdir.parent / "preempted.log").read_text()[-3000:]
+    assert not (workdir / ctune.BEST_CONFIG).exists()
     started = time.monotonic()
-    second = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return workdir, second.stdout, time.monotonic() - started
+    final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    return workdir, final.stdout, time.monotonic() - started
 
 
 def _trial_rows(workdir: Path) -> list[dict[str, str]]:
