@@ -170,6 +170,7 @@ class SlurmStageConfig:
     time_min: int | None = None
     nodes: int | None = None
     gpus_per_node: int | None = None
+    tasks_per_node: int | None = None
     cpus_per_task: int | None = None
     mem_gb: float | None = None
     constraint: str | None = None
@@ -192,6 +193,7 @@ class SlurmConfig:
     time_min: int = 240
     nodes: int = 1
     gpus_per_node: int = 0
+    tasks_per_node: int | None = None  # ranks per node of ddp/deepspeed training; None: one per GPU (1 without GPUs)
     cpus_per_task: int = 2
     mem_gb: float = 8.0
     constraint: str | None = None
@@ -420,7 +422,7 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(0 < e.alpha < 1, "eval.alpha", "must be in (0, 1)")
     _require(e.batch_size >= 1, "eval.batch_size", "must be at least 1")
     _validate_tune(cfg.tune)
-    _validate_slurm(cfg.slurm)
+    _validate_slurm(cfg.slurm, t.engine)
     for condition in e.noisy_roots:
         _require(
             condition in ("snr10", "snr5", "snr0"),
@@ -429,9 +431,14 @@ def validate(cfg: ExperimentConfig) -> None:
         )
 
 
-def _validate_slurm(slurm: SlurmConfig) -> None:
+def _validate_slurm(slurm: SlurmConfig, engine: str) -> None:
     for name in SLURM_STAGES:
         st, key = slurm.stage(name), f"slurm.{name}"
+        _require(st.tasks_per_node is None or st.tasks_per_node >= 1, f"{key}.tasks_per_node", "must be at least 1")
+        _require(
+            name == "eval" or engine in ("ddp", "deepspeed") or st.tasks_per_node in (None, 1),
+            f"{key}.tasks_per_node", f"several tasks need train.engine ddp or deepspeed (train.engine is {engine!r})",
+        )
         _require(st.time_min >= 1, f"{key}.time_min", "must be at least 1 minute")
         _require(st.nodes >= 1, f"{key}.nodes", "must be at least 1")
         _require(st.gpus_per_node >= 0, f"{key}.gpus_per_node", "must be >= 0")
