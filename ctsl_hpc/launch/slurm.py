@@ -294,11 +294,14 @@ def executor_parameters(name: str, stage: SlurmStageConfig, tasks_per_node: int)
 
 
 def tasks_per_node(cfg: ExperimentConfig, stage: str) -> int:
-    """One task per GPU for distributed training engines, else one task per node."""
+    """Ranks per node of a training stage: ``slurm[.stage].tasks_per_node`` if set, else one task per
+    GPU for distributed training engines; one task otherwise (evaluation is a single process)."""
     resolved = cfg.slurm.stage(stage)
-    if stage != "eval" and cfg.train.engine in ("ddp", "deepspeed") and resolved.gpus_per_node > 1:
-        return resolved.gpus_per_node
-    return 1
+    if stage == "eval" or cfg.train.engine not in ("ddp", "deepspeed"):
+        return 1
+    if resolved.tasks_per_node is not None:
+        return resolved.tasks_per_node
+    return max(1, resolved.gpus_per_node)
 
 
 # --------------------------------------------------------------------------------- the jobs
@@ -338,6 +341,23 @@ def export_distributed_env() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
+def prepare_inputs_on_rank0(workdir: str) -> None:
+    """Multi-task jobs: rank 0 builds what every rank reads (demo corpus, waveform statistics, noise
+    folders checked) while the others wait at a barrier; concurrently they would race on the same files."""
+    if submitit.JobEnvironment().num_tasks == 1:
+        return
+    import torch.distributed as dist
+
+    from ctsl_hpc.launch.jobs import open_workspace
+    from ctsl_hpc.train.distributed import init_process_group
+
+    env = init_process_group()
+    if env.rank == 0:
+        open_workspace(workdir).data.check()
+    dist.barrier()
+    log.info("rank %d of %d ready (%s:%s)", env.rank, env.world_size, os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
+
+
 def _start(workdir: str, key: str, max_requeues: int, stage: str) -> tuple[Registry, int]:
     """Register this (re)start of ``key``; fail if it was requeued too often."""
     env = submitit.JobEnvironment()
@@ -374,6 +394,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGTERM, flag)
         registry, restarts = _start(workdir, self.key, self.max_requeues, self.stage)
         export_distributed_env()
+        prepare_inputs_on_rank0(workdir)
         try:
             if self.stage == "teacher":
                 summary = jobs.teacher_job(workdir, should_stop=flag.is_set)
@@ -411,7 +432,22 @@ class TrainingJob(submitit.helpers.Checkpointable):
             # Preemption with PreemptMode=REQUEUE: Slurm requeues the job itself and refuses a second requeue.
             log.warning("scontrol requeue refused (%s): Slurm is already requeuing this job", error)
             sys.exit(-1)
-        sys.exit(-1)  # ranks > 0: submitit's handler returns there; rank 0 requeued the job
+        _wait_for_rank0_to_leave()  # ranks > 0: submitit's handler returns there
+        sys.exit(-1)
+
+
+def _wait_for_rank0_to_leave() -> None:
+    """Ranks > 0 after the collective checkpoint: block until rank 0 (which requeues the job, then
+    exits) leaves the process group. Ending first, with a non-zero code, would let srun
+    (``--kill-on-bad-exit``, ``KillOnBadExit=1``) kill rank 0 before its ``scontrol requeue``."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()  # rank 0 never arrives: the barrier fails once it has exited (or the requeue kills us)
+    except RuntimeError as exc:
+        log.info("rank 0 has left (%s): exiting for the requeue", str(exc).splitlines()[0][:100])
 
 
 class EvaluationJob(submitit.helpers.Checkpointable):
