@@ -8,6 +8,7 @@ accepted and saved, so requeued and resumed jobs pick it up. Torch-free: submitt
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ def open_workdir(cfg: ExperimentConfig, root: str | Path | None = None) -> Path:
                 f"{path} was created with another configuration (differs at: {', '.join(diff[:8])}); "
                 "use a new --workdir or the same settings"
             )
-    tmp = saved.with_suffix(".tmp")
+    tmp = saved.with_suffix(f".{os.getpid()}.tmp")  # every rank of a multi-task job opens the work directory
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     tmp.replace(saved)
     return path

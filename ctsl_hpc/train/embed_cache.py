@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -55,7 +56,7 @@ def teacher_embeddings(
     _, embeddings = predict(teacher, dataset, batch_size, use_noisy=False)
     table = torch.from_numpy(embeddings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # every rank of a multi-task job may write it
     torch.save(table, tmp)
     tmp.replace(path)
     return table
