@@ -1,0 +1,50 @@
+"""The demo pipeline logs its whole run tree to a real MLflow server, and a rerun duplicates nothing."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+
+from ctsl_hpc.launch.__main__ import main
+
+pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
+
+STUDENTS = ["RH", "RM", "RM+TL", "RM+CL", "RM+TL+CL"]
+
+
+def child_runs(client: MlflowClient, experiment: str) -> dict[str, object]:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    return {r.info.run_name: r for r in runs}
+
+
+@pytest.mark.slow
+def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, tiny_overrides, tmp_path):
+    experiment = "pipeline-test"
+    args = ["sweep", *tiny_overrides(tmp_path / "w"), f"tracking.uri={mlflow_server.url}", f"tracking.experiment={experiment}"]
+    assert main(args) == 0
+    client = MlflowClient(mlflow_server.url)
+    runs = child_runs(client, experiment)
+    assert set(runs) == {f"sweep {tmp_path.joinpath('w').name}", "teacher", *(f"student/{v}" for v in STUDENTS)}
+    parent = runs.pop(f"sweep {tmp_path.joinpath('w').name}")
+    assert parent.data.params["student.lambda_tl"] == "100.0"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
+        "report/table1.md", "report/table1.json", "report/table2.md", "report/scores.csv", "report/ccc_vs_snr.png"
+    }
+    for name, run in runs.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        history = client.get_metric_history(run.info.run_id, "dev/ccc_mean")
+        assert sorted(m.step for m in history) == [1, 2], name
+        for key in ("loss/ccc", "loss/total", "ccc/snr0/arousal", "ccc/clean/valence", "emb/snr0/rmse", "emb/snr5/infonce"):
+            assert key in run.data.metrics, (name, key)
+        assert "model/model.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+        assert run.info.status == "FINISHED"
+    tl = client.get_metric_history(runs["student/RM+TL+CL"].info.run_id, "loss/tl")
+    assert all(m.value > 0 for m in tl)
+
+    assert main(args) == 0  # the same command again: reopens the same runs, logs nothing twice
+    again = child_runs(client, experiment)
+    assert {n: r.info.run_id for n, r in again.items() if n in runs} == {n: r.info.run_id for n, r in runs.items()}
+    assert len(again) == len(runs) + 1
+    history = client.get_metric_history(runs["teacher"].info.run_id, "dev/ccc_mean")
+    assert sorted(m.step for m in history) == [1, 2]
