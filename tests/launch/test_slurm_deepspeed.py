@@ -1,0 +1,211 @@
+"""DeepSpeed ZeRO-2 on the one-node dev Slurm: 2 ranks = 2 Slurm tasks of one job (no launcher).
+
+One module fixture runs everything once (tiny model, 40 utterances, dropout 0):
+
+- the reference: teacher and RM+TL student trained in this process on ONE rank (plain engine);
+- job A: the teacher from scratch, ``train.engine=deepspeed``, ``slurm.tasks_per_node=2``;
+- job B: the RM+TL student on a copy of the reference's teacher, 2 tasks, uninterrupted;
+- job C: the same student, sent ``scancel --signal=USR2`` once both ranks are up: all ranks save
+  one collective checkpoint after the first step, rank 0 requeues, the restart resumes mid-epoch.
+
+The node has 2 CPUs: each job asks for 2 tasks x 1 CPU, so the jobs run one after the other.
+Job C runs with ``SLURM_KILL_BAD_EXIT=1`` (srun kills the other tasks as soon as one exits non-zero,
+as on clusters with ``KillOnBadExit=1``). Two fast tests check the ``slurm.tasks_per_node`` key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ctsl_hpc import pipeline
+from ctsl_hpc.config import ConfigError, ExperimentConfig, load_config
+from ctsl_hpc.launch import slurm
+from ctsl_hpc.launch.executors import SlurmExecutor
+from ctsl_hpc.launch.slurm import Task
+from ctsl_hpc.launch.state import Registry
+
+EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
+VARIANT, STUDENT = "RM+TL", "student/RM+TL"
+TWO_TASKS = [
+    "train.engine=deepspeed", "slurm.tasks_per_node=2", "slurm.cpus_per_task=1", "slurm.mem_gb=3",
+    "slurm.time_min=15",
+]  # fmt: skip
+RESUMED = re.compile(r"resumed from step-(\d+) \(epoch (\d+), batch (\d+)\)")
+
+
+def test_tasks_per_node_from_the_config_reaches_submitit_for_training_stages_only():
+    tasks = int(np.random.default_rng().integers(2, 9))
+    cfg = load_config(None, ["train.engine=deepspeed", f"slurm.tasks_per_node={tasks}", "slurm.gpus_per_node=1"])
+    for stage in ("teacher", "students"):
+        params = slurm.executor_parameters("x", cfg.slurm.stage(stage), slurm.tasks_per_node(cfg, stage))
+        assert params["tasks_per_node"] == tasks and params["gpus_per_node"] == 1
+    assert slurm.tasks_per_node(cfg, "eval") == 1  # evaluation is one process
+    per_stage = load_config(None, ["train.engine=ddp", "slurm.gpus_per_node=4", "slurm.students.tasks_per_node=2"])
+    assert (slurm.tasks_per_node(per_stage, "teacher"), slurm.tasks_per_node(per_stage, "students")) == (4, 2)
+
+
+def test_invalid_tasks_per_node_names_the_key():
+    with pytest.raises(ConfigError, match="slurm.teacher.tasks_per_node: must be at least 1"):
+        load_config(None, ["train.engine=deepspeed", "slurm.tasks_per_node=0"])
+    with pytest.raises(ConfigError, match="slurm.students.tasks_per_node: several tasks need train.engine ddp or deepspeed"):
+        load_config(None, ["slurm.students.tasks_per_node=2"])
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, workdir: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "slurm").glob("*/*_log.*")))
+            raise TimeoutError(f"not within {timeout_s:.0f} s: {what}\n{logs}")
+        time.sleep(0.2)
+
+
+def finished(workdir: Path, key: str) -> bool:
+    record = Registry(workdir).get(key)
+    if record is not None and record.state == "FAILED":
+        raise AssertionError(f"{key} failed: {record.message}")
+    return record is not None and record.state == "COMPLETED"
+
+
+def task_log(workdir: Path, job_id: str, rank: int) -> Path:
+    return workdir / "slurm" / job_id / f"{job_id}_{rank}_log.out"
+
+
+def submit(workdir: Path, cfg: ExperimentConfig, task: Task) -> str:
+    (job_id,) = SlurmExecutor(workdir, cfg).submit(task.stage, [task], [])
+    return job_id
+
+
+def copy_with_teacher(reference: Path, dest: Path, overrides: list[str]) -> tuple[Path, ExperimentConfig]:
+    """A new work directory with the reference's trained teacher and the 2-task DeepSpeed config."""
+    dest.mkdir(parents=True)
+    shutil.copy2(reference / "waveform_stats.json", dest / "waveform_stats.json")
+    shutil.copytree(reference / "teacher", dest / "teacher")  # no cache/: both ranks embed (atomic writes)
+    cfg = load_config(None, [*overrides, f"workdir={dest}", *TWO_TASKS])
+    pipeline.open_workdir(cfg, dest)
+    return dest, cfg
+
+
+def epoch_weights(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "epochs" / f"epoch-{epoch:03d}" / "model.pt", weights_only=True)
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [{**r, "model_dir": Path(r["model_dir"]).name} for r in json.loads((run_dir / "history.json").read_text())]
+
+
+def assert_close_runs(ours: Path, reference: Path, epochs: int) -> None:
+    """Same losses, dev CCC and weights within fp32 tolerance (summation order differs across ranks)."""
+    mine, ref = history(ours), history(reference)
+    assert [r["epoch"] for r in mine] == [r["epoch"] for r in ref] == list(range(1, epochs + 1))
+    for a, b in zip(mine, ref):
+        assert a["losses"].keys() == b["losses"].keys()
+        np.testing.assert_allclose([a["losses"][k] for k in a["losses"]], [b["losses"][k] for k in a["losses"]], rtol=1e-5)
+        np.testing.assert_allclose(a["dev_ccc"], b["dev_ccc"], atol=1e-4)
+    for epoch in range(1, epochs + 1):
+        a, b = epoch_weights(ours, epoch), epoch_weights(reference, epoch)
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4, msg=f"epoch {epoch} {name}")
+
+
+@dataclass
+class Runs:
+    reference: Path
+    teacher: Path  # job A's work directory
+    straight: Path  # job B's
+    preempted: Path  # job C's
+    preempted_job: str
+
+
+@pytest.fixture(scope="module")
+def runs(slurm_cluster, tiny_overrides, tmp_path_factory) -> Runs:
+    with pytest.MonkeyPatch.context() as env:  # inherited by the jobs through sbatch
+        env.setenv("TORCH_EXTENSIONS_DIR", str(EXTENSIONS))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        base = tmp_path_factory.mktemp("ds")
+        # dropout 0: its masks would depend on how the batch is split across ranks
+        overrides = [*tiny_overrides(base / "ref"), "model.dropout=0.0", f"student.variants=[{VARIANT}]",
+                     "tracking.enabled=false", "student.epochs=2"]  # fmt: skip
+
+        work_a = base / "a"
+        cfg_a = load_config(None, [*overrides, f"workdir={work_a}", *TWO_TASKS])
+        pipeline.open_workdir(cfg_a, work_a)
+        submit(work_a, cfg_a, Task("teacher", "teacher"))
+
+        torch.set_num_threads(1)  # the one-rank reference, while job A runs
+        ws = pipeline.Workspace.open(load_config(None, overrides), base / "ref")
+        pipeline.train_teacher(ws)
+        pipeline.train_student(ws, VARIANT)
+
+        work_b, cfg_b = copy_with_teacher(ws.root, base / "b", overrides)
+        submit(work_b, cfg_b, Task(STUDENT, "students", VARIANT))
+        work_c, cfg_c = copy_with_teacher(ws.root, base / "c", overrides)
+        # as on clusters with KillOnBadExit=1: a task ending non-zero makes srun kill the others at once
+        env.setenv("SLURM_KILL_BAD_EXIT", "1")
+        job_c = submit(work_c, cfg_c, Task(STUDENT, "students", VARIANT))
+        env.delenv("SLURM_KILL_BAD_EXIT")
+
+        def both_ranks_ready() -> bool:
+            logs = [task_log(work_c, job_c, rank) for rank in (0, 1)]
+            return all(p.is_file() and f"rank {r} of 2 ready" in p.read_text() for r, p in enumerate(logs))
+
+        wait_until(both_ranks_ready, 420, "job C's two ranks joined", work_c)
+        subprocess.run(["scancel", "--signal=USR2", job_c], check=True)
+        for work, key in ((work_a, "teacher"), (work_b, STUDENT), (work_c, STUDENT)):
+            wait_until(lambda: finished(work, key), 420, f"{work.name}: {key} completes", work)
+        return Runs(ws.root, work_a, work_b, work_c, job_c)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_teacher_on_two_slurm_tasks_matches_one_rank(runs: Runs):
+    assert_close_runs(runs.teacher / "teacher", runs.reference / "teacher", epochs=2)
+    record = Registry(runs.teacher).get("teacher")
+    assert record.resources["tasks_per_node"] == 2 and record.resources["cpus_per_task"] == 1
+    rank1 = task_log(runs.teacher, record.job_id, 1).read_text()
+    assert "rank 1 of 2 ready" in rank1
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_student_on_two_slurm_tasks_matches_one_rank(runs: Runs):
+    assert_close_runs(runs.straight / "students" / "RM_TL", runs.reference / "students" / "RM_TL", epochs=2)
+    assert len(list((runs.straight / "cache").glob("teacher-*.pt"))) == 1
+    assert not list((runs.straight / "cache").glob("*.tmp"))
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_two_task_job_preempted_mid_epoch_resumes_identical_to_uninterrupted(runs: Runs, slurm_cluster):
+    record = Registry(runs.preempted).get(STUDENT)
+    assert record.requeues == 1 and record.job_id == runs.preempted_job
+    resumed = [m.groups() for m in RESUMED.finditer(task_log(runs.preempted, record.job_id, 0).read_text())]
+    assert len(resumed) == 1 and int(resumed[0][2]) > 0, f"not resumed once mid-epoch: {resumed}"
+    rank1 = task_log(runs.preempted, record.job_id, 1).read_text()
+    assert rank1.count("rank 1 of 2 ready") == 2 and "resumed from step-" in rank1  # both ranks restarted
+    assert "rank 0 has left" in rank1  # rank 1 outlived rank 0's requeue (kill-on-bad-exit is on)
+    states = [r["State"].split()[0] for r in slurm_cluster.wait_for_sacct(record.job_id, "COMPLETED")]
+    assert len(states) == 2, states
+    # the collective checkpoint holds both ranks' ZeRO-2 optimizer shards
+    run_dir = runs.preempted / "students" / "RM_TL"
+    shards = sorted(p.name for p in (run_dir / "checkpoints").glob("*/deepspeed/*optim_states.pt"))
+    assert any("rank_0" in s for s in shards) and any("rank_1" in s for s in shards), shards
+
+    straight = runs.straight / "students" / "RM_TL"
+    assert history(run_dir) == history(straight)
+    for epoch in (1, 2):
+        ours, reference = epoch_weights(run_dir, epoch), epoch_weights(straight, epoch)
+        assert ours.keys() == reference.keys()
+        assert all(torch.equal(ours[k], reference[k]) for k in ours), f"epoch {epoch}"
