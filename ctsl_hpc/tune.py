@@ -409,9 +409,11 @@ class SweepResult:
 
 def init_ray(address: str | None = None) -> None:
     """Connect to the cluster at ``address``, or start a private local Ray with this machine's CPUs."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not address:  # a private single-node Ray: its services on the loopback interface only
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return
     if address:
