@@ -231,7 +231,10 @@ def accounting(job_ids: Sequence[str]) -> dict[str, Accounting]:
     job_ids = [j for j in job_ids if j]
     if not job_ids:
         return {}
-    text = _run(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State,ElapsedRaw,AllocTRES", "-j", ",".join(job_ids)])
+    # An array task that never started is accounted only under its array's row ("8_[0-1]"), which
+    # `sacct -j 8_0` does not return: ask for the array's id too and expand its rows.
+    query = sorted({*job_ids, *(j.split("_")[0] for j in job_ids)})
+    text = _run(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State,ElapsedRaw,AllocTRES", "-j", ",".join(query)])
     found: dict[str, Accounting] = {}
     for line in text.splitlines():
         parts = line.split("|")
@@ -245,7 +248,8 @@ def accounting(job_ids: Sequence[str]) -> dict[str, Accounting]:
             total_s = seconds + (prev.elapsed_s if prev else 0)
             gpu_h = gpus * seconds / 3600 + (prev.gpu_hours if prev else 0.0)
             found[job_id] = Accounting(job_id, state, total_s, max(gpus, prev.gpus if prev else 0), gpu_h)
-    return found  # with -D the newest run comes last, so `state` is the current one
+    wanted = set(job_ids)
+    return {j: a for j, a in found.items() if j in wanted}  # with -D the newest run comes last
 
 
 def queue_states(job_ids: Sequence[str]) -> dict[str, str]:
