@@ -43,7 +43,6 @@ import importlib.util
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 import ctsl_hpc
+from ctsl_hpc.processes import stop_process_group
 
 _log = logging.getLogger(__name__)
 
@@ -718,17 +718,8 @@ def wait_until_healthy(url: str, timeout_s: float = 60.0, proc: subprocess.Popen
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
-    """SIGTERM the server's process group; SIGKILL it if still alive after ``timeout_s``."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+    """Stop a server started by :func:`serve` (its whole process group)."""
+    stop_process_group(proc, timeout_s)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

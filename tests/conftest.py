@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,3 +50,11 @@ def _tiny_overrides(corpus, workdir) -> list[str]:
         "model.tiny.num_layers=1",
         "model.num_layers=1",
     ]
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """A freshly seeded generator; the seed is printed so a failure can be replayed."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print(f"{request.node.name}: rng seed {seed}")
+    return np.random.default_rng(seed)

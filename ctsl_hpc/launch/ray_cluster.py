@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ctsl_hpc.processes import stop_process_group
+
 log = logging.getLogger(__name__)
 
 ADDRESS_FILE = "address"
@@ -137,15 +139,7 @@ def _ignore_preemption_signal() -> None:
 
 def stop_node(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
     """Stop this node's Ray processes (its process group only)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
+    stop_process_group(proc, timeout_s)
 
 
 def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:

@@ -13,12 +13,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (still runs in CI)")
 
 
-@pytest.fixture
-def rng(request: pytest.FixtureRequest) -> np.random.Generator:
-    """A freshly seeded generator; the seed is printed so a failure can be replayed."""
-    seed = int(np.random.SeedSequence().entropy % 2**32)
-    print(f"{request.node.name}: rng seed {seed}")
-    return np.random.default_rng(seed)
 
 
 def _speech_like(rng: np.random.Generator, seconds: float, sample_rate: int = 16000) -> np.ndarray:

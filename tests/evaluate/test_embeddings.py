@@ -29,11 +29,6 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-@pytest.fixture
-def rng(request: pytest.FixtureRequest) -> np.random.Generator:
-    seed = int(np.random.SeedSequence().entropy % 2**32)
-    print(f"{request.node.name}: rng seed {seed}")
-    return np.random.default_rng(seed)
 
 
 def _infonce_reference(
