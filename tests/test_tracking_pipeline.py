@@ -28,6 +28,7 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
     assert set(runs) == {f"sweep {tmp_path.joinpath('w').name}", "teacher", *(f"student/{v}" for v in STUDENTS)}
     parent = runs.pop(f"sweep {tmp_path.joinpath('w').name}")
     assert parent.data.params["student.lambda_tl"] == "100.0"
+    assert parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/table1.md", "report/table1.json", "report/table2.md", "report/scores.csv", "report/ccc_vs_snr.png"
     }
@@ -38,7 +39,7 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
         for key in ("loss/ccc", "loss/total", "ccc/snr0/arousal", "ccc/clean/valence", "emb/snr0/rmse", "emb/snr5/infonce"):
             assert key in run.data.metrics, (name, key)
         assert "model/model.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
-        assert run.info.status == "FINISHED"
+        assert run.info.status == "FINISHED", name
     tl = client.get_metric_history(runs["student/RM+TL+CL"].info.run_id, "loss/tl")
     assert all(m.value > 0 for m in tl)
 
@@ -48,3 +49,4 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
     assert len(again) == len(runs) + 1
     history = client.get_metric_history(runs["teacher"].info.run_id, "dev/ccc_mean")
     assert sorted(m.step for m in history) == [1, 2]
+    assert {n: r.info.status for n, r in again.items()} == {n: "FINISHED" for n in again}

@@ -73,13 +73,24 @@ def student_job(workdir: str | Path, variant: str, should_stop: Callable[[], boo
 
 
 def evaluate_job(workdir: str | Path) -> Path:
-    """Score every model, write the report, attach it to the parent run."""
+    """Score every model, write the report, attach it to the parent run and end the run tree."""
     ws = open_workspace(workdir)
     tracker = open_tracker(ws)
     variants = ["original", *ws.cfg.student.variants]
-    report_dir = pipeline.evaluate(ws, variants, sink_for=lambda key: _child(tracker, key))
+    reopened = []
+
+    def sink_for(key: str):
+        run = _child(tracker, key)
+        if run is not None:
+            reopened.append(run)
+        return run
+
+    report_dir = pipeline.evaluate(ws, variants, sink_for=sink_for)
+    for run in reopened:  # reopened (RUNNING) for the test scores: end them again
+        run.finish("FINISHED")
     if tracker is not None:
         parent = tracker.parent()
         parent.log_artifacts(report_dir, "report")
+        parent.finish("FINISHED")
         tracker.flush()
     return report_dir

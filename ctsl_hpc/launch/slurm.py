@@ -496,7 +496,9 @@ def log_gpu_hours(workdir: Path) -> None:
         return
     metrics = {f"gpu_hours/{key}": hours for key, hours in per_key.items()}
     metrics["gpu_hours/total"] = total
-    tracker.parent().log_metrics(metrics, step=0)
+    parent = tracker.parent()
+    parent.log_metrics(metrics, step=0)
+    parent.finish("FINISHED")
     tracker.flush()
 
 

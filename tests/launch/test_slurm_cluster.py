@@ -210,7 +210,10 @@ def test_job_requeued_more_than_max_requeues_fails_with_a_clear_message(sweeps: 
 
 def test_cancel_then_resume_resubmits_only_what_is_unfinished(sweeps: Sweeps, slurm_cluster, tmp_path):
     work, _ = _copy_with_teacher(sweeps.local, tmp_path / "c")
-    out = cli("sweep", "--cluster", "slurm", "--workdir", work, *TINY)
+    # The students may start in an hour only: cancel finds every job pending. (A started tiny student
+    # can finish inside scancel's grace period, since submitit bypasses SIGTERM; resume then rightly
+    # keeps its result.)
+    out = cli("sweep", "--cluster", "slurm", "--workdir", work, *TINY, "slurm.students.additional={begin: now+3600}")
     assert out.returncode == 0 and "done ['teacher']" in out.stdout, out.stderr
     first = {r.key: r.job_id for r in Registry(work).all()}
     assert set(first) == {"student/RM", "student/RM+TL", "eval"}
