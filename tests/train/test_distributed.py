@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from ctsl_hpc.config import load_config
 from ctsl_hpc.data.batching import LengthBucketSampler
+from ctsl_hpc.model import build_model
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.distributed import (
     ShardedBatchSampler,
@@ -178,6 +180,22 @@ def test_two_ranks_zero3_save_consolidated_epoch_weights(overrides, one_rank_zer
     np.testing.assert_allclose(losses(two), losses(one_rank_zero2), rtol=1e-5)
     saved = torch.load(tmp_path / "z3" / "epochs" / "epoch-002" / "model.pt", weights_only=True)
     assert_same_weights(saved, one_rank_zero2["weights"], atol=2e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["RH", "RM", "RM+CL"])  # RM+TL: test_slurm_deepspeed; RM+TL+CL: below
+def test_each_student_variant_on_two_zero2_ranks_matches_one_rank(overrides, variant, tmp_path):
+    student = [*overrides, "train.engine=deepspeed"]
+    one = launch(1, tmp_path / "one", student, "--variant", variant)
+    two = launch(2, tmp_path / "two", student, "--variant", variant)
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
+    assert_same_weights(two["weights"], one["weights"], atol=2e-5)
+    torch.manual_seed(0)  # the worker's initial model (--init-seed 0)
+    initial = build_model(load_config(None, overrides).model).state_dict()
+    moved = {name for name, value in two["weights"].items() if not torch.equal(value, initial[name])}
+    assert any(name.startswith("head.") for name in moved)
+    backbone_moved = any(name.startswith("backbone.encoder.") for name in moved)
+    assert backbone_moved == (variant != "RH"), sorted(moved)
 
 
 @pytest.mark.slow
