@@ -16,6 +16,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -356,6 +357,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ex
     cfg = _build(ExperimentConfig, values)
     validate(cfg)
     return cfg
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys, e.g. ``{"a": {"b": 1}} -> {"a.b": 1}`` (empty mappings kept as values)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
 
 
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:

@@ -33,7 +33,7 @@ from ctsl_hpc.model import build_model, load_model
 from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
 from ctsl_hpc.train.loop import FitResult, MetricsSink, fit
 from ctsl_hpc.train.variants import recipe
-from ctsl_hpc.workdir import CONFIG_FILE, ConfigMismatch, open_workdir  # noqa: F401  (re-exported)
+from ctsl_hpc.workdir import open_workdir
 
 log = logging.getLogger(__name__)
 

@@ -63,6 +63,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 import ctsl_hpc
+from ctsl_hpc.config import flatten as flatten_values
 from ctsl_hpc.processes import stop_process_group
 
 _log = logging.getLogger(__name__)
@@ -102,14 +103,7 @@ def resolve_uri(workdir: str | Path, uri: str | None = None) -> str:
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested mappings to dotted keys with string values, e.g. ``{"a": {"b": 1}} -> {"a.b": "1"}``."""
-    flat: dict[str, str] = {}
-    for key, value in values.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = str(value)[:_PARAM_MAX_CHARS]
-    return flat
+    return {name: str(value)[:_PARAM_MAX_CHARS] for name, value in flatten_values(values, prefix).items()}
 
 
 def config_hash(config: Mapping[str, Any]) -> str:

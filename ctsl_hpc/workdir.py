@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from ctsl_hpc.config import ExperimentConfig, config_from_dict
+from ctsl_hpc.config import ExperimentConfig, config_from_dict, flatten
 
 CONFIG_FILE = "config.yaml"
 RUNTIME_KEYS = ("workdir", "slurm", "tracking")
@@ -24,19 +23,9 @@ class ConfigMismatch(ValueError):
     """The work directory was created for another experiment."""
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def experiment_differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
     """Dotted keys whose values differ, ignoring the runtime sections."""
-    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
     changed = (k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return sorted(k for k in changed if k.split(".")[0] not in RUNTIME_KEYS)
 

@@ -8,7 +8,7 @@ in order; the Slurm backend submits them as jobs (teacher -> student array -> ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import yaml
 
 from ctsl_hpc import pipeline
 from ctsl_hpc.config import ExperimentConfig, config_from_dict
+from ctsl_hpc.workdir import CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 def open_workspace(workdir: str | Path) -> pipeline.Workspace:
     """Reopen a work directory with the configuration saved in it."""
     path = Path(workdir)
-    cfg = config_from_dict(yaml.safe_load((path / pipeline.CONFIG_FILE).read_text()))
+    cfg = config_from_dict(yaml.safe_load((path / CONFIG_FILE).read_text()))
     return pipeline.Workspace.open(cfg, path)
 
 
@@ -57,7 +58,7 @@ def _close(run, ws: pipeline.Workspace, summary: dict[str, Any]) -> None:
     """Attach the resolved config and the best model directory, and end the run."""
     if run is None:
         return
-    run.log_artifact(ws.root / pipeline.CONFIG_FILE)
+    run.log_artifact(ws.root / CONFIG_FILE)
     run.log_artifacts(Path(summary["best_dir"]), "model")
     run.finish("FINISHED")
 
@@ -72,8 +73,9 @@ def student_job(workdir: str | Path, variant: str, should_stop: Callable[[], boo
     return summary
 
 
-def evaluate_job(workdir: str | Path) -> Path:
-    """Score every model, write the report, attach it to the parent run and end the run tree."""
+def evaluate_job(workdir: str | Path, parent_metrics: Callable[[], Mapping[str, float]] | None = None) -> Path:
+    """Score every model, write the report, attach it (and ``parent_metrics()``, when tracking) to the
+    parent run and end the run tree."""
     ws = open_workspace(workdir)
     tracker = open_tracker(ws)
     variants = ["original", *ws.cfg.student.variants]
@@ -91,6 +93,8 @@ def evaluate_job(workdir: str | Path) -> Path:
     if tracker is not None:
         parent = tracker.parent()
         parent.log_artifacts(report_dir, "report")
+        if parent_metrics is not None:
+            parent.log_metrics(parent_metrics(), step=0)
         parent.finish("FINISHED")
         tracker.flush()
     return report_dir

@@ -468,8 +468,7 @@ class EvaluationJob(submitit.helpers.Checkpointable):
         registry.update(self.key, state="RUNNING", job_id=submitit.JobEnvironment().job_id,
                         requeues=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
         try:
-            report_dir = jobs.evaluate_job(workdir)
-            log_gpu_hours(Path(workdir))
+            report_dir = jobs.evaluate_job(workdir, parent_metrics=lambda: gpu_hours_metrics(Path(workdir)))
         except Exception as exc:
             registry.update(self.key, state="FAILED", message=f"{type(exc).__name__}: {exc}"[:500])
             raise
@@ -486,20 +485,10 @@ def gpu_hours(workdir: Path) -> tuple[dict[str, float], float]:
     return per_key, sum(per_key.values())
 
 
-def log_gpu_hours(workdir: Path) -> None:
-    """Send the sweep's GPU-hours to the MLflow parent run (when tracking is on)."""
-    from ctsl_hpc.launch.jobs import open_tracker, open_workspace
-
+def gpu_hours_metrics(workdir: Path) -> dict[str, float]:
+    """The sweep's GPU-hours as MLflow metrics: ``gpu_hours/<job key>`` and ``gpu_hours/total``."""
     per_key, total = gpu_hours(workdir)
-    tracker = open_tracker(open_workspace(workdir))
-    if tracker is None:
-        return
-    metrics = {f"gpu_hours/{key}": hours for key, hours in per_key.items()}
-    metrics["gpu_hours/total"] = total
-    parent = tracker.parent()
-    parent.log_metrics(metrics, step=0)
-    parent.finish("FINISHED")
-    tracker.flush()
+    return {**{f"gpu_hours/{key}": hours for key, hours in per_key.items()}, "gpu_hours/total": total}
 
 
 def job_for(task: Task, cfg: ExperimentConfig) -> Callable[..., Any]:

@@ -31,7 +31,7 @@ from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.losses import ccc, ccc_loss, contrastive_loss, transfer_loss
 from ctsl_hpc.model import EmotionModel, save_model
 from ctsl_hpc.train import checkpoint as ckpt
-from ctsl_hpc.train.engine import Engine, OptimSettings, make_engine
+from ctsl_hpc.train.engine import OptimSettings, make_engine
 from ctsl_hpc.train.inference import predict
 from ctsl_hpc.train.variants import Recipe
 

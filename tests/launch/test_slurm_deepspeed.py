@@ -34,6 +34,7 @@ from ctsl_hpc.launch import slurm
 from ctsl_hpc.launch.executors import SlurmExecutor
 from ctsl_hpc.launch.slurm import Task
 from ctsl_hpc.launch.state import Registry
+from ctsl_hpc.workdir import open_workdir
 
 EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
 VARIANT, STUDENT = "RM+TL", "student/RM+TL"
@@ -93,7 +94,7 @@ def copy_with_teacher(reference: Path, dest: Path, overrides: list[str]) -> tupl
     shutil.copy2(reference / "waveform_stats.json", dest / "waveform_stats.json")
     shutil.copytree(reference / "teacher", dest / "teacher")  # no cache/: both ranks embed (atomic writes)
     cfg = load_config(None, [*overrides, f"workdir={dest}", *TWO_TASKS])
-    pipeline.open_workdir(cfg, dest)
+    open_workdir(cfg, dest)
     return dest, cfg
 
 
@@ -141,7 +142,7 @@ def runs(slurm_cluster, tiny_overrides, tmp_path_factory) -> Runs:
 
         work_a = base / "a"
         cfg_a = load_config(None, [*overrides, f"workdir={work_a}", *TWO_TASKS])
-        pipeline.open_workdir(cfg_a, work_a)
+        open_workdir(cfg_a, work_a)
         submit(work_a, cfg_a, Task("teacher", "teacher"))
 
         torch.set_num_threads(1)  # the one-rank reference, while job A runs
