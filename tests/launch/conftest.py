@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +77,20 @@ class SlurmCluster:
                 raise TimeoutError(f"job {job_id} still {state!r} after {timeout_s} s (wanted {sorted(states)})")
             time.sleep(0.2)
 
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float, what: str, workdir: Path | None = None) -> None:
+        """Poll ``predicate`` until it is true. On timeout, or an AssertionError from it (a job that
+        failed), raise with the tail of every job log of the sweep in ``workdir``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if predicate():
+                    return
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{_job_logs(workdir)}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not within {timeout_s:.0f} s: {what}\n{_job_logs(workdir)}")
+            time.sleep(0.2)
+
     def wait_for_sacct(self, job_id: str, state: str, timeout_s: float = 30) -> list[dict[str, str]]:
         """Poll `sacct` until the job's newest row has `state` and every row its partition.
 
@@ -91,6 +105,12 @@ class SlurmCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sacct never showed job {job_id} as {state}: {rows}")
             time.sleep(0.2)
+
+
+def _job_logs(workdir: Path | None) -> str:
+    if workdir is None:
+        return ""
+    return "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "slurm").glob("*/*_log.*")))
 
 
 def _free_port_base(start: int = 6817) -> int:

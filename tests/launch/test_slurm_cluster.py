@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,19 +47,6 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, logs: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            tail = "" if logs is None else _tail_logs(logs)
-            raise TimeoutError(f"not within {timeout_s:.0f} s: {what}\n{tail}")
-        time.sleep(0.2)
-
-
-def _tail_logs(workdir: Path) -> str:
-    return "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "slurm").glob("*/*_log.*")))
-
-
 def _state(workdir: Path, key: str) -> tuple[str | None, int]:
     record = Registry(workdir).get(key)
     return (None, 0) if record is None else (record.state, record.requeues)
@@ -70,7 +56,7 @@ def _sweep_finished(workdir: Path) -> bool:
     records = Registry(workdir).all()
     failed = [r for r in records if r.state == "FAILED"]
     if failed:
-        raise AssertionError(f"{[(r.key, r.message) for r in failed]}\n{_tail_logs(workdir)}")
+        raise AssertionError(f"{[(r.key, r.message) for r in failed]}")  # wait_until adds the job logs
     return any(r.key == "eval" and r.state == "COMPLETED" for r in records)
 
 
@@ -98,12 +84,12 @@ def sweeps(slurm_cluster, tmp_path_factory) -> Sweeps:
         for key, job in ids.items()
     }
     # scontrol requeue (no USR2) once the teacher's first epoch is safely on disk
-    wait_until(lambda: bool(complete_checkpoints(remote / "teacher")), 240, "teacher epoch 1 checkpoint", remote)
+    slurm_cluster.wait_until(lambda: bool(complete_checkpoints(remote / "teacher")), 240, "teacher epoch 1 checkpoint", remote)
     epoch1 = int(complete_checkpoints(remote / "teacher")[-1].name.split("-")[1])
     subprocess.run(["scontrol", "requeue", ids["teacher"]], check=True, capture_output=True)
     torch.set_num_threads(1)
     assert main(["sweep", "--workdir", str(local), *TINY]) == 0  # the local reference, meanwhile
-    wait_until(lambda: _sweep_finished(remote), 480, "the Slurm sweep reaches its report", remote)
+    slurm_cluster.wait_until(lambda: _sweep_finished(remote), 480, "the Slurm sweep reaches its report", remote)
     return Sweeps(local, remote, submit_s, deps, epoch1)
 
 
@@ -166,15 +152,15 @@ def test_student_preempted_twice_mid_epoch_matches_an_uninterrupted_run(sweeps: 
     work, cfg = _copy_with_teacher(sweeps.local, tmp_path / "p")
     key = "student/RM"
     (job,) = SlurmExecutor(work, cfg).submit("students", [Task(key, "students", "RM")], [])
-    wait_until(lambda: _state(work, key) == ("RUNNING", 0), 120, "student running", work)
+    slurm_cluster.wait_until(lambda: _state(work, key) == ("RUNNING", 0), 120, "student running", work)
     preemptor = slurm_cluster.sbatch(
         "-p", slurm_cluster.high_partition, "-c", str(slurm_cluster.cpus_per_node), "--mem=100M", "--wrap", "true"
     )
-    wait_until(lambda: _state(work, key) == ("RUNNING", 1), 120, "student back after preemption", work)
+    slurm_cluster.wait_until(lambda: _state(work, key) == ("RUNNING", 1), 120, "student back after preemption", work)
     assert slurm_cluster.wait_for(preemptor) == "COMPLETED"
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    wait_until(lambda: _state(work, key) == ("RUNNING", 2), 120, "student back after USR2", work)
-    wait_until(lambda: _state(work, key)[0] == "COMPLETED", 240, "student finishes", work)
+    slurm_cluster.wait_until(lambda: _state(work, key) == ("RUNNING", 2), 120, "student back after USR2", work)
+    slurm_cluster.wait_until(lambda: _state(work, key)[0] == "COMPLETED", 240, "student finishes", work)
 
     log = Path(Registry(work).get(key).stdout).read_text()
     batches = [int(m.group(3)) for m in RESUMED.finditer(log)]
@@ -198,9 +184,9 @@ def test_job_requeued_more_than_max_requeues_fails_with_a_clear_message(sweeps: 
     work, cfg = _copy_with_teacher(sweeps.local, tmp_path / "limit", max_requeues=0)
     key = "student/RM+TL"
     (job,) = SlurmExecutor(work, cfg).submit("students", [Task(key, "students", "RM+TL")], [])
-    wait_until(lambda: _state(work, key) == ("RUNNING", 0), 120, "student running", work)
+    slurm_cluster.wait_until(lambda: _state(work, key) == ("RUNNING", 0), 120, "student running", work)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    wait_until(lambda: _state(work, key)[0] == "FAILED", 120, "student fails", work)
+    slurm_cluster.wait_until(lambda: _state(work, key)[0] == "FAILED", 120, "student fails", work)
     slurm_cluster.wait_for_sacct(job, "FAILED")
     message = Registry(work).get(key).message
     assert "more than slurm.students.max_requeues=0" in message and "resume" in message
@@ -267,7 +253,7 @@ def test_multi_task_job_exports_torch_ranks_without_touching_cuda_devices(slurm_
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
     executor.update_parameters(timeout_min=15, tasks_per_node=2, cpus_per_task=1, mem_gb=0.2, gpus_per_node=2)
     job = executor.submit(submitit.helpers.CommandFunction([sys.executable, "-c", code]))
-    wait_until(job.done, 120, "the two-task job")
+    slurm_cluster.wait_until(job.done, 120, "the two-task job")
     ranks = sorted(out.split() for out in job.results())
     assert [r[:3] for r in ranks] == [["0", "2", "0"], ["1", "2", "1"]]
     assert ranks[0][3:5] == ranks[1][3:5] and ranks[0][4].isdigit()

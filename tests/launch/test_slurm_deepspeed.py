@@ -19,8 +19,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,15 +59,6 @@ def test_invalid_tasks_per_node_names_the_key():
         load_config(None, ["train.engine=deepspeed", "slurm.tasks_per_node=0"])
     with pytest.raises(ConfigError, match="slurm.students.tasks_per_node: several tasks need train.engine ddp or deepspeed"):
         load_config(None, ["slurm.students.tasks_per_node=2"])
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, workdir: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "slurm").glob("*/*_log.*")))
-            raise TimeoutError(f"not within {timeout_s:.0f} s: {what}\n{logs}")
-        time.sleep(0.2)
 
 
 def finished(workdir: Path, key: str) -> bool:
@@ -162,10 +151,10 @@ def runs(slurm_cluster, tiny_overrides, tmp_path_factory) -> Runs:
             logs = [task_log(work_c, job_c, rank) for rank in (0, 1)]
             return all(p.is_file() and f"rank {r} of 2 ready" in p.read_text() for r, p in enumerate(logs))
 
-        wait_until(both_ranks_ready, 420, "job C's two ranks joined", work_c)
+        slurm_cluster.wait_until(both_ranks_ready, 420, "job C's two ranks joined", work_c)
         subprocess.run(["scancel", "--signal=USR2", job_c], check=True)
         for work, key in ((work_a, "teacher"), (work_b, STUDENT), (work_c, STUDENT)):
-            wait_until(lambda: finished(work, key), 420, f"{work.name}: {key} completes", work)
+            slurm_cluster.wait_until(lambda: finished(work, key), 420, f"{work.name}: {key} completes", work)
         return Runs(ws.root, work_a, work_b, work_c, job_c)
 
 
