@@ -20,6 +20,7 @@ demo: system-deps install
 	$(PY) -m ctsl_hpc.launch sweep
 
 test: system-deps test-system-deps install-dev
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # torch first, pinned: the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.

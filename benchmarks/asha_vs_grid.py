@@ -22,17 +22,18 @@ os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
 from ray import tune  # noqa: E402
 
-from ctsl_hpc import pipeline  # noqa: E402
-from ctsl_hpc import tune as ctune  # noqa: E402
-from ctsl_hpc.config import load_config  # noqa: E402
-from ctsl_hpc.launch.ray_cluster import SWEEP_CONFIG  # noqa: E402
+from ctsl_hpc.config import SWEEP_CONFIG, load_config  # noqa: E402
+from ctsl_hpc.experiment import Experiment  # noqa: E402
+from ctsl_hpc.tune.driver import init_ray, make_tuner, prepare_shared  # noqa: E402
+from ctsl_hpc.tune.summary import trial_table  # noqa: E402
+from ctsl_hpc.tune.trial import SharedInputs  # noqa: E402
 
 
-def run(ws: pipeline.Workspace, shared: ctune.SharedInputs, grid: dict, early_stopping: bool, name: str) -> dict:
+def run(exp: Experiment, shared: SharedInputs, grid: dict, early_stopping: bool, name: str) -> dict:
     space = {key: tune.grid_search(values) for key, values in grid.items()}
     started = time.monotonic()
-    results = ctune.make_tuner(ws, shared, param_space=space, early_stopping=early_stopping, name=name).fit()
-    rows = ctune.trial_table(results, ws.cfg.tune.metric)
+    results = make_tuner(exp, shared, param_space=space, early_stopping=early_stopping, name=name).fit()
+    rows = trial_table(results, exp.cfg.tune.metric)
     return {
         "trials": len(rows),
         "trial_epochs": sum(r["epochs"] for r in rows),
@@ -52,12 +53,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cfg = load_config(SWEEP_CONFIG, [f"workdir={args.workdir}", *args.overrides])
-    ws = pipeline.Workspace.open(cfg)
-    ctune.init_ray()
-    shared = ctune.prepare_shared(ws)
+    exp = Experiment.open(cfg)
+    init_ray()
+    shared = prepare_shared(exp)
     grid = {"lambda_tl": args.lambda_tl, "lambda_cl": args.lambda_cl, "noise_minutes": args.noise_minutes}
-    full = run(ws, shared, grid, early_stopping=False, name="bench-grid")
-    asha = run(ws, shared, grid, early_stopping=True, name="bench-asha")
+    full = run(exp, shared, grid, early_stopping=False, name="bench-grid")
+    asha = run(exp, shared, grid, early_stopping=True, name="bench-asha")
     tc = cfg.tune
     print(f"\n{full['trials']} grid points, max_t={tc.max_t}, ASHA grace_period={tc.grace_period} "
           f"reduction_factor={tc.reduction_factor}, {tc.metric} on the noisy development set "

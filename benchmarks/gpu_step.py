@@ -34,7 +34,7 @@ from transformers import Wav2Vec2Config
 from ctsl_hpc.config import ModelConfig
 from ctsl_hpc.losses import ccc_loss
 from ctsl_hpc.model import model_from_backbone_config
-from ctsl_hpc.train.engine import OptimSettings, make_engine
+from ctsl_hpc.train.engines import OptimSettings, make_engine
 
 SAMPLE_RATE = 16000
 # bf16 dense tensor-core peaks (TFLOP/s), for the model-FLOPs utilisation line

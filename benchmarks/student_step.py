@@ -46,9 +46,10 @@ from ctsl_hpc.data.corpus import Utterance
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.model import EmotionModel, build_model, model_from_backbone_config, save_model
 from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
-from ctsl_hpc.train.engine import OptimSettings, make_engine
-from ctsl_hpc.train.loop import make_loader, make_sampler, student_loss
-from ctsl_hpc.train.variants import Recipe, recipe
+from ctsl_hpc.train.engines import OptimSettings, make_engine
+from ctsl_hpc.train.loop import make_loader, make_sampler
+from ctsl_hpc.train.objective import student_loss
+from ctsl_hpc.train.recipe import Recipe, recipe
 
 SAMPLE_RATE = 16000
 MIN_SECONDS, MAX_SECONDS = 2.75, 11.0

@@ -13,14 +13,24 @@ DEFAULT_MARGIN = 0.5 / 6  # 0.5 on the 1..7 scale, expressed on the [0, 1] scale
 
 
 def ccc(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Concordance correlation coefficient per attribute over the batch, biased variances.
+    r"""Concordance correlation coefficient per attribute over the batch, biased variances.
 
-    ``ccc_k = 2 cov(p_k, y_k) / (var(p_k) + var(y_k) + (mean(p_k) - mean(y_k))^2)``.
-    ``eps`` keeps the ratio finite when both columns are constant and equal (then ccc = 0).
+    .. math:: \text{CCC}_k = \frac{2\,\text{cov}(p_k, y_k)}{\sigma^2_{p_k} + \sigma^2_{y_k} + (\mu_{p_k} - \mu_{y_k})^2}
 
-    >>> y = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.4, 0.9]])
-    >>> ccc(y, y)
-    tensor([1., 1., 1.])
+    Args:
+        pred: predictions [B, 3].
+        target: labels [B, 3], same scale.
+        eps: keeps the ratio finite when both columns are constant and equal (then ccc = 0).
+
+    Returns:
+        CCC per column [3], in [-1, 1] (1: perfect agreement, 0: none).
+
+    Example:
+        >>> y = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.4, 0.9]])
+        >>> ccc(y, y).round(decimals=4)
+        tensor([1., 1., 1.])
+        >>> ccc(y + 0.2, y).round(decimals=4)  # an offset of 0.2 costs concordance, not correlation
+        tensor([0.6667, 0.3333, 0.8182])
     """
     pred_mean, target_mean = pred.mean(dim=0), target.mean(dim=0)
     pred_c, target_c = pred - pred_mean, target - target_mean
@@ -30,12 +40,42 @@ def ccc(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Te
 
 
 def ccc_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``sum_k (1 - ccc_k)`` over arousal, dominance and valence."""
+    r"""The CCC loss: :math:`L_{CCC} = \sum_k (1 - \text{CCC}_k)` over arousal, dominance and valence.
+
+    Args:
+        pred: predictions [B, 3].
+        target: labels [B, 3].
+
+    Returns:
+        A scalar in [0, 6] (0: perfect agreement on every attribute).
+
+    Example:
+        >>> y = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.4, 0.9]])
+        >>> ccc_loss(y, y).round(decimals=4)
+        tensor(0.)
+        >>> ccc_loss(-y, y).round(decimals=4)  # every CCC below 0: the loss exceeds 3
+        tensor(3.3456)
+    """
     return (1 - ccc(pred, target)).sum()
 
 
 def transfer_loss(h_teacher: torch.Tensor, h_student: torch.Tensor) -> torch.Tensor:
-    """RMSE between the teacher's clean and the student's noisy embeddings (teacher detached)."""
+    r"""The transfer loss: RMSE between the teacher's clean and the student's noisy embeddings.
+
+    .. math:: L_{TL} = \sqrt{\frac{1}{BD} \sum_{i,d} (h^T_{id} - h^S_{id})^2}
+
+    Args:
+        h_teacher: the teacher's embeddings [B, D] (detached: no gradient reaches the teacher).
+        h_student: the student's embeddings [B, D].
+
+    Returns:
+        A scalar >= 0.
+
+    Example:
+        >>> h = torch.zeros(2, 4)
+        >>> transfer_loss(h, h + 3.0)
+        tensor(3.)
+    """
     return torch.sqrt(F.mse_loss(h_student, h_teacher.detach()))
 
 
@@ -46,12 +86,32 @@ def contrastive_loss(
     margin: float = DEFAULT_MARGIN,
     temperature: float = 0.1,
 ) -> torch.Tensor:
-    """Label-margin InfoNCE of METHOD.md.
+    r"""Label-margin InfoNCE of METHOD.md.
 
-    Anchor i: query ``h_student[i]``, positive ``h_teacher[i]`` (detached), negatives
-    ``h_student[j]`` (j != i) whose labels differ from i's by at least ``margin`` on all three
-    attributes. Cosine similarity / ``temperature``; the mean over anchors with at least one
-    negative, 0 when no anchor has one.
+    .. math:: L_{CL} = -\frac{1}{|A|} \sum_{i \in A} \log \frac{e^{s(h^S_i, h^T_i)/\tau}}
+              {e^{s(h^S_i, h^T_i)/\tau} + \sum_{j \in N_i} e^{s(h^S_i, h^S_j)/\tau}}
+
+    Anchor i: query ``h_student[i]``, positive ``h_teacher[i]`` (detached), negatives ``h_student[j]``
+    (j != i) whose labels differ from i's by at least ``margin`` on all three attributes (:math:`N_i`);
+    :math:`s` is the cosine similarity; :math:`A` the anchors with at least one negative.
+
+    Args:
+        h_student: the student's (noisy) embeddings [B, D].
+        h_teacher: the teacher's (clean) embeddings [B, D].
+        labels: [B, 3] on the [0, 1] scale.
+        margin: the label distance a negative needs on every attribute.
+        temperature: the softmax temperature.
+
+    Returns:
+        A scalar >= 0; 0 when no anchor has a negative.
+
+    Example:
+        >>> h = torch.eye(2)
+        >>> labels = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+        >>> contrastive_loss(h, h, labels, temperature=1.0)  # positives aligned, negatives orthogonal
+        tensor(0.3133)
+        >>> contrastive_loss(h, h, labels * 0.01)  # labels too close: no negative anywhere
+        tensor(0.)
     """
     query = F.normalize(h_student, dim=-1)
     positive = F.normalize(h_teacher.detach(), dim=-1)

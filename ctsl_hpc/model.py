@@ -18,8 +18,9 @@ import torch
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from ctsl_hpc.config import ModelConfig, _build
+from ctsl_hpc.config import ModelConfig, build_section
 from ctsl_hpc.data.audio import WaveformStats
+from ctsl_hpc.workdir import atomic_write_text
 
 WEIGHTS_FILE = "model.pt"
 BACKBONE_CONFIG_FILE = "backbone_config.json"
@@ -145,7 +146,7 @@ def save_model(model: EmotionModel, directory: str | os.PathLike, stats: Wavefor
     model.backbone.config.to_json_file(out / BACKBONE_CONFIG_FILE)
     (out / MODEL_CONFIG_FILE).write_text(json.dumps(asdict(model.cfg), indent=2))
     if stats is not None:
-        stats.save(out / STATS_FILE)
+        atomic_write_text(out / STATS_FILE, stats.to_json())
     tmp = out / (WEIGHTS_FILE + ".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(out / WEIGHTS_FILE)
@@ -158,7 +159,7 @@ def load_model(directory: str | os.PathLike) -> tuple[EmotionModel, WaveformStat
     for name in (WEIGHTS_FILE, BACKBONE_CONFIG_FILE, MODEL_CONFIG_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a ctsl_hpc model directory: {name} is missing")
-    cfg = _build(ModelConfig, json.loads((path / MODEL_CONFIG_FILE).read_text()), "model")
+    cfg = build_section(ModelConfig, json.loads((path / MODEL_CONFIG_FILE).read_text()), "model")
     backbone_cfg = Wav2Vec2Config.from_json_file(path / BACKBONE_CONFIG_FILE)
     model = model_from_backbone_config(backbone_cfg, cfg)
     model.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True))

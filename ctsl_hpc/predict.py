@@ -23,15 +23,15 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from ctsl_hpc.data.audio import AudioError, WaveformStats, read_audio
+from ctsl_hpc.data.audio import AUDIO_SUFFIXES, AudioError, WaveformStats, audio_files, read_audio
 from ctsl_hpc.data.corpus import ATTRIBUTES, LABEL_MAX, LABEL_MIN
 from ctsl_hpc.model import WEIGHTS_FILE, EmotionModel, load_model
+from ctsl_hpc.workdir import RunDir
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 MIN_FILE_SECONDS = 0.1  # shorter files give wav2vec2 too few frames to pool
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 CSV_COLUMNS = ("file", "chunk", "start_s", "end_s", *ATTRIBUTES)
 
 
@@ -83,6 +83,22 @@ def chunk_bounds(
 
     The last chunk runs to the end of the recording; when it would be shorter than ``min_last_s``
     (and is not the only one) it is merged into the previous chunk, which then ends at the end.
+
+    Args:
+        n_samples: the recording's length in samples (>= 1).
+        sample_rate: samples per second.
+        window_s: the longest chunk, in seconds (> 0).
+        hop_s: seconds between chunk starts (0 < hop_s <= window_s: no audio is skipped).
+        min_last_s: a shorter last piece joins the chunk before it.
+
+    Returns:
+        ``[(start, end), ...]`` in samples, in order, covering ``[0, n_samples)``.
+
+    Example:
+        >>> chunk_bounds(25, 1, window_s=10, hop_s=5)
+        [(0, 10), (5, 15), (10, 20), (15, 25)]
+        >>> chunk_bounds(21, 1, window_s=10, hop_s=10, min_last_s=2)  # the 1 s tail joins the last chunk
+        [(0, 10), (10, 21)]
     """
     if window_s <= 0 or hop_s <= 0:
         raise ValueError(f"window and hop must be positive, got window {window_s} s, hop {hop_s} s")
@@ -106,7 +122,7 @@ def chunk_bounds(
 
 
 def _files_in_folder(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    files = audio_files(folder)
     if not files:
         raise PredictError(f"{folder}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder")
     return files
@@ -154,15 +170,13 @@ def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     """A model directory, or a finished training stage (its ``DONE`` summary names the best model)."""
-    from ctsl_hpc.pipeline import stage_summary
-
     path = Path(path)
     if not path.is_dir():
         raise PredictError(f"{path}: model directory not found")
     if not (path / WEIGHTS_FILE).is_file():
-        summary = stage_summary(path)
+        summary = RunDir(path).summary()
         if summary is not None:
-            return Path(summary["best_dir"])
+            return summary.best_dir
     return path
 
 

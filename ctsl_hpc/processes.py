@@ -1,10 +1,18 @@
-"""Stopping the helper servers the package starts (MLflow, Ray nodes) in their own process group."""
+"""The helper servers the package starts (MLflow, Ray nodes): a free port, and stopping their process group."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on at ``host`` right now (``""``: on every interface)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def stop_process_group(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:

@@ -1,26 +1,275 @@
-"""Open a work directory: it keeps the configuration it was created with (``config.yaml``).
+"""The work directory of a sweep: every folder, marker and record in it has its name here.
 
-Re-running a command on the same work directory continues the same experiment. A configuration
-that changes the experiment (data, model, training, evaluation) is refused, naming the keys that
-differ; one that only changes where and how it runs (``workdir``, ``slurm``, ``tracking``) is
-accepted and saved, so requeued and resumed jobs pick it up. Torch-free: submitting stays fast.
+A work directory holds everything a resume needs. Re-running a command on it continues the same
+experiment: a configuration that changes the experiment (data, model, training, evaluation) is
+refused, naming the keys that differ; one that only changes where and how it runs (``workdir``,
+``slurm``, ``tracking``) is accepted and saved, so requeued and resumed jobs pick it up.
+
+Layout (``Workdir`` attributes in brackets)::
+
+    config.yaml            the resolved configuration [config_file]
+    waveform_stats.json    training-set mean/std [waveform_stats]
+    data/synthetic/        the demo corpus, when built [synthetic_data]
+    cache/                 the teacher's clean embeddings [cache]
+    teacher/, students/RM_TL/, tune/trials/<id>/   one RunDir per training run
+        history.json, DONE, checkpoints/step-00000042/, epochs/epoch-003/
+    report/                Table 1 and 2, scores, plots [report: ReportFiles]
+    jobs/<key>.json        the job registry [job_file]
+    tracking/              the MLflow journal and run ids (its files: ctsl_hpc.track.journal)
+    slurm/<job id>/        submitit's scripts and logs [submitit]
+    ray/<job id>/          a Ray allocation's rendezvous [ray]
+    tune/, final/, best_config.yaml, trials.csv, tune_summary.png   the Ray Tune search
+
+The inside of a checkpoint (engine files), of a model directory (:mod:`ctsl_hpc.model`) and of the
+tracking folder belong to the modules that write them. Every record here is written atomically
+(:func:`atomic_write_text`): a reader never sees half a file. Torch-free: submitting stays fast.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
 
 import yaml
 
-from ctsl_hpc.config import ExperimentConfig, config_from_dict, flatten
+from ctsl_hpc.config import ConfigError, ExperimentConfig, config_from_dict, flatten
 
-CONFIG_FILE = "config.yaml"
-RUNTIME_KEYS = ("workdir", "slurm", "tracking")
+RUNTIME_KEYS = ("workdir", "slurm", "tracking")  # sections that may change on an existing sweep
 
 
 class ConfigMismatch(ValueError):
     """The work directory was created for another experiment."""
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a uniquely named temporary file and a rename.
+
+    Readers see the old or the new content, never a part; every process (rank, array task) gets
+    its own temporary name, so concurrent writers of the same record cannot collide.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` (UTF-8)."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """:func:`atomic_write_text` of ``data`` as indented JSON."""
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------- a training run
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """What a finished training run recorded: its development scores and best epoch."""
+
+    run: RunDir
+    best_epoch: int
+    dev_scores: dict[int, float]
+
+    @property
+    def best_dir(self) -> Path:
+        """The model directory of the best epoch."""
+        return self.run.epoch_dir(self.best_epoch)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One training run (the teacher, a student, a tuning trial): checkpoints, epochs, history."""
+
+    path: Path
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.json"
+
+    @property
+    def done(self) -> Path:
+        """The marker of a finished run; it holds the :class:`StageSummary`."""
+        return self.path / "DONE"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        """The resumable checkpoint after optimiser step ``step``."""
+        return self.checkpoints / f"step-{step:08d}"
+
+    @staticmethod
+    def checkpoint_step(path: Path) -> int:
+        """The step of a :meth:`checkpoint` folder."""
+        return int(path.name.split("-")[1].split(".")[0])
+
+    def epoch_dir(self, epoch: int) -> Path:
+        """The model directory saved at the end of ``epoch`` (1-based)."""
+        return self.path / "epochs" / f"epoch-{epoch:03d}"
+
+    def summary(self) -> StageSummary | None:
+        """The summary the finished run wrote, or None while it has not finished."""
+        if not self.done.is_file():
+            return None
+        saved = json.loads(self.done.read_text())
+        return StageSummary(self, int(saved["best_epoch"]), {int(k): float(v) for k, v in saved["dev_scores"].items()})
+
+    def write_summary(self, best_epoch: int, dev_scores: Mapping[int, float]) -> StageSummary:
+        """Mark the run finished (paths are not stored: the work directory may move)."""
+        atomic_write_json(self.done, {"best_epoch": best_epoch, "dev_scores": dict(dev_scores)})
+        return StageSummary(self, best_epoch, {int(k): float(v) for k, v in dev_scores.items()})
+
+    def progress(self) -> tuple[int | None, float | None]:
+        """(last finished epoch, best development CCC) from the run's history."""
+        if not self.history.is_file():
+            return None, None
+        epochs = json.loads(self.history.read_text())
+        if not epochs:
+            return None, None
+        return max(e["epoch"] for e in epochs), max(e["dev_score"] for e in epochs)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The files of a report folder (``<workdir>/report`` or any folder ``report`` rebuilds)."""
+
+    path: Path
+
+    SCORES_CSV = "scores.csv"
+    TABLE1_MD, TABLE1_JSON = "table1.md", "table1.json"
+    TABLE2_MD, TABLE2_JSON = "table2.md", "table2.json"
+    CCC_PLOT = "ccc_vs_snr.png"
+    PROJECTION_NPZ, PROJECTION_PLOT = "projection.npz", "embedding_projection.png"
+    DONE = "DONE"  # written last by the evaluation job, after the report reached the tracking store
+
+    done = property(lambda self: self.path / self.DONE)
+    scores_csv = property(lambda self: self.path / self.SCORES_CSV)
+    table1_md = property(lambda self: self.path / self.TABLE1_MD)
+    table1_json = property(lambda self: self.path / self.TABLE1_JSON)
+    table2_md = property(lambda self: self.path / self.TABLE2_MD)
+    table2_json = property(lambda self: self.path / self.TABLE2_JSON)
+    ccc_plot = property(lambda self: self.path / self.CCC_PLOT)
+    projection_npz = property(lambda self: self.path / self.PROJECTION_NPZ)
+    projection_plot = property(lambda self: self.path / self.PROJECTION_PLOT)
+
+
+# ----------------------------------------------------------------------------- the work directory
+
+
+class Workdir:
+    """The folders and records of one work directory (creating nothing until asked)."""
+
+    SHARED_WITH_FINAL = ("teacher", "data", "cache")  # what the tuned final students reuse of the search
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+
+    def __repr__(self) -> str:
+        return f"Workdir({str(self.root)!r})"
+
+    def folder(self, *parts: str) -> Path:
+        """``root/parts...``, created if missing."""
+        path = self.root.joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    config_file = property(lambda self: self.root / "config.yaml")
+    waveform_stats = property(lambda self: self.root / "waveform_stats.json")
+    synthetic_data = property(lambda self: self.root / "data" / "synthetic")
+    cache = property(lambda self: self.root / "cache")
+    jobs = property(lambda self: self.root / "jobs")
+    tracking = property(lambda self: self.root / "tracking")
+    submitit = property(lambda self: self.root / "slurm")
+    ray = property(lambda self: self.root / "ray")
+    tune = property(lambda self: self.root / "tune")
+    final = property(lambda self: self.root / "final")
+    best_config = property(lambda self: self.root / "best_config.yaml")
+    trials_csv = property(lambda self: self.root / "trials.csv")
+    tune_summary_plot = property(lambda self: self.root / "tune_summary.png")
+    mlflow_db = property(lambda self: self.root / "mlflow.db")
+    mlartifacts = property(lambda self: self.root / "mlartifacts")
+
+    @property
+    def report(self) -> ReportFiles:
+        return ReportFiles(self.root / "report")
+
+    @property
+    def teacher(self) -> RunDir:
+        return RunDir(self.root / "teacher")
+
+    def student(self, variant: str) -> RunDir:
+        return RunDir(self.root / "students" / variant.replace("+", "_"))
+
+    def run(self, variant: str) -> RunDir:
+        """The training run of ``variant`` (``original``/``teacher``: the teacher's)."""
+        return self.teacher if variant in ("original", "teacher") else self.student(variant)
+
+    def trial(self, trial_id: str) -> RunDir:
+        """A Ray Tune trial's training run."""
+        return RunDir(self.root / "tune" / "trials" / trial_id)
+
+    def job_file(self, key: str) -> Path:
+        """The registry record of job ``key`` (``teacher``, ``student/RM+TL``, ``eval``)."""
+        return self.jobs / (quote(key, safe="") + ".json")
+
+    def job_keys(self) -> list[str]:
+        """The keys of every job record."""
+        return [unquote(p.name[: -len(".json")]) for p in self.jobs.glob("*.json")] if self.jobs.is_dir() else []
+
+    def share_with_final(self) -> Workdir:
+        """``final/``, linked to this search's teacher, data and cache, with a copy of its statistics."""
+        final = Workdir(self.final)
+        final.root.mkdir(parents=True, exist_ok=True)
+        for name in self.SHARED_WITH_FINAL:
+            link, target = final.root / name, self.root / name
+            if not link.exists() and target.exists():
+                link.symlink_to(target, target_is_directory=True)
+        if self.waveform_stats.is_file() and not final.waveform_stats.exists():
+            atomic_write_text(final.waveform_stats, self.waveform_stats.read_text())
+        return final
+
+    # -- the saved configuration
+
+    def read_config(self) -> ExperimentConfig:
+        """The configuration this work directory was created with."""
+        if not self.config_file.is_file():
+            raise ConfigError(f"{self.config_file} does not exist: --workdir must be a sweep's work directory")
+        return config_from_dict(yaml.safe_load(self.config_file.read_text()))
+
+    @classmethod
+    def open(cls, cfg: ExperimentConfig, root: str | os.PathLike[str] | None = None) -> Workdir:
+        """Create or reopen the work directory of ``cfg``, refuse one made for another experiment,
+        and (re)write its ``config.yaml``."""
+        workdir = cls(root or cfg.workdir)
+        workdir.root.mkdir(parents=True, exist_ok=True)
+        if workdir.config_file.is_file():
+            diff = experiment_differences(workdir.read_config(), cfg)
+            if diff:
+                raise ConfigMismatch(
+                    f"{workdir.root} was created with another configuration (differs at: {', '.join(diff[:8])}); "
+                    "use a new --workdir or the same settings"
+                )
+        atomic_write_text(workdir.config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return workdir
 
 
 def experiment_differences(old: ExperimentConfig, new: ExperimentConfig) -> list[str]:
@@ -28,21 +277,3 @@ def experiment_differences(old: ExperimentConfig, new: ExperimentConfig) -> list
     a, b = flatten(old.to_dict()), flatten(new.to_dict())
     changed = (k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     return sorted(k for k in changed if k.split(".")[0] not in RUNTIME_KEYS)
-
-
-def open_workdir(cfg: ExperimentConfig, root: str | Path | None = None) -> Path:
-    """Create or reopen the work directory of ``cfg`` and (re)write its ``config.yaml``."""
-    path = Path(root or cfg.workdir).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    saved = path / CONFIG_FILE
-    if saved.is_file():
-        diff = experiment_differences(config_from_dict(yaml.safe_load(saved.read_text())), cfg)
-        if diff:
-            raise ConfigMismatch(
-                f"{path} was created with another configuration (differs at: {', '.join(diff[:8])}); "
-                "use a new --workdir or the same settings"
-            )
-    tmp = saved.with_suffix(f".{os.getpid()}.tmp")  # every rank of a multi-task job opens the work directory
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(saved)
-    return path

@@ -30,5 +30,5 @@ while [[ $# -gt 0 ]]; do
 done
 mkdir -p "$dir"
 export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
-exec python -c 'import sys; from ctsl_hpc.track import run_server; sys.exit(run_server(*sys.argv[1:3], sys.argv[3], int(sys.argv[4])))' \
+exec python -c 'import sys; from ctsl_hpc.track.server import run_server; sys.exit(run_server(*sys.argv[1:3], sys.argv[3], int(sys.argv[4])))' \
   "$backend" "$artifacts" "$host" "$port"

@@ -5,7 +5,7 @@
 #   sbatch --nodes=2 --gpus-per-node=4 launch/ray-on-slurm.sh --workdir /shared/runs/tune \
 #          [--config configs/sweep.yaml] [tune.num_samples=32 tune.gpus_per_trial=1 ...]
 #
-# Every node runs one task of `python -m ctsl_hpc.launch.ray_cluster`: the first starts the Ray head on
+# Every node runs one task of `python -m ctsl_hpc.launch ray-node`: the first starts the Ray head on
 # free ports and the Tune driver, the others join it as workers. The work directory must be on storage
 # every node sees (it holds the rendezvous, the Tune experiment, checkpoints and MLflow state); for more
 # than one node set tracking.uri to an MLflow server (SQLite on NFS is unsafe with many writers).
@@ -29,4 +29,4 @@ VENV="${CTSL_VENV:-.venv}"
 export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 
 # One task per node; the tasks share the allocation's CPUs/GPUs of their node with Ray.
-exec srun --ntasks-per-node=1 --kill-on-bad-exit=0 python -m ctsl_hpc.launch.ray_cluster "$@"
+exec srun --ntasks-per-node=1 --kill-on-bad-exit=0 python -m ctsl_hpc.launch ray-node "$@"

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from ctsl_hpc.track import free_port, serve, stop_server, wait_until_healthy
+from ctsl_hpc.processes import free_port
+from ctsl_hpc.track.server import serve, stop_server, wait_until_healthy
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,14 +17,8 @@ from ctsl_hpc.config import load_config
 from ctsl_hpc.data.audio import WaveformStats, read_audio
 from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.model import build_model, load_model, save_model
-from ctsl_hpc.predict import (
-    CSV_COLUMNS,
-    PredictError,
-    chunk_bounds,
-    collect_inputs,
-    predict_files,
-    resolve_model_dir,
-)
+from ctsl_hpc.predict import CSV_COLUMNS, PredictError, chunk_bounds, collect_inputs, predict_files, resolve_model_dir
+from ctsl_hpc.workdir import RunDir
 
 SR = 16000
 SENTENCES = (
@@ -212,10 +207,10 @@ def test_resampled_stereo_input_is_read_as_16k_mono(model_dir, write_speech, tmp
 
 
 def test_a_stage_directory_resolves_to_its_best_model(model_dir, tmp_path):
-    stage = tmp_path / "teacher"
-    stage.mkdir()
-    (stage / "DONE").write_text(json.dumps({"best_epoch": 2, "dev_scores": {"2": 0.1}, "best_dir": str(model_dir)}))
-    assert resolve_model_dir(stage) == model_dir
+    run = RunDir(tmp_path / "teacher")
+    shutil.copytree(model_dir, run.epoch_dir(2))
+    run.write_summary(2, {1: 0.05, 2: 0.1})
+    assert resolve_model_dir(run.path) == run.epoch_dir(2)
     assert resolve_model_dir(model_dir) == model_dir
     with pytest.raises(PredictError, match="nowhere"):
         resolve_model_dir(tmp_path / "nowhere")

@@ -15,7 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from ctsl_hpc.track import Tracker, flatten, replay_spool
+from ctsl_hpc.config import load_config
+from ctsl_hpc.launch import slurm_env
+from ctsl_hpc.track.replay import replay_spool
+from ctsl_hpc.track.runs import Tracker, flatten
+from ctsl_hpc.track.tags import RUN_TAGS_ENV
 
 if TYPE_CHECKING:
     from tests.mlflow_fixtures import MlflowServer
@@ -76,9 +80,11 @@ def test_run_tree_with_params_tags_metrics_and_artifacts_reaches_the_server(
     mlflow_server: MlflowServer, tmp_path: Path, experiment: str, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv(RUN_TAGS_ENV, "")
+    slurm_env.export_run_tags()  # what a Slurm job does before it opens runs
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
     rng = np.random.default_rng()
-    config = {"name": experiment, "train": {"epochs": 3, "lr": float(rng.uniform())}, "student": {"variants": ["RM"]}}
+    config = load_config(None, [f"name={experiment}", "train.epochs=3", f"train.lr={rng.uniform()}", "student.variants=[RM]"])
     tracker = Tracker(tmp_path / "work", mlflow_server.url, experiment, system_metrics=True)
     parent = tracker.parent(config=config)
     losses = {key: rng.uniform(size=3) for key in ("teacher", "student/RM+TL")}
@@ -100,7 +106,7 @@ def test_run_tree_with_params_tags_metrics_and_artifacts_reaches_the_server(
     assert set(runs) == {f"sweep {tmp_path.joinpath('work').name}", "teacher", "student/RM+TL"}
     parent_run = runs[f"sweep {tmp_path.joinpath('work').name}"]
     parent_id = parent_run["info"]["run_id"]
-    assert _params(parent_run) == flatten(config)
+    assert _params(parent_run) == flatten(config.to_dict())
     tags = _tags(parent_run)
     assert tags["slurm.job_id"] == "4242"
     assert len(tags["ctsl.config_hash"]) == 12 and tags["ctsl.version"] and tags["ctsl.host"]
@@ -125,10 +131,11 @@ def test_run_tree_with_params_tags_metrics_and_artifacts_reaches_the_server(
 _KILLED_JOB = textwrap.dedent(
     """
     import json, os, sys
-    from ctsl_hpc.track import Tracker
+    from ctsl_hpc.config import load_config
+    from ctsl_hpc.track.runs import Tracker
     workdir, uri, experiment, values = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
     tracker = Tracker(workdir, uri, experiment, system_metrics=False)
-    tracker.parent(config={"seed": 1})
+    tracker.parent(config=load_config(None, ["seed=1"]))
     run = tracker.child("teacher")
     for epoch, value in enumerate(values, start=1):
         run.log_metrics({"loss/total": value}, step=epoch)
@@ -152,7 +159,7 @@ def test_restarted_job_reopens_its_runs_and_logs_no_duplicate_steps(
     assert _runs(mlflow_server, experiment)["teacher"]["info"]["status"] == "RUNNING"
 
     tracker = Tracker(tmp_path, mlflow_server.url, experiment, system_metrics=False)
-    tracker.parent(config={"seed": 1})
+    tracker.parent(config=load_config(None, ["seed=1"]))
     with tracker.child("teacher") as run:  # resumed from the epoch-1 checkpoint: epochs 2..5 again
         assert run.run_id == first_ids["teacher"]
         for epoch, value in enumerate(after, start=2):
@@ -173,7 +180,7 @@ def test_server_stopped_mid_run_spools_and_next_call_replays_everything_once(
     rng = np.random.default_rng()
     values = rng.uniform(size=5).tolist()
     tracker = Tracker(tmp_path, mlflow_server.url, experiment, system_metrics=False, retry_interval_s=0)
-    parent = tracker.parent(config={"seed": 2})
+    parent = tracker.parent(config=load_config(None, ["seed=2"]))
     teacher = tracker.child("teacher")
     for epoch in (1, 2):
         teacher.log_metrics({"loss/total": values[epoch - 1]}, step=epoch)
@@ -224,14 +231,14 @@ def test_server_stopped_mid_run_spools_and_next_call_replays_everything_once(
 def test_sync_replays_a_sweep_that_never_reached_its_server(
     mlflow_server: MlflowServer, tmp_path: Path, experiment: str
 ):
-    from ctsl_hpc.track import free_port
+    from ctsl_hpc.processes import free_port
 
     rng = np.random.default_rng()
     values = rng.uniform(size=3).tolist()
     unreachable = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     tracker = Tracker(tmp_path, unreachable, experiment, system_metrics=False, retry_interval_s=3600)
-    parent = tracker.parent(config={"train": {"epochs": 3}})
+    parent = tracker.parent(config=load_config(None, ["train.epochs=3"]))
     with tracker.child("teacher") as teacher:
         for epoch, value in enumerate(values, start=1):
             teacher.log_metrics({"loss/total": value}, step=epoch)
@@ -246,7 +253,7 @@ def test_sync_replays_a_sweep_that_never_reached_its_server(
     runs = _runs(mlflow_server, experiment)
     assert spooled >= 6 and set(runs) == {f"sweep {tmp_path.name}", "teacher"}
     assert runs["teacher"]["info"]["run_id"] == ids["teacher"]
-    assert _params(runs[f"sweep {tmp_path.name}"]) == {"train.epochs": "3"}
+    assert _params(runs[f"sweep {tmp_path.name}"]) == flatten(load_config(None, ["train.epochs=3"]).to_dict())
     steps, logged = _history(mlflow_server, ids["teacher"], "loss/total")
     assert steps == [1, 2, 3] and logged == pytest.approx(values)
 
@@ -254,7 +261,7 @@ def test_sync_replays_a_sweep_that_never_reached_its_server(
 _PARALLEL_JOB = textwrap.dedent(
     """
     import sys
-    from ctsl_hpc.track import Tracker
+    from ctsl_hpc.track.runs import Tracker
     tracker = Tracker(sys.argv[1], None, "parallel", system_metrics=False)
     tracker.parent()
     with tracker.child(sys.argv[2]) as run:
@@ -292,7 +299,7 @@ def test_parallel_jobs_share_the_embedded_sqlite_store_of_a_fresh_workdir(tmp_pa
 def test_a_line_torn_by_a_crash_is_set_aside_and_the_rest_of_the_spool_replays(tmp_path: Path):
     from mlflow import MlflowClient
 
-    from ctsl_hpc.track import free_port
+    from ctsl_hpc.processes import free_port
 
     rng = np.random.default_rng()
     values = rng.uniform(size=4).tolist()

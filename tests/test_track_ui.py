@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 
-from ctsl_hpc.track import Tracker
+from ctsl_hpc.config import load_config
+from ctsl_hpc.track.runs import Tracker
 
 if TYPE_CHECKING:
     from tests.mlflow_fixtures import MlflowServer
@@ -121,7 +122,7 @@ async def _render_run_tree(url: str, parent: str, children: list[str], png: Path
 def test_mlflow_ui_lists_parent_teacher_and_students(mlflow_server: MlflowServer, tmp_path: Path):
     experiment = f"ui-{uuid.uuid4().hex[:8]}"
     tracker = Tracker(tmp_path / "sweep", mlflow_server.url, experiment, system_metrics=False)
-    parent = tracker.parent(config={"name": experiment})
+    parent = tracker.parent(config=load_config(None, [f"name={experiment}"]))
     children = ["teacher", "student/RH", "student/RM", "student/RM+TL", "student/RM+CL", "student/RM+TL+CL"]
     for epoch, key in enumerate(children, start=1):
         with tracker.child(key) as run:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
+from ctsl_hpc.jobs import evaluate_job
 from ctsl_hpc.launch.__main__ import main
-from ctsl_hpc.launch.jobs import evaluate_job
 
 pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
@@ -53,6 +53,6 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
     assert {n: r.info.status for n, r in again.items()} == {n: "FINISHED" for n in again}
 
     # the Slurm evaluation job's path: extra parent metrics (its GPU-hours) land before the tree ends
-    evaluate_job(tmp_path / "w", parent_metrics=lambda: {"gpu_hours/total": 1.5})
+    evaluate_job(tmp_path / "w", usage=lambda workdir: {"gpu_hours/total": 1.5})
     parent = client.get_run(parent.info.run_id)
     assert parent.data.metrics["gpu_hours/total"] == 1.5 and parent.info.status == "FINISHED"

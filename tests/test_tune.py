@@ -18,8 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctsl_hpc import tune as ctune
 from ctsl_hpc.config import ConfigError, load_config
+from ctsl_hpc.tune.driver import INTERRUPTED
+from ctsl_hpc.tune.relay import PreemptionRelay
+from ctsl_hpc.tune.space import apply_params, overrides_for, search_space
+from ctsl_hpc.tune.summary import read_best_config
+from ctsl_hpc.workdir import Workdir
 
 NUM_SAMPLES, MAX_T = 6, 3
 ENV = dict(
@@ -48,17 +52,17 @@ def _tune_overrides(seed: int) -> list[str]:
 def test_search_space_samples_stay_in_the_configured_ranges():
     low_tl, high_tl = sorted(random.uniform(0.5, 50) for _ in range(2))
     cfg = load_config(None, [f"tune.lambda_tl=[{low_tl},{high_tl}]", "tune.noise_minutes=[0.5,3]"])
-    space = ctune.search_space(cfg.tune)
+    space = search_space(cfg.tune)
     for _ in range(200):
         assert low_tl <= space["lambda_tl"].sample() <= high_tl
         assert 0.1 <= space["lambda_cl"].sample() <= 100
         assert space["noise_minutes"].sample() in (0.5, 3.0)
     params = {"lambda_tl": high_tl, "lambda_cl": 0.3, "noise_minutes": 3.0}
-    trial = ctune.apply_params(cfg, params, epochs=2)
+    trial = apply_params(cfg, params, epochs=2)
     assert (trial.student.lambda_tl, trial.student.lambda_cl, trial.noise.minutes, trial.student.epochs) == (
         high_tl, 0.3, 3.0, 2,
     )
-    again = load_config(None, ctune.overrides_for(params))
+    again = load_config(None, overrides_for(params))
     assert (again.student.lambda_tl, again.student.lambda_cl, again.noise.minutes) == (high_tl, 0.3, 3.0)
 
 
@@ -79,8 +83,8 @@ def test_a_bad_search_setting_names_its_key(override, key):
 
 
 def test_sigusr2_reaches_trials_as_a_stop_request_in_the_work_directory(tmp_path):
-    relay = ctune.PreemptionRelay(tmp_path / "tune")
-    trial_view = ctune.PreemptionRelay(tmp_path / "tune")  # what a trial process sees
+    relay = PreemptionRelay(tmp_path / "tune")
+    trial_view = PreemptionRelay(tmp_path / "tune")  # what a trial process sees
     previous = signal.getsignal(signal.SIGUSR2)
     try:
         relay.install()
@@ -125,8 +129,8 @@ def resumed_sweep(tiny_overrides, tmp_path_factory):
     killed.wait()
     preempted = _start_and_wait_for_a_report(cmd, workdir.parent / "preempted.log", storage)
     os.kill(preempted.pid, signal.SIGUSR2)
-    assert preempted.wait(timeout=300) == ctune.INTERRUPTED, (workdir.parent / "preempted.log").read_text()[-3000:]
-    assert not (workdir / ctune.BEST_CONFIG).exists()
+    assert preempted.wait(timeout=300) == INTERRUPTED, (workdir.parent / "preempted.log").read_text()[-3000:]
+    assert not Workdir(workdir).best_config.exists()
     started = time.monotonic()
     final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
@@ -134,7 +138,7 @@ def resumed_sweep(tiny_overrides, tmp_path_factory):
 
 
 def _trial_rows(workdir: Path) -> list[dict[str, str]]:
-    with open(workdir / ctune.TRIALS_CSV) as handle:
+    with open(Workdir(workdir).trials_csv) as handle:
         return list(csv.DictReader(handle))
 
 
@@ -176,15 +180,15 @@ def test_killed_sweep_resumes_with_one_mlflow_run_per_trial(resumed_sweep):
 @pytest.mark.slow
 def test_best_config_is_written_and_its_students_reach_table1(resumed_sweep):
     workdir, stdout, _ = resumed_sweep
-    best = ctune.read_best_config(workdir)
+    best = read_best_config(workdir)
     rows = _trial_rows(workdir)
     top = max(rows, key=lambda r: float(r["best"]))
     assert best["trial_id"] == top["trial_id"]
     assert best["value"] == pytest.approx(float(top["best"]))
-    final = yaml.safe_load((workdir / ctune.FINAL_DIR / "config.yaml").read_text())
+    final = yaml.safe_load(Workdir(workdir).final.joinpath("config.yaml").read_text())
     assert final["student"]["lambda_tl"] == pytest.approx(best["params"]["lambda_tl"])
     assert final["noise"]["minutes"] == pytest.approx(best["params"]["noise_minutes"])
-    table1 = json.loads((workdir / ctune.FINAL_DIR / "report" / "table1.json").read_text())
+    table1 = json.loads(Workdir(Workdir(workdir).final).report.table1_json.read_text())
     assert list(table1) == ["original", "RM+TL+CL"]
-    assert (workdir / ctune.SUMMARY_PLOT).stat().st_size > 0
-    assert "RM+TL+CL" in stdout and str(workdir / ctune.BEST_CONFIG) in stdout
+    assert Workdir(workdir).tune_summary_plot.stat().st_size > 0
+    assert "RM+TL+CL" in stdout and str(Workdir(workdir).best_config) in stdout

@@ -4,18 +4,30 @@ import pytest
 import yaml
 
 from ctsl_hpc.config import load_config
-from ctsl_hpc.workdir import CONFIG_FILE, ConfigMismatch, open_workdir
+from ctsl_hpc.workdir import ConfigMismatch, RunDir, Workdir
 
 
 def test_runtime_settings_may_change_and_are_saved(tmp_path):
-    open_workdir(load_config(None, [f"workdir={tmp_path}"]))
+    Workdir.open(load_config(None, [f"workdir={tmp_path}"]))
     moved = load_config(None, [f"workdir={tmp_path}", "slurm.partition=gpu", "tracking.uri=http://127.0.0.1:5000"])
-    open_workdir(moved)
-    saved = yaml.safe_load((tmp_path / CONFIG_FILE).read_text())
+    workdir = Workdir.open(moved)
+    saved = yaml.safe_load(workdir.config_file.read_text())
     assert saved["slurm"]["partition"] == "gpu" and saved["tracking"]["uri"] == "http://127.0.0.1:5000"
+    assert workdir.read_config() == moved
 
 
 def test_experiment_changes_are_refused_naming_the_keys(tmp_path):
-    open_workdir(load_config(None, [f"workdir={tmp_path}"]))
+    Workdir.open(load_config(None, [f"workdir={tmp_path}"]))
     with pytest.raises(ConfigMismatch, match=r"differs at: student\.lambda_cl, train\.epochs\)"):
-        open_workdir(load_config(None, [f"workdir={tmp_path}", "train.epochs=3", "student.lambda_cl=1"]))
+        Workdir.open(load_config(None, [f"workdir={tmp_path}", "train.epochs=3", "student.lambda_cl=1"]))
+
+
+def test_a_stage_summary_names_no_path_so_a_moved_run_still_finds_its_best_model(tmp_path, rng):
+    scores = {epoch: float(rng.uniform()) for epoch in range(1, 6)}
+    best = max(scores, key=scores.get)
+    RunDir(tmp_path / "a").path.mkdir()
+    RunDir(tmp_path / "a").write_summary(best, scores)
+    (tmp_path / "a").rename(tmp_path / "b")
+    summary = RunDir(tmp_path / "b").summary()
+    assert summary.dev_scores == scores and summary.best_dir == tmp_path / "b" / "epochs" / f"epoch-{best:03d}"
+    assert str(tmp_path) not in RunDir(tmp_path / "b").done.read_text()

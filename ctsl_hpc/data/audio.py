@@ -17,10 +17,16 @@ import soxr
 log = logging.getLogger(__name__)
 
 SILENCE_PEAK = 1e-4  # a clip whose absolute peak is below this (full scale = 1) counts as silent
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
 class AudioError(ValueError):
     """An audio file is unreadable, empty, silent or too short."""
+
+
+def audio_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The audio files (by suffix, :data:`AUDIO_SUFFIXES`) anywhere under ``folder``, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
 def resample(wave: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -95,13 +101,13 @@ class WaveformStats:
             np.float32, copy=False
         )
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the statistics as JSON."""
-        Path(path).write_text(json.dumps(asdict(self)))
+    def to_json(self) -> str:
+        """The statistics as JSON (what :meth:`load` reads)."""
+        return json.dumps(asdict(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> WaveformStats:
-        """Read statistics written by `save`."""
+        """Read statistics written as :meth:`to_json`."""
         try:
             data = json.loads(Path(path).read_text())
             return cls(mean=float(data["mean"]), std=float(data["std"]))

@@ -305,3 +305,38 @@ class RandomBatchSampler(_BatchSampler):
     def _global_batches(self, rng: np.random.Generator) -> list[list[int]]:
         order = rng.permutation(self.lengths.size) if self.shuffle else np.arange(self.lengths.size)
         return self._cut(order)
+
+
+class ShardedBatchSampler:
+    """Each rank's share of every global batch: items ``rank::world_size`` (balanced lengths).
+
+    ``sampler`` makes the global batch list (built with one replica). A global batch with fewer
+    items than ranks (at most the epoch's last) is dropped on every rank alike. ``set_epoch(epoch,
+    start_batch)`` counts global batches, the same number on every rank.
+    """
+
+    def __init__(self, sampler: Any, rank: int, world_size: int):
+        if sampler.num_replicas != 1:
+            raise ValueError("ShardedBatchSampler needs a sampler of the global batches (num_replicas=1)")
+        if sampler.batch_size % world_size:
+            raise ValueError(
+                f"train.batch_size={sampler.batch_size} is the global batch; it must be divisible by "
+                f"the world size {world_size}"
+            )
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+        self.batch_size = sampler.batch_size // world_size
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.start_batch = int(start_batch)
+
+    def batches(self) -> list[list[int]]:
+        full = [b for b in self.sampler.batches() if len(b) >= self.world_size]
+        return [b[self.rank :: self.world_size] for b in full]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches()[self.start_batch :]
+
+    def __len__(self) -> int:
+        return len(self.batches())

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, read_audio
+from .audio import AudioError, audio_files, read_audio
 
 log = logging.getLogger(__name__)
 
 SNR_MODES = ("rms", "msp")
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au"})
 
 
 class NoiseError(ValueError):
@@ -110,7 +109,7 @@ class NoisePool:
         folder = Path(folder)
         if not folder.is_dir():
             raise NoiseError(f"{folder}: noise folder not found")
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        files = audio_files(folder)
         if not files:
             raise NoiseError(f"{folder}: no audio files in noise folder")
         cap = None if minutes is None else int(round(minutes * 60 * sample_rate))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ctsl_hpc.data.corpus import ATTRIBUTES
+from ctsl_hpc.losses import ccc
 
 __all__ = ["ATTRIBUTES", "CONDITIONS", "SNR_OF", "ccc_numpy"]
 
@@ -27,19 +29,30 @@ def _as_matrix(name: str, values: np.ndarray) -> np.ndarray:
 
 
 def ccc_numpy(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """CCC per attribute of ``pred`` against ``target`` (both [N, 3], same scale), in float64.
+    r"""CCC per attribute of ``pred`` against ``target``, in float64 (the training loss's formula,
+    :func:`ctsl_hpc.losses.ccc`, without its epsilon).
 
-    CCC_k = 2 cov(p_k, y_k) / (var(p_k) + var(y_k) + (mean(p_k) - mean(y_k))^2) with biased
-    (1/N) moments. Constant predictions give 0; the value is NaN only when the denominator is 0
-    (predictions and targets constant and equal), as ``audmetric.concordance_cc`` does.
+    .. math:: \text{CCC}_k = \frac{2\,\text{cov}(p_k, y_k)}{\sigma^2_{p_k} + \sigma^2_{y_k} + (\mu_{p_k} - \mu_{y_k})^2}
+
+    with biased (1/N) moments, as ``audmetric.concordance_cc`` computes it.
+
+    Args:
+        pred: predictions [N, 3], finite.
+        target: labels [N, 3] on the same scale, finite.
+
+    Returns:
+        CCC per attribute [3] in [-1, 1]; 0 for constant predictions; NaN only where the
+        denominator is 0 (predictions and labels constant and equal).
+
+    Example:
+        >>> y = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 7.0]])
+        >>> ccc_numpy(y, y)
+        array([1., 1., 1.])
+        >>> ccc_numpy(np.full((2, 3), 2.0), y)  # constant predictions
+        array([0., 0., 0.])
     """
     p = _as_matrix("pred", pred)
     y = _as_matrix("target", target)
     if p.shape != y.shape:
         raise ValueError(f"pred and target shapes differ: {p.shape} vs {y.shape}")
-    p_mean, y_mean = p.mean(axis=0), y.mean(axis=0)
-    p_dev, y_dev = p - p_mean, y - y_mean
-    covariance = (p_dev * y_dev).mean(axis=0)
-    denominator = (p_dev**2).mean(axis=0) + (y_dev**2).mean(axis=0) + (p_mean - y_mean) ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, 2.0 * covariance / denominator, np.nan)
+    return ccc(torch.from_numpy(p), torch.from_numpy(y), eps=0.0).numpy()

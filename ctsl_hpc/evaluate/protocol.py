@@ -66,10 +66,24 @@ def _sample(name: str, values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def welch_greater(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """One-tailed Welch t-test of H1: mean(a) > mean(b) (unequal variances); returns (t, p).
+    r"""One-tailed Welch t-test of H1: mean(a) > mean(b), unequal variances (``scipy.stats.ttest_ind``).
 
-    Both samples need at least 2 finite values. When both have zero variance the test is
-    undefined: t is +-inf (p 0 or 1) if the means differ and NaN (p NaN) if they are equal.
+    .. math:: t = \frac{\bar a - \bar b}{\sqrt{s_a^2 / n_a + s_b^2 / n_b}}
+
+    Args:
+        a: the candidate's values (e.g. a variant's CCCs over checkpoints x test groups), >= 2 finite.
+        b: the baseline's values, >= 2 finite.
+
+    Returns:
+        (t, p) with p in [0, 1]; significant at p <= alpha. When both samples have zero variance
+        the test is undefined: t is +-inf (p 0 or 1) if the means differ, NaN (p NaN) if equal.
+
+    Example:
+        >>> t, p = welch_greater([0.50, 0.52, 0.54], [0.40, 0.41, 0.42])
+        >>> round(t, 3), p < 0.01
+        (8.521, True)
+        >>> round(welch_greater([0.40, 0.41, 0.42], [0.50, 0.52, 0.54])[1], 4)  # the other way: no
+        0.9982
     """
     x, y = _sample("a", a), _sample("b", b)
     result = stats.ttest_ind(x, y, equal_var=False, alternative="greater")

@@ -14,9 +14,9 @@ Files of ``<workdir>/report/``:
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ctsl_hpc.config import VARIANTS
+from ctsl_hpc import variants
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
 from ctsl_hpc.evaluate.protocol import BASELINES, CellStats, Scores, significance
-
-SCORES_CSV = "scores.csv"
-TABLE1_MD, TABLE1_JSON = "table1.md", "table1.json"
-TABLE2_MD, TABLE2_JSON = "table2.md", "table2.json"
-CCC_PLOT = "ccc_vs_snr.png"
-PROJECTION_NPZ, PROJECTION_PLOT = "projection.npz", "embedding_projection.png"
+from ctsl_hpc.workdir import ReportFiles, atomic_write_bytes, atomic_write_text
 
 PAPER_CONDITION_ORDER: tuple[str, ...] = ("snr0", "snr5", "snr10", "clean")
 CONDITION_LABEL = {"snr0": "0 dB", "snr5": "5 dB", "snr10": "10 dB", "clean": "clean"}
@@ -49,7 +44,8 @@ _STUDENT_KEY = "student:"
 def _ordered_variants(names: Iterable[str]) -> list[str]:
     """The paper's variants in the paper's order, then any other names in their given order."""
     names = list(dict.fromkeys(names))
-    return [v for v in VARIANTS if v in names] + [v for v in names if v not in VARIANTS]
+    known = variants.names()
+    return [v for v in known if v in names] + [v for v in names if v not in known]
 
 
 def _markers(baselines: Sequence[str]) -> dict[str, str]:
@@ -67,12 +63,8 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    """Write atomically: temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def _write_json(path: Path, data: Any) -> Path:
@@ -141,7 +133,7 @@ def table1_markdown(
     notes = [
         "",
         f"Mean CCC over the models x test groups of each cell (n = {', '.join(map(str, ns))}; "
-        f"mean, std, n and p-values in {TABLE1_JSON}). A = arousal, D = dominance, V = valence.",
+        f"mean, std, n and p-values in {ReportFiles.TABLE1_JSON}). A = arousal, D = dominance, V = valence.",
         f"Markers: significantly greater (one-tailed Welch t-test, unequal variances, p <= {alpha:g}) {legend}. "
         "**Bold**: best mean of the column.",
     ]
@@ -154,11 +146,11 @@ def write_table1(
     """Compute the statistics of ``scores`` and write ``table1.md`` and ``table1.json`` into ``out_dir``."""
     if len(scores) == 0:
         raise ValueError("no scores: Table 1 needs at least one CCC value")
-    out_dir = Path(out_dir)
+    files = ReportFiles(Path(out_dir))
     table = significance(scores, baselines=baselines, alpha=alpha)
     ordered = {v: table[v] for v in _ordered_variants(table)}
-    md = _write_text(out_dir / TABLE1_MD, table1_markdown(ordered, alpha, baselines))
-    return md, _write_json(out_dir / TABLE1_JSON, table1_json(ordered))
+    md = _write_text(files.table1_md, table1_markdown(ordered, alpha, baselines))
+    return md, _write_json(files.table1_json, table1_json(ordered))
 
 
 # --------------------------------------------------------------------------- Table 2
@@ -213,13 +205,13 @@ def write_table2(
 ) -> tuple[Path, Path]:
     """Write ``table2.md`` and ``table2.json`` (``{variant: {condition: {"rmse", "cosine", "infonce"}}}``)."""
     _check_emb_metrics(emb_metrics, "embedding metrics")
-    out_dir = Path(out_dir)
+    files = ReportFiles(Path(out_dir))
     ordered = {
         v: {c: {m: float(emb_metrics[v][c][m]) for m in EMBEDDING_METRICS} for c in CONDITIONS if c in emb_metrics[v]}
         for v in _ordered_variants(emb_metrics)
     }
-    md = _write_text(out_dir / TABLE2_MD, table2_markdown(ordered))
-    return md, _write_json(out_dir / TABLE2_JSON, ordered)
+    md = _write_text(files.table2_md, table2_markdown(ordered))
+    return md, _write_json(files.table2_json, ordered)
 
 
 def read_table2_json(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -347,10 +339,9 @@ def save_projection(teacher_clean: np.ndarray, students: Mapping[str, np.ndarray
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"teacher_clean": teacher.astype(np.float32)}
     arrays.update({_STUDENT_KEY + name: values.astype(np.float32) for name, values in checked.items()})
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_projection(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -372,13 +363,13 @@ def build_report(report_dir: str | Path, alpha: float = 0.05, baselines: Sequenc
     Needs ``scores.csv``; re-renders Table 2 when ``table2.json`` exists and the projection plot
     when ``projection.npz`` exists.
     """
-    report_dir = Path(report_dir)
-    scores = Scores.read_csv(report_dir / SCORES_CSV)
-    written = [*write_table1(scores, report_dir, alpha=alpha, baselines=baselines)]
-    written.append(plot_ccc_vs_snr(scores, report_dir / CCC_PLOT))
-    if (report_dir / TABLE2_JSON).is_file():
-        written.extend(write_table2(read_table2_json(report_dir / TABLE2_JSON), report_dir))
-    if (report_dir / PROJECTION_NPZ).is_file():
-        teacher, students = load_projection(report_dir / PROJECTION_NPZ)
-        written.append(plot_embedding_projection(teacher, students, report_dir / PROJECTION_PLOT))
+    files = ReportFiles(Path(report_dir))
+    scores = Scores.read_csv(files.scores_csv)
+    written = [*write_table1(scores, files.path, alpha=alpha, baselines=baselines)]
+    written.append(plot_ccc_vs_snr(scores, files.ccc_plot))
+    if files.table2_json.is_file():
+        written.extend(write_table2(read_table2_json(files.table2_json), files.path))
+    if files.projection_npz.is_file():
+        teacher, students = load_projection(files.projection_npz)
+        written.append(plot_embedding_projection(teacher, students, files.projection_plot))
     return written

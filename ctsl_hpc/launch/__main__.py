@@ -1,54 +1,41 @@
-"""The command line: ``python -m ctsl_hpc.launch <command>``.
+"""The command line: ``python -m ctsl_hpc.launch <command>`` (installed as ``ctsl``).
 
-``sweep`` runs (or continues) an experiment: with no arguments, the embedded demo in this process.
-``report`` rebuilds the tables and plots from saved scores. ``sync`` replays spooled MLflow
-records. ``mlflow-server`` starts a tracking server for a cluster. ``predict`` scores audio files
-with a saved model.
+``sweep`` runs (or continues) an experiment: with no arguments, the embedded demo in this process;
+``--cluster slurm`` submits it; ``--tune`` runs the Ray Tune search first. ``status``, ``logs``,
+``cancel`` and ``resume`` manage a submitted sweep. ``report`` rebuilds the tables and plots from
+saved scores. ``sync`` replays spooled MLflow records. ``mlflow-server`` starts a tracking server
+for a cluster. ``predict`` scores audio files with a saved model.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
-from pathlib import Path
 
-from ctsl_hpc.config import ConfigError, load_config
+from ctsl_hpc.config import SWEEP_CONFIG, ConfigError, ExperimentConfig, load_config
+from ctsl_hpc.launch.backends import backend_names, make_backend
+from ctsl_hpc.launch.graph import stage_names, submit_sweep
+from ctsl_hpc.launch.manage import ManageError
+from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.slurm_cli import SlurmError
+from ctsl_hpc.logs import setup_logging
+from ctsl_hpc.workdir import ConfigMismatch, Workdir
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
     """Bad input the user can fix: reported as one line naming the file or field, no traceback.
 
-    Imported lazily: the management commands must not pay for torch's import."""
+    Imported lazily: the management commands must not pay for the data modules' imports."""
     from ctsl_hpc.data.audio import AudioError
     from ctsl_hpc.data.corpus import CorpusError
     from ctsl_hpc.data.noise import NoiseError
-    from ctsl_hpc.workdir import ConfigMismatch
 
     return (CorpusError, AudioError, NoiseError, ConfigMismatch)
 
-log = logging.getLogger("ctsl_hpc")
 
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("urllib3", "matplotlib", "filelock", "alembic", "mlflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="experiment YAML (default: configs/demo.yaml, the embedded demo)")
-    parser.add_argument("--workdir", help="work directory (default: the config's workdir)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=3")
-
-
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> ExperimentConfig:
     cfg = load_config(args.config, args.overrides)
     if args.workdir:
         cfg.workdir = args.workdir
@@ -57,141 +44,93 @@ def _load(args: argparse.Namespace):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.tune:  # the Ray Tune search over the CTSL loss weights and noise minutes, then Table 1
-        from ctsl_hpc.launch.ray_cluster import SWEEP_CONFIG, sweep_tune
+        from ctsl_hpc.launch.ray_cluster import sweep_tune
 
         args.config = args.config or str(SWEEP_CONFIG)
-        return sweep_tune(_load(args), getattr(args, "cluster", "local"))
+        return sweep_tune(_load(args), args.cluster)
     cfg = _load(args)
+    backend = make_backend(args.cluster, Workdir(cfg.workdir), cfg)
     if args.dry_run:
-        from ctsl_hpc.launch.slurm import dry_run_lines
+        from ctsl_hpc.launch.manage import dry_run_lines
 
-        print("\n".join(dry_run_lines(Path(cfg.workdir).resolve(), cfg, args.cluster)))
+        print("\n".join(dry_run_lines(backend.workdir, cfg, backend)))
         return 0
     return _sweep(cfg, args.cluster)
 
 
-def _sweep(cfg, cluster: str) -> int:
-    """Run the sweep here (local) or submit it (slurm); done stages are skipped."""
-    if cluster == "slurm":
-        return _submit_to_slurm(cfg)
-    from ctsl_hpc import pipeline
-    from ctsl_hpc.launch.executors import LocalExecutor
-    from ctsl_hpc.launch.slurm import submit_sweep
-
-    ws = pipeline.Workspace.open(cfg)
+def _sweep(cfg: ExperimentConfig, cluster: str) -> int:
+    """Run the sweep here (a blocking backend) or submit it; done stages are skipped."""
+    backend = make_backend(cluster, Workdir(cfg.workdir), cfg)
+    backend.check()  # missing tools or an unknown partition stop here, before the work directory exists
     started = time.time()
-    ws.data.check()  # bad corpus, audio or noise fails here, before any training
-    submit_sweep(ws.root, cfg, LocalExecutor(ws.root, cfg))
-    report_dir = ws.report_dir
-    print((report_dir / "table1.md").read_text())
-    print(f"work directory: {ws.root}")
-    print(f"report: {report_dir} ({time.time() - started:.0f} s)")
-    return 0
+    workdir = Workdir.open(cfg)
+    if backend.blocking:  # the tasks run here: bad corpus, audio or noise fails now, before any training
+        from ctsl_hpc.experiment import Experiment
 
-
-def _submit_to_slurm(cfg) -> int:
-    """Submit (or continue) the sweep on Slurm and return at once."""
-    from ctsl_hpc.config import SLURM_STAGES
-    from ctsl_hpc.launch import slurm
-
-    slurm.require_slurm()
-    slurm.check_partitions(cfg, SLURM_STAGES)
-    from ctsl_hpc.launch.executors import SlurmExecutor
-    from ctsl_hpc.workdir import open_workdir
-
-    root = open_workdir(cfg)
-    plan = slurm.submit_sweep(root, cfg, SlurmExecutor(root, cfg))
-    records = {r.key: r for r in slurm.Registry(root).all()}
+        Experiment(cfg, workdir).data.check()
+    plan = submit_sweep(workdir, cfg, backend)
+    if backend.blocking:
+        print(workdir.report.table1_md.read_text())
+        print(f"work directory: {workdir.root}")
+        print(f"report: {workdir.report.path} ({time.time() - started:.0f} s)")
+        return 0
+    records = {r.key: r for r in Registry(workdir.root).all()}
     for stage in plan:
-        submitted = [f"{t.variant or t.key}={records[t.key].job_id}" for t in stage.submit]
+        submitted = [f"{t.name}={records[t.key].job_id}" for t in stage.submit]
         print(f"{stage.stage}: submitted {', '.join(submitted) or '-'}"
-              + (f"; done {[t.variant or t.key for t in stage.done]}" if stage.done else "")
+              + (f"; done {[t.name for t in stage.done]}" if stage.done else "")
               + (f"; still queued {sorted(stage.running.values())}" if stage.running else ""))
-    print(f"work directory: {root}")
-    print(f"follow with: python -m ctsl_hpc.launch status --workdir {root}")
+    print(f"work directory: {workdir.root}")
+    print(f"follow with: python -m ctsl_hpc.launch status --workdir {workdir.root}")
     return 0
-
-
-def _workdir_config(workdir: str):
-    """The configuration saved in a work directory (without importing the pipeline)."""
-    import yaml
-
-    from ctsl_hpc.config import config_from_dict
-
-    path = Path(workdir).resolve() / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path} does not exist: --workdir must be a sweep's work directory")
-    return path.parent, config_from_dict(yaml.safe_load(path.read_text()))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ctsl_hpc.launch import slurm
+    from ctsl_hpc.launch.manage import format_status, status_rows
 
-    workdir, cfg = _workdir_config(args.workdir)
-    print(slurm.format_status(slurm.status_rows(workdir, cfg)))
+    workdir = Workdir(args.workdir)
+    print(format_status(status_rows(workdir, workdir.read_config())))
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from ctsl_hpc.launch import slurm
+    from ctsl_hpc.launch.manage import print_logs
 
-    workdir, _ = _workdir_config(args.workdir)
-    records = slurm.resolve_keys(workdir, args.stage)
-    paths = [p for r in records for p in slurm.log_paths(r)]
-    if not paths:
-        raise slurm.SlurmError(f"{args.stage}: no log files recorded (local runs log to the terminal)")
-    offsets = dict.fromkeys(paths, 0)
-    while True:
-        for path in paths:
-            if path.is_file():
-                with open(path, "rb") as handle:
-                    handle.seek(offsets[path])
-                    chunk = handle.read()
-                    offsets[path] += len(chunk)
-                if chunk:
-                    print(f"==> {path} <==" if len(paths) > 1 else "", end="\n" if len(paths) > 1 else "")
-                    sys.stdout.write(chunk.decode(errors="replace"))
-                    sys.stdout.flush()
-        if not args.follow:
-            return 0
-        states = slurm.job_states([r.job_id for r in records if r.job_id])
-        if all(states.get(r.job_id) not in slurm.ACTIVE for r in records if r.job_id):
-            return 0
-        time.sleep(args.interval)
+    workdir = Workdir(args.workdir)
+    print_logs(workdir, workdir.read_config(), args.stage, args.follow, args.interval)
+    return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from ctsl_hpc.launch import slurm
+    from ctsl_hpc.launch.manage import cancel
 
-    slurm.require_slurm()
-    workdir, _ = _workdir_config(args.workdir)
-    ids = slurm.cancel(workdir, args.stage)
+    workdir = Workdir(args.workdir)
+    ids = cancel(workdir, workdir.read_config(), args.stage)
     print(f"cancelled {', '.join(ids)}" if ids else "nothing queued or running")
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    workdir, cfg = _workdir_config(args.workdir)
-    cfg.workdir = str(workdir)
+    workdir = Workdir(args.workdir)
+    cfg = workdir.read_config()
+    cfg.workdir = str(workdir.root)
     return _sweep(cfg, args.cluster)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ctsl_hpc.evaluate.report import build_report
-    from ctsl_hpc.launch.jobs import open_workspace
 
-    ws = open_workspace(args.workdir)
-    for path in build_report(ws.report_dir, alpha=ws.cfg.eval.alpha):
+    workdir = Workdir(args.workdir)
+    for path in build_report(workdir.report.path, alpha=workdir.read_config().eval.alpha):
         print(path)
     return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from ctsl_hpc.launch.jobs import open_workspace
-    from ctsl_hpc.track import replay_spool
+    from ctsl_hpc.track.replay import replay_spool
 
-    ws = open_workspace(args.workdir)
-    left = replay_spool(ws.root, ws.cfg.tracking.uri)
+    workdir = Workdir(args.workdir)
+    left = replay_spool(workdir.root, workdir.read_config().tracking.uri)
     if left:
         print(f"{left} spooled record(s) could not be sent yet (is the tracking server up?)", file=sys.stderr)
         return 1
@@ -200,7 +139,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
-    from ctsl_hpc.track import run_server
+    from ctsl_hpc.track.server import run_server
 
     return run_server(args.backend_store_uri, args.artifacts_destination, args.host, args.port)
 
@@ -213,16 +152,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_ray_node(args: argparse.Namespace) -> int:
+    from ctsl_hpc.launch.ray_cluster import tune_allocation
+
+    return tune_allocation(args.workdir, args.config, args.overrides)
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="experiment YAML (default: configs/demo.yaml, the embedded demo)")
+    parser.add_argument("--workdir", help="work directory (default: the config's workdir)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=3")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ctsl_hpc.launch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
+    visible = "sweep,status,logs,cancel,resume,report,sync,mlflow-server,predict"
+    commands = parser.add_subparsers(dest="command", required=True, metavar=f"{{{visible}}}")
+    clusters = backend_names()
 
     sweep = commands.add_parser("sweep", help="run or continue an experiment (default: the embedded demo)")
     _config_args(sweep)
     sweep.add_argument("--tune", action="store_true",
                        help="Ray Tune search (configs/sweep.yaml: tune.*), then the best setting's students and report")
-    sweep.add_argument("--cluster", choices=["local", "slurm"], default="local",
+    sweep.add_argument("--cluster", choices=clusters, default="local",
                        help="local: run here (default); slurm: submit teacher -> students -> eval and return")
     sweep.add_argument("--dry-run", action="store_true", help="print the jobs and resources; submit nothing")
     sweep.set_defaults(func=cmd_sweep)
@@ -238,17 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
     logs.set_defaults(func=cmd_logs)
 
-    cancel = commands.add_parser("cancel", help="scancel the sweep's queued and running jobs")
+    cancel = commands.add_parser("cancel", help="cancel the sweep's queued and running jobs")
     cancel.add_argument("--workdir", required=True)
     cancel.add_argument("stage", nargs="?", help="only this stage, variant or key (default: all)")
     cancel.set_defaults(func=cmd_cancel)
 
     resume = commands.add_parser("resume", help="resubmit what failed or never finished; skip what is done")
     resume.add_argument("--workdir", required=True)
-    resume.add_argument("--cluster", choices=["local", "slurm"], default="slurm")
+    resume.add_argument("--cluster", choices=clusters, default="slurm", help="where to run what is left (default: slurm)")
     resume.set_defaults(func=cmd_resume)
 
-    report = commands.add_parser("report", help="rebuild tables and plots from <workdir>/report/scores.csv")
+    report = commands.add_parser("report", help="rebuild Table 1, Table 2 and the plots from <workdir>/report")
     report.add_argument("--workdir", required=True)
     report.set_defaults(func=cmd_report)
 
@@ -273,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--skip-bad", action="store_true", help="report unreadable files and go on")
     predict.set_defaults(func=cmd_predict)
+
+    # hidden: one task per node of a Ray Tune allocation (launch/ray-on-slurm.sh, the submitted sweep --tune)
+    node = commands.add_parser("ray-node")
+    node.add_argument("--workdir", required=True, help="the sweep's work directory, on shared storage")
+    node.add_argument("--config", help="experiment YAML (default: the config saved in --workdir)")
+    node.add_argument("overrides", nargs="*", help="dotted overrides such as tune.num_samples=32")
+    node.set_defaults(func=cmd_ray_node)
     return parser
 
 
@@ -280,18 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow configures its logger at import
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except SlurmError as exc:
+        print(f"slurm error: {exc}", file=sys.stderr)
+        return 2
+    except ManageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:
-        from ctsl_hpc.launch.slurm import SlurmError
-
-        if isinstance(exc, SlurmError):
-            print(f"slurm error: {exc}", file=sys.stderr)
-            return 2
         if isinstance(exc, _input_errors()):
             print(f"input error: {exc}", file=sys.stderr)
             return 2

@@ -16,14 +16,13 @@ Preemption: the driver turns SIGUSR2 (``slurm.signal_delay_s`` before the end) i
 trials read; when the search ends on such a request, the job requeues itself (``scontrol requeue``) and
 the rerun restores the Tune experiment from the shared storage.
 
-Entry points: :func:`submit` (submitit: one allocation of ``slurm.nodes`` x ``slurm.gpus_per_node``),
-:func:`sweep_tune` (the CLI's ``sweep --tune``), and ``python -m ctsl_hpc.launch.ray_cluster --workdir W``
-inside an ``srun`` (what ``launch/ray-on-slurm.sh`` runs).
+Entry points: :func:`submit` (submitit: one allocation with the ``slurm.tune`` stage's resources),
+:func:`sweep_tune` (the CLI's ``sweep --tune``), and the hidden ``python -m ctsl_hpc.launch ray-node
+--workdir W`` inside an ``srun`` (what ``launch/ray-on-slurm.sh`` runs).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -39,22 +38,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ctsl_hpc.processes import stop_process_group
+from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.launch import slurm_env
+from ctsl_hpc.logs import setup_logging
+from ctsl_hpc.processes import free_port, stop_process_group
+from ctsl_hpc.workdir import ReportFiles, Workdir, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 ADDRESS_FILE = "address"
 DONE_FILE = "DONE"
 TOKEN_FILE = "auth_token"
-SWEEP_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sweep.yaml"  # `sweep --tune` default
 WORKER_PORTS = 200  # ports reserved for Ray's worker processes on each node
-
-
-def free_port(host: str = "") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _range_is_free(start: int, count: int) -> bool:
@@ -85,7 +80,7 @@ class RayPorts:
     def pick(cls, rng: random.Random | None = None) -> RayPorts:
         """Free ports for this node (the worker range is a free block in 20000-59999)."""
         rng = rng or random.Random()
-        singles = [free_port() for _ in range(7)]
+        singles = [free_port("") for _ in range(7)]
         if len(set(singles)) < len(singles):
             return cls.pick(rng)
         for _ in range(100):
@@ -113,7 +108,7 @@ class RayPorts:
 
 def node_resources() -> list[str]:
     """``--num-cpus``/``--num-gpus`` of this node's share of the allocation."""
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or str(len(os.sched_getaffinity(0)))
+    cpus = slurm_env.cpus_per_task() or len(os.sched_getaffinity(0))
     args = [f"--num-cpus={cpus}"]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
@@ -161,18 +156,17 @@ def _alive_nodes() -> int:
 def run_in_allocation(driver: Callable[[str], int], rendezvous: Path, timeout_s: float = 600.0) -> int:
     """Start this node's part of the Ray cluster; rank 0 runs ``driver(address)`` and returns its status.
 
-    Rank and node count come from Slurm (``SLURM_PROCID``, ``SLURM_NTASKS``; one task per node).
+    Rank and node count come from Slurm (one task per node; 0 of 1 outside Slurm).
     """
     import ray
 
-    rank = int(os.environ.get("SLURM_PROCID", "0"))
-    nodes = int(os.environ.get("SLURM_NTASKS", "1"))
+    rank, nodes = slurm_env.task_rank(), slurm_env.task_count()
     rendezvous.mkdir(parents=True, exist_ok=True)
     address_file, done_file, token_file = (rendezvous / name for name in (ADDRESS_FILE, DONE_FILE, TOKEN_FILE))
     # One token per allocation (Ray's token auth), read by every node and the driver from shared storage.
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
     _reload_ray_auth()
-    job = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+    job = slurm_env.job_id() or str(os.getpid())
     temp_dir = Path(tempfile.gettempdir()) / f"ray-{job}"  # short: Ray's socket paths must stay < 108 chars
     node_ip = ray.util.get_node_ip_address()
     ports = RayPorts.pick()
@@ -230,96 +224,68 @@ def tune_allocation(workdir: str, config: str | None = None, overrides: list[str
     The head (rank 0) runs the sweep of ``config`` + ``overrides`` (default: the configuration saved in
     ``workdir``); the other nodes only need ``workdir`` for the rendezvous.
     """
-    from ctsl_hpc import tune
+    from ctsl_hpc.tune.driver import INTERRUPTED, run_sweep
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    job = os.environ.get("SLURM_JOB_ID", "local")
+    setup_logging()
+    slurm_env.export_run_tags()
+    job = slurm_env.job_id() or "local"
+    root = Workdir(workdir)
 
     def drive(address: str) -> int:
         from ctsl_hpc.config import load_config
-        from ctsl_hpc.launch.jobs import open_workspace
 
         if config is None and not overrides:
-            cfg = open_workspace(workdir).cfg
+            cfg = root.read_config()
         else:
             cfg = load_config(config, list(overrides))
-            cfg.workdir = str(workdir)
-        result = tune.run_sweep(cfg, address=address)
+            cfg.workdir = str(root.root)
+        result = run_sweep(cfg, address=address)
         if result is None:
-            return tune.INTERRUPTED
-        print((result.report_dir / "table1.md").read_text(), flush=True)
+            return INTERRUPTED
+        print(ReportFiles(result.report_dir).table1_md.read_text(), flush=True)
         return 0
 
-    status = run_in_allocation(drive, Path(workdir).resolve() / "ray" / job)
-    if status == tune.INTERRUPTED and int(os.environ.get("SLURM_PROCID", "0")) == 0 and "SLURM_JOB_ID" in os.environ:
+    status = run_in_allocation(drive, root.ray / job)
+    if status == INTERRUPTED and slurm_env.task_rank() == 0 and slurm_env.job_id():
         log.warning("preempted: requeueing job %s (the rerun restores the search)", job)
-        subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], check=False)
+        subprocess.run(["scontrol", "requeue", job], check=False)
     return status
 
 
-def executor(ws, folder: Path | None = None):
-    """A submitit executor for one allocation of ``slurm.nodes`` nodes x ``slurm.gpus_per_node`` GPUs."""
+def submit(cfg: ExperimentConfig, workdir: Workdir):
+    """Submit the sweep (Ray cluster + Tune driver) as one Slurm allocation; returns the submitit job."""
     import submitit
 
-    s = ws.cfg.slurm
-    ex = submitit.AutoExecutor(folder=folder or ws.root / "slurm" / "tune", cluster="slurm")
-    params = {
-        "name": f"{ws.cfg.name}-tune",
-        "nodes": s.nodes,
-        "tasks_per_node": 1,
-        "cpus_per_task": s.cpus_per_task,
-        "mem_gb": s.mem_gb,
-        "timeout_min": s.time_min,
-        "slurm_signal_delay_s": s.signal_delay_s,
-        "slurm_additional_parameters": {"requeue": True, **s.additional},
-    }
-    if s.gpus_per_node:
-        params["gpus_per_node"] = s.gpus_per_node
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(s, key):
-            params[f"slurm_{key}"] = getattr(s, key)
-    ex.update_parameters(**params)
-    return ex
+    from ctsl_hpc.launch.backends.slurm import stage_parameters
 
-
-def submit(ws, folder: Path | None = None):
-    """Submit the sweep (Ray cluster + Tune driver) as one Slurm allocation; returns the submitit job."""
-    job = executor(ws, folder).submit(tune_allocation, str(ws.root))
-    (ws.root / "ray").mkdir(exist_ok=True)
-    (ws.root / "ray" / "submitted").write_text(f"{job.job_id}\n")
+    executor = submitit.AutoExecutor(folder=workdir.submitit / "tune", cluster="slurm")
+    params = stage_parameters(cfg, "tune", requeue=True)
+    params["name"] = f"{cfg.name}-tune"
+    executor.update_parameters(**params)
+    job = executor.submit(tune_allocation, str(workdir.root))
+    workdir.ray.mkdir(exist_ok=True)
+    atomic_write_text(workdir.ray / "submitted", f"{job.job_id}\n")
     return job
 
 
-def sweep_tune(cfg, cluster: str = "local") -> int:
+def sweep_tune(cfg: ExperimentConfig, cluster: str = "local") -> int:
     """``sweep --tune``: run the search here (``local``) or submit its allocation (``slurm``)."""
-    from ctsl_hpc import pipeline, tune
+    from ctsl_hpc.tune.driver import INTERRUPTED, run_sweep
 
     if cluster == "slurm":
-        ws = pipeline.Workspace.open(cfg)
-        job = submit(ws)
-        print(f"submitted the Ray Tune sweep as Slurm job {job.job_id} ({cfg.slurm.nodes} node(s))")
-        print(f"work directory: {ws.root}; log: {job.paths.stdout}")
+        workdir = Workdir.open(cfg)
+        job = submit(cfg, workdir)
+        print(f"submitted the Ray Tune sweep as Slurm job {job.job_id} ({cfg.slurm.stage('tune').nodes} node(s))")
+        print(f"work directory: {workdir.root}; log: {job.paths.stdout}")
         return 0
+    if cluster != "local":
+        raise ValueError(f"sweep --tune runs locally or on Slurm, not on {cluster!r}")
     started = time.time()
-    result = tune.run_sweep(cfg, address=os.environ.get("RAY_ADDRESS"))
+    result = run_sweep(cfg, address=os.environ.get("RAY_ADDRESS"))
     if result is None:
         print("the search was stopped on request; run the same command again to continue")
-        return tune.INTERRUPTED
-    print((result.report_dir / "table1.md").read_text())
+        return INTERRUPTED
+    print(ReportFiles(result.report_dir).table1_md.read_text())
     print(f"best: {result.best['params']} ({result.best['metric']} {result.best['value']:.4f}) -> {result.best_config}")
     print(f"report: {result.report_dir} ({time.time() - started:.0f} s)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ctsl_hpc.launch.ray_cluster --workdir W`` in every task of an ``srun``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", required=True, help="the sweep's work directory, on shared storage")
-    parser.add_argument("--config", help="experiment YAML (default: the config saved in --workdir)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides such as tune.num_samples=32")
-    args = parser.parse_args(argv)
-    return tune_allocation(args.workdir, args.config, args.overrides)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

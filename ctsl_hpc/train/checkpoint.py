@@ -1,9 +1,9 @@
 """Resumable checkpoints: one directory per save, written atomically, complete once marked.
 
-Layout: ``<run_dir>/checkpoints/step-00000123/`` holding the engine's files (weights, optimiser,
-scheduler) and ``trainer.pt`` (epoch, position in the epoch, RNG states, history). The directory
-is first written as ``step-00000123.tmp`` and renamed; the ``COMPLETE`` marker is written last, so a
-checkpoint cut short by a kill is never loaded.
+Layout: one folder per save (:meth:`ctsl_hpc.workdir.RunDir.checkpoint`) holding the engine's files
+(weights, optimiser, scheduler) and ``trainer.pt`` (epoch, position in the epoch, RNG states,
+history). The folder is first written under a ``.tmp`` name and renamed; the ``COMPLETE`` marker is
+written last, so a checkpoint cut short by a kill is never loaded.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ctsl_hpc.workdir import RunDir
+
 MARKER = "COMPLETE"
 TRAINER_FILE = "trainer.pt"
-
-
-def checkpoint_root(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,9 +53,8 @@ def save_checkpoint(
     sharded engines); then rank 0 adds ``trainer.pt``, renames the directory into place and writes
     the marker.
     """
-    root = checkpoint_root(run_dir)
-    final = root / f"step-{global_step:08d}"
-    tmp = root / f"step-{global_step:08d}.tmp"
+    final = RunDir(Path(run_dir)).checkpoint(global_step)
+    tmp = final.with_name(final.name + ".tmp")
     if is_main:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -77,11 +74,11 @@ def save_checkpoint(
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """All complete checkpoints, oldest first."""
-    root = checkpoint_root(run_dir)
+    root = RunDir(Path(run_dir)).checkpoints
     if not root.is_dir():
         return []
-    found = [p for p in root.glob("step-*") if p.is_dir() and (p / MARKER).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    found = [p for p in root.iterdir() if p.is_dir() and (p / MARKER).is_file()]
+    return sorted(found, key=RunDir.checkpoint_step)
 
 
 def latest_complete_checkpoint(run_dir: Path) -> Path | None:

@@ -10,9 +10,9 @@ every step) used when ``student.cache_teacher_embeddings`` is off.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -20,7 +20,8 @@ import torch
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.model import WEIGHTS_FILE, EmotionModel
 from ctsl_hpc.train.inference import predict
-from ctsl_hpc.train.loop import TeacherEmbedder
+from ctsl_hpc.train.objective import TeacherEmbedder
+from ctsl_hpc.workdir import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ def teacher_embeddings(
     _, embeddings = predict(teacher, dataset, batch_size, use_noisy=False)
     table = torch.from_numpy(embeddings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # every rank of a multi-task job may write it
-    torch.save(table, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(table, buffer)
+    atomic_write_bytes(path, buffer.getvalue())  # every rank of a multi-task job may write it
     return table
 
 
@@ -68,11 +69,18 @@ def cached_teacher(table: torch.Tensor) -> TeacherEmbedder:
 
 
 def live_teacher(teacher: EmotionModel) -> TeacherEmbedder:
-    """Run the frozen teacher on the clean batch every step (the paper's uncached path)."""
+    """Run the frozen teacher on the clean batch every step (the paper's uncached path).
+
+    The teacher follows the batch to its device (the student's engine places the batch), so a
+    student on a GPU gets its teacher on the same GPU.
+    """
     teacher.eval().requires_grad_(False)
 
     @torch.no_grad()
     def embed(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return teacher.embed(batch["clean"], batch["mask"])
+        clean = batch["clean"]
+        if next(teacher.parameters()).device != clean.device:
+            teacher.to(clean.device)
+        return teacher.embed(clean, batch["mask"])
 
     return embed

@@ -14,10 +14,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,19 +26,18 @@ from tqdm import tqdm
 
 from ctsl_hpc.config import TrainConfig
 from ctsl_hpc.data.audio import WaveformStats
-from ctsl_hpc.data.batching import LengthBucketSampler, RandomBatchSampler, UtteranceSet, collate
+from ctsl_hpc.data.batching import LengthBucketSampler, RandomBatchSampler, ShardedBatchSampler, UtteranceSet, collate
 from ctsl_hpc.data.corpus import ATTRIBUTES
-from ctsl_hpc.losses import ccc, ccc_loss, contrastive_loss, transfer_loss
+from ctsl_hpc.losses import ccc
 from ctsl_hpc.model import EmotionModel, save_model
 from ctsl_hpc.train import checkpoint as ckpt
-from ctsl_hpc.train.engine import OptimSettings, make_engine
+from ctsl_hpc.train.engines import OptimSettings, make_engine
 from ctsl_hpc.train.inference import predict
-from ctsl_hpc.train.variants import Recipe
+from ctsl_hpc.train.objective import REPORTED, TeacherEmbedder, student_loss
+from ctsl_hpc.train.recipe import Recipe
+from ctsl_hpc.workdir import RunDir, atomic_write_json
 
 log = logging.getLogger(__name__)
-
-HISTORY_FILE = "history.json"
-TeacherEmbedder = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
 class MetricsSink(Protocol):
@@ -53,20 +52,26 @@ class NullSink:
 
 
 class TrainingInterrupted(RuntimeError):
-    """Training stopped on request after saving a resumable checkpoint."""
+    """A stage stopped on request after saving what it resumes from (a checkpoint, the scores so far)."""
 
     def __init__(self, checkpoint: Path):
-        super().__init__(f"training interrupted; resumable checkpoint at {checkpoint}")
+        super().__init__(f"stopped on request; resumable state at {checkpoint}")
         self.checkpoint = checkpoint
 
 
 @dataclass
 class EpochRecord:
+    """One finished epoch; its model directory is ``RunDir.epoch_dir(epoch)``."""
+
     epoch: int
     dev_ccc: list[float]  # arousal, dominance, valence
     dev_score: float  # mean of the three
     losses: dict[str, float]
-    model_dir: str
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> EpochRecord:
+        """Read a saved record (fields this version no longer has, e.g. an old absolute ``model_dir``, are dropped)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 @dataclass
@@ -82,26 +87,22 @@ class FitResult:
 
 
 def quiet_progress() -> bool:
-    """No progress bars in CI, Slurm logs or when stderr is not a terminal."""
-    return bool(os.environ.get("CI") or os.environ.get("SLURM_JOB_ID")) or not sys.stderr.isatty()
+    """No progress bars in CI or when stderr is not a terminal (a scheduler's log file)."""
+    return bool(os.environ.get("CI")) or not sys.stderr.isatty()
 
 
 def make_sampler(dataset: UtteranceSet, train: TrainConfig, rank: int, world: int):
     """Length-bucketed batches by default (``train.bucket_by_length``), else plain random batches.
 
     ``train.batch_size`` is the global batch: with several ranks each takes its share of every
-    global batch (:class:`ctsl_hpc.train.distributed.ShardedBatchSampler`).
+    global batch (:class:`ctsl_hpc.data.batching.ShardedBatchSampler`).
     """
     max_samples = None
     if train.max_batch_seconds is not None:
         max_samples = int(train.max_batch_seconds * dataset.sample_rate)
     cls = LengthBucketSampler if train.bucket_by_length else RandomBatchSampler
     sampler = cls(dataset.lengths, train.batch_size, train.seed, True, 1, 0, max_samples)
-    if world == 1:
-        return sampler
-    from ctsl_hpc.train.distributed import ShardedBatchSampler
-
-    return ShardedBatchSampler(sampler, rank, world)
+    return sampler if world == 1 else ShardedBatchSampler(sampler, rank, world)
 
 
 def make_loader(dataset: UtteranceSet, sampler, train: TrainConfig, device: torch.device) -> DataLoader:
@@ -123,45 +124,10 @@ def make_loader(dataset: UtteranceSet, sampler, train: TrainConfig, device: torc
     )
 
 
-def _load_history(run_dir: Path) -> FitResult:
-    path = run_dir / HISTORY_FILE
-    if not path.is_file():
+def _load_history(run: RunDir) -> FitResult:
+    if not run.history.is_file():
         return FitResult()
-    return FitResult([EpochRecord(**r) for r in json.loads(path.read_text())])
-
-
-def _write_history(run_dir: Path, result: FitResult) -> None:
-    tmp = run_dir / (HISTORY_FILE + ".tmp")
-    tmp.write_text(json.dumps([asdict(r) for r in result.epochs], indent=1))
-    tmp.replace(run_dir / HISTORY_FILE)
-
-
-def student_loss(
-    out,
-    batch: dict[str, torch.Tensor],
-    recipe: Recipe,
-    teacher_embed: TeacherEmbedder | None,
-    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
-) -> dict[str, torch.Tensor]:
-    """The loss terms of one batch: ``ccc``, ``tl``, ``cl`` and ``total``.
-
-    ``gather`` (``engine.gather``) collects every rank's rows, so the terms are those of the global batch.
-    """
-    pred, embedding, labels = gather(out.pred.float()), gather(out.embedding.float()), gather(batch["labels"])
-    terms = {"ccc": ccc_loss(pred, labels)}
-    zero = terms["ccc"].new_zeros(())
-    terms["tl"], terms["cl"] = zero, zero
-    if recipe.needs_teacher:
-        if teacher_embed is None:
-            raise ValueError(f"variant {recipe.name} needs the teacher's embeddings")
-        h_teacher = gather(teacher_embed(batch).to(out.embedding.device, torch.float32))
-        h_student = embedding
-        if recipe.lambda_tl > 0:
-            terms["tl"] = transfer_loss(h_teacher, h_student)
-        if recipe.lambda_cl > 0:
-            terms["cl"] = contrastive_loss(h_student, h_teacher, labels, recipe.margin, recipe.temperature)
-    terms["total"] = terms["ccc"] + recipe.lambda_tl * terms["tl"] + recipe.lambda_cl * terms["cl"]
-    return terms
+    return FitResult([EpochRecord.from_dict(r) for r in json.loads(run.history.read_text())])
 
 
 def evaluate_dev(model: EmotionModel, dev_set: UtteranceSet, noisy: bool, batch_size: int) -> np.ndarray:
@@ -189,8 +155,8 @@ def fit(
     are on disk (unlike ``sink``, which sees the metrics before the save): a scheduler such as Ray Tune
     may stop the process inside it without losing the epoch.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(Path(run_dir))
+    run.path.mkdir(parents=True, exist_ok=True)
     sink = sink or NullSink()
     if not recipe.train_backbone:
         model.backbone.requires_grad_(False)
@@ -203,14 +169,14 @@ def fit(
     engine = make_engine(train.engine, model, settings, train.deepspeed_config)
     sampler = make_sampler(train_set, train, engine.rank, engine.world_size)
 
-    result = _load_history(run_dir)
+    result = _load_history(run)
     start_epoch, start_batch, global_step = 0, 0, 0
     running: dict | None = None  # the interrupted epoch's loss sums, so its averages match an uninterrupted run
-    resume_from = ckpt.latest_complete_checkpoint(run_dir)
+    resume_from = ckpt.latest_complete_checkpoint(run.path)
     if resume_from is not None:
         state = ckpt.load_trainer_state(resume_from)
         start_epoch, start_batch, global_step = state["epoch"], state["batch"], state["global_step"]
-        result = FitResult([EpochRecord(**r) for r in state["history"]])
+        result = FitResult([EpochRecord.from_dict(r) for r in state["history"]])
         running = state.get("running")
         ckpt.restore_rng_state(state["rng"])
         engine.load(resume_from)  # after the shared RNG state: distributed engines restore each rank's own
@@ -227,10 +193,9 @@ def fit(
             "history": [asdict(r) for r in result.epochs],
             "rng": ckpt.rng_state(),
         }
-        path = ckpt.save_checkpoint(run_dir, global_step, state, engine.save, engine.is_main, engine.barrier)
-        protect = {run_dir / "checkpoints" / path.name}
+        path = ckpt.save_checkpoint(run.path, global_step, state, engine.save, engine.is_main, engine.barrier)
         if engine.is_main:
-            ckpt.prune_checkpoints(run_dir, train.keep_checkpoints, protect)
+            ckpt.prune_checkpoints(run.path, train.keep_checkpoints, {path})
         return path
 
     loader = make_loader(train_set, sampler, train, engine.device)
@@ -240,7 +205,7 @@ def fit(
         engine.module.train()
         if not recipe.train_backbone:
             model.backbone.eval()
-        sums = {k: 0.0 for k in ("ccc", "tl", "cl", "total")}
+        sums = dict.fromkeys(REPORTED, 0.0)
         steps = 0
         padded, real = 0, 0  # samples fed to the model, and how many of them are audio (not padding)
         if running is not None:  # resumed mid-epoch: the epoch's averages include the steps before
@@ -272,10 +237,9 @@ def fit(
 
         dev_ccc = evaluate_dev(engine.unwrapped(), dev_set, recipe.noisy_input, train.batch_size)
         losses = {k: v / max(steps, 1) for k, v in sums.items()}
-        model_dir = run_dir / "epochs" / f"epoch-{epoch + 1:03d}"
         if engine.is_main:
-            save_model(engine.unwrapped(), model_dir, stats)
-        record = EpochRecord(epoch + 1, dev_ccc.tolist(), float(dev_ccc.mean()), losses, str(model_dir))
+            save_model(engine.unwrapped(), run.epoch_dir(epoch + 1), stats)
+        record = EpochRecord(epoch + 1, dev_ccc.tolist(), float(dev_ccc.mean()), losses)
         result.epochs.append(record)
         metrics = {f"loss/{k}": v for k, v in losses.items()}
         metrics.update({f"dev/ccc/{a}": float(c) for a, c in zip(ATTRIBUTES, dev_ccc)})
@@ -287,7 +251,7 @@ def fit(
             log.info("%s epoch %d: dev CCC %s (mean %.3f)", recipe.name, epoch + 1, np.round(dev_ccc, 3), record.dev_score)
         saved = save(epoch + 1, 0)
         if engine.is_main:
-            _write_history(run_dir, result)
+            atomic_write_json(run.history, [asdict(r) for r in result.epochs])
             if on_epoch_end is not None:
                 on_epoch_end(record, saved)
     return result

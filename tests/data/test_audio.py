@@ -77,7 +77,7 @@ def test_streamed_stats_match_concatenated_float64(rng):
 
 def test_stats_round_trip_and_degenerate_inputs(tmp_path, rng):
     stats = WaveformStats(mean=float(rng.normal()), std=float(rng.uniform(0.1, 2)))
-    stats.save(tmp_path / "stats.json")
+    (tmp_path / "stats.json").write_text(stats.to_json())
     assert WaveformStats.load(tmp_path / "stats.json") == stats
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="bad.json"):

@@ -9,7 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ctsl_hpc.data.corpus import ATTRIBUTES, CorpusError, Utterance, load_corpus, load_csv_manifest, load_msp_podcast
+from ctsl_hpc.config import ConfigError, load_config
+from ctsl_hpc.data.corpora import Corpus, CorpusSpec, corpus_names, corpus_spec, register
+from ctsl_hpc.data.corpus import ATTRIBUTES, CorpusError, Utterance, load_csv_manifest, load_msp_podcast
 
 MSP_HEADER = ["FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set"]
 
@@ -115,9 +117,8 @@ def _msp_root(tmp_path: Path, rng, speech, write_wav, label_name: str) -> tuple[
 @pytest.mark.parametrize("test_split", ["Test1", "Test2"])
 def test_msp_podcast_layout_maps_splits_and_attribute_order(tmp_path, rng, speech, write_wav, label_name, test_split):
     root, rows = _msp_root(tmp_path, rng, speech, write_wav, label_name)
-    corpus = load_corpus(
-        SimpleNamespace(corpus="msp_podcast", root=str(root), manifest=None, msp_test_split=test_split)
-    )
+    cfg = SimpleNamespace(data=SimpleNamespace(corpus="msp_podcast", root=str(root), msp_test_split=test_split))
+    corpus = corpus_spec("msp_podcast").load(cfg, tmp_path / "unused").splits
     split_of = {"Train": "train", "Development": "dev", test_split: "test"}
     expected = [(root / "Audios" / r[0], (r[2], r[4], r[3]), split_of[r[7]], r[5]) for r in rows if r[7] in split_of]
     got = [(u.path, u.labels, u.split, u.speaker) for s in ("train", "dev", "test") for u in corpus[s]]
@@ -149,10 +150,23 @@ def test_msp_podcast_errors_name_file_line_and_field(tmp_path, rng, speech, writ
         load_msp_podcast(root)
 
 
-def test_load_corpus_dispatch_errors_name_the_config_key():
-    with pytest.raises(CorpusError, match="data.corpus = 'tsv'"):
-        load_corpus(SimpleNamespace(corpus="tsv", root=None, manifest=None, msp_test_split="Test1"))
-    with pytest.raises(CorpusError, match="data.manifest must be set"):
-        load_corpus(SimpleNamespace(corpus="synthetic", root=None, manifest=None, msp_test_split="Test1"))
-    with pytest.raises(CorpusError, match="data.root must be set"):
-        load_corpus(SimpleNamespace(corpus="msp_podcast", root=None, manifest=None, msp_test_split="Test1"))
+def test_the_config_takes_corpus_names_and_required_keys_from_the_registry(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.corpus: 'tsv' is not one of \['synthetic', 'msp_podcast', 'csv'\]"):
+        load_config(None, ["data.corpus=tsv"])
+    noise = [f"noise.{split}={tmp_path}" for split in ("train", "dev", "test")]
+    with pytest.raises(ConfigError, match="data.root: is required when data.corpus is msp_podcast"):
+        load_config(None, ["data.corpus=msp_podcast", *noise])
+    with pytest.raises(ConfigError, match="data.manifest: is required when data.corpus is csv"):
+        load_config(None, ["data.corpus=csv", *noise])
+    with pytest.raises(ConfigError, match="noise.train: a noise folder is required"):
+        load_config(None, ["data.corpus=csv", f"data.manifest={tmp_path / 'm.csv'}"])
+
+
+def test_a_new_corpus_is_one_registration(tmp_path, small_corpus):
+    name = f"toy{np.random.default_rng().integers(10**6)}"
+    register(CorpusSpec(name, lambda cfg, _dir: Corpus(load_csv_manifest(small_corpus.manifest)), own_noise=False))
+    noise = [f"noise.{split}={tmp_path}" for split in ("train", "dev", "test")]
+    cfg = load_config(None, [f"data.corpus={name}", *noise])
+    assert name in corpus_names()
+    splits = corpus_spec(cfg.data.corpus).load(cfg, tmp_path).splits
+    assert splits == load_csv_manifest(small_corpus.manifest)

@@ -14,6 +14,7 @@ from matplotlib.image import imread
 from ctsl_hpc.evaluate import report
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
 from ctsl_hpc.evaluate.protocol import Scores, significance
+from ctsl_hpc.workdir import ReportFiles
 
 VARIANTS = ("original", "RH", "RM", "RM+TL", "RM+CL", "RM+TL+CL")
 SYMBOL = {"original": "*", "RH": "†", "RM": "‡"}
@@ -167,7 +168,7 @@ def test_embedding_projection_plot_and_npz_round_trip(tmp_path: Path) -> None:
         "original": teacher + rng.normal(0, 1.0, size=teacher.shape),
         "RM+TL+CL": teacher + rng.normal(0, 0.2, size=teacher.shape),
     }
-    npz = report.save_projection(teacher, students, tmp_path / report.PROJECTION_NPZ)
+    npz = report.save_projection(teacher, students, tmp_path / ReportFiles.PROJECTION_NPZ)
     loaded_teacher, loaded_students = report.load_projection(npz)
     np.testing.assert_allclose(loaded_teacher, teacher, rtol=1e-6)
     assert list(loaded_students) == ["original", "RM+TL+CL"]
@@ -182,28 +183,28 @@ def test_embedding_projection_rejects_mismatched_dimensions(tmp_path: Path) -> N
 
 def test_build_report_from_scores_csv_alone(tmp_path: Path) -> None:
     scores = _scores(np.random.default_rng(), groups=4)
-    scores.write_csv(tmp_path / report.SCORES_CSV)
+    scores.write_csv(tmp_path / ReportFiles.SCORES_CSV)
     expected_dir = tmp_path / "in_memory"
     report.write_table1(scores, expected_dir, alpha=0.1)
     written = report.build_report(tmp_path, alpha=0.1)
-    assert {p.name for p in written} == {report.TABLE1_MD, report.TABLE1_JSON, report.CCC_PLOT}
-    assert (tmp_path / report.TABLE1_MD).read_text() == (expected_dir / report.TABLE1_MD).read_text()
-    rebuilt = json.loads((tmp_path / report.TABLE1_JSON).read_text())
-    assert rebuilt == json.loads((expected_dir / report.TABLE1_JSON).read_text())
-    _assert_png(tmp_path / report.CCC_PLOT)
+    assert {p.name for p in written} == {ReportFiles.TABLE1_MD, ReportFiles.TABLE1_JSON, ReportFiles.CCC_PLOT}
+    assert (tmp_path / ReportFiles.TABLE1_MD).read_text() == (expected_dir / ReportFiles.TABLE1_MD).read_text()
+    rebuilt = json.loads((tmp_path / ReportFiles.TABLE1_JSON).read_text())
+    assert rebuilt == json.loads((expected_dir / ReportFiles.TABLE1_JSON).read_text())
+    _assert_png(tmp_path / ReportFiles.CCC_PLOT)
 
 
 def test_build_report_also_renders_saved_embedding_results(tmp_path: Path) -> None:
     rng = np.random.default_rng()
-    _scores(rng, groups=2).write_csv(tmp_path / report.SCORES_CSV)
+    _scores(rng, groups=2).write_csv(tmp_path / ReportFiles.SCORES_CSV)
     metrics = _emb_metrics(rng)
     report.write_table2(metrics, tmp_path)
-    (tmp_path / report.TABLE2_MD).unlink()
-    report.save_projection(rng.normal(size=(50, 8)), {"RM": rng.normal(size=(50, 8))}, tmp_path / report.PROJECTION_NPZ)
+    (tmp_path / ReportFiles.TABLE2_MD).unlink()
+    report.save_projection(rng.normal(size=(50, 8)), {"RM": rng.normal(size=(50, 8))}, tmp_path / ReportFiles.PROJECTION_NPZ)
     written = {p.name for p in report.build_report(tmp_path)}
-    assert {report.TABLE2_MD, report.TABLE2_JSON, report.PROJECTION_PLOT} <= written
-    assert "InfoNCE" in (tmp_path / report.TABLE2_MD).read_text()
-    _assert_png(tmp_path / report.PROJECTION_PLOT)
+    assert {ReportFiles.TABLE2_MD, ReportFiles.TABLE2_JSON, ReportFiles.PROJECTION_PLOT} <= written
+    assert "InfoNCE" in (tmp_path / ReportFiles.TABLE2_MD).read_text()
+    _assert_png(tmp_path / ReportFiles.PROJECTION_PLOT)
 
 
 def test_build_report_without_scores_names_the_missing_file(tmp_path: Path) -> None:

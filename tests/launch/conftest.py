@@ -107,6 +107,14 @@ class SlurmCluster:
             time.sleep(0.2)
 
 
+def sweep_task(workdir: Path, cfg, key: str):
+    """The task ``key`` (``teacher``, ``student/RM``, ``eval``) of the sweep's job graph in ``workdir``."""
+    from ctsl_hpc.launch.graph import sweep_tasks
+    from ctsl_hpc.workdir import Workdir
+
+    return {t.key: t for t in sweep_tasks(Workdir(workdir), cfg)}[key]
+
+
 def _job_logs(workdir: Path | None) -> str:
     if workdir is None:
         return ""

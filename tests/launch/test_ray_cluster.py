@@ -28,22 +28,20 @@ def test_ray_ports_are_free_distinct_and_outside_each_others_worker_range():
 def test_tune_sweep_runs_as_one_allocation_with_ray_on_its_node(slurm_cluster, tiny_overrides, tmp_path):
     import yaml
 
-    from ctsl_hpc import pipeline
-    from ctsl_hpc import tune as ctune
-    from ctsl_hpc.config import load_config
+    from ctsl_hpc.config import SWEEP_CONFIG, load_config
+    from ctsl_hpc.workdir import Workdir
 
     workdir = tmp_path / "tune"
-    cfg = load_config(ray_cluster.SWEEP_CONFIG, [
+    cfg = load_config(SWEEP_CONFIG, [
         *tiny_overrides(workdir), "tune.num_samples=2", "tune.max_t=2", "tune.noise_minutes=[0.25,1.0]",
         "tune.final_variants=[RM+TL+CL]", f"slurm.cpus_per_task={slurm_cluster.cpus_per_node}", "slurm.mem_gb=4",
         "slurm.time_min=30",
     ])
-    ws = pipeline.Workspace.open(cfg)
-    job = ray_cluster.submit(ws, tmp_path / "submitit")
+    job = ray_cluster.submit(cfg, Workdir.open(cfg))
     assert job.result() == 0, job.stderr()
     rendezvous = workdir / "ray" / job.job_id
     assert (rendezvous / ray_cluster.DONE_FILE).is_file() and not (rendezvous / ray_cluster.ADDRESS_FILE).exists()
     assert "Ray cluster of 1 node(s)" in job.stderr()
-    best = yaml.safe_load((workdir / ctune.BEST_CONFIG).read_text())
+    best = yaml.safe_load(Workdir(workdir).best_config.read_text())
     assert best["params"]["noise_minutes"] in (0.25, 1.0)
-    assert (workdir / ctune.FINAL_DIR / "report" / "table1.md").is_file()
+    assert Workdir(Workdir(workdir).final).report.table1_md.is_file()

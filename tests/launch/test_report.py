@@ -10,8 +10,9 @@ from matplotlib.image import imread
 
 from ctsl_hpc.evaluate import report
 from ctsl_hpc.launch.__main__ import main
+from ctsl_hpc.workdir import ReportFiles
 
-REBUILT = (report.TABLE1_MD, report.TABLE1_JSON, report.TABLE2_MD, report.CCC_PLOT, report.PROJECTION_PLOT)
+REBUILT = (ReportFiles.TABLE1_MD, ReportFiles.TABLE1_JSON, ReportFiles.TABLE2_MD, ReportFiles.CCC_PLOT, ReportFiles.PROJECTION_PLOT)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def swept(tiny_overrides, tmp_path_factory):
 @pytest.mark.slow
 def test_report_rebuilds_tables_and_plots_without_any_model(swept, capsys):
     out = swept / "report"
-    saved = {name: (out / name).read_bytes() for name in (report.TABLE1_MD, report.TABLE1_JSON, report.TABLE2_MD)}
+    saved = {name: (out / name).read_bytes() for name in (ReportFiles.TABLE1_MD, ReportFiles.TABLE1_JSON, ReportFiles.TABLE2_MD)}
     for name in REBUILT:
         (out / name).unlink()
     weights = list(swept.rglob("model.pt"))
@@ -38,16 +39,16 @@ def test_report_rebuilds_tables_and_plots_without_any_model(swept, capsys):
     printed = capsys.readouterr().out
     for name in REBUILT:
         assert (out / name).is_file() and str(out / name) in printed, name
-    assert json.loads((out / report.TABLE1_JSON).read_bytes()) == json.loads(saved[report.TABLE1_JSON])
-    assert (out / report.TABLE1_MD).read_bytes() == saved[report.TABLE1_MD]
-    assert (out / report.TABLE2_MD).read_bytes() == saved[report.TABLE2_MD]
-    for plot in (report.CCC_PLOT, report.PROJECTION_PLOT):
+    assert json.loads((out / ReportFiles.TABLE1_JSON).read_bytes()) == json.loads(saved[ReportFiles.TABLE1_JSON])
+    assert (out / ReportFiles.TABLE1_MD).read_bytes() == saved[ReportFiles.TABLE1_MD]
+    assert (out / ReportFiles.TABLE2_MD).read_bytes() == saved[ReportFiles.TABLE2_MD]
+    for plot in (ReportFiles.CCC_PLOT, ReportFiles.PROJECTION_PLOT):
         image = imread(out / plot)
         assert image.shape[0] > 300 and image.shape[1] > 300 and np.std(image[..., :3]) > 0.05, plot
 
 
 @pytest.mark.slow
 def test_projection_holds_the_teacher_the_original_and_one_best_student(swept):
-    teacher, students = report.load_projection(swept / "report" / report.PROJECTION_NPZ)
+    teacher, students = report.load_projection(swept / "report" / ReportFiles.PROJECTION_NPZ)
     assert len(students) == 2 and next(iter(students)) == "original"
     assert all(values.shape == teacher.shape for values in students.values())

@@ -24,10 +24,12 @@ import yaml
 
 from ctsl_hpc.config import config_from_dict
 from ctsl_hpc.launch.__main__ import main
-from ctsl_hpc.launch.executors import SlurmExecutor
-from ctsl_hpc.launch.slurm import Task, job_states
-from ctsl_hpc.launch.state import Registry
+from ctsl_hpc.launch.backends.slurm import SlurmBackend
+from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.slurm_cli import job_states
 from ctsl_hpc.train.checkpoint import complete_checkpoints
+from ctsl_hpc.workdir import Workdir
+from tests.launch.conftest import sweep_task
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -151,7 +153,7 @@ def _copy_with_teacher(reference: Path, dest: Path, **slurm_overrides: int) -> t
 def test_student_preempted_twice_mid_epoch_matches_an_uninterrupted_run(sweeps: Sweeps, slurm_cluster, tmp_path):
     work, cfg = _copy_with_teacher(sweeps.local, tmp_path / "p")
     key = "student/RM"
-    (job,) = SlurmExecutor(work, cfg).submit("students", [Task(key, "students", "RM")], [])
+    (job,) = SlurmBackend(Workdir(work), cfg).submit("students", [sweep_task(work, cfg, key)], [])
     slurm_cluster.wait_until(lambda: _state(work, key) == ("RUNNING", 0), 120, "student running", work)
     preemptor = slurm_cluster.sbatch(
         "-p", slurm_cluster.high_partition, "-c", str(slurm_cluster.cpus_per_node), "--mem=100M", "--wrap", "true"
@@ -169,8 +171,7 @@ def test_student_preempted_twice_mid_epoch_matches_an_uninterrupted_run(sweeps: 
     assert states[0] == "PREEMPTED" and len(states) == 3, states
 
     def history(work: Path) -> list[dict]:
-        records = json.loads((work / "students" / "RM" / "history.json").read_text())
-        return [{**r, "model_dir": Path(r["model_dir"]).name} for r in records]
+        return json.loads(Workdir(work).student("RM").history.read_text())
 
     assert history(work) == history(sweeps.local)
     for epoch in ("epoch-001", "epoch-002"):
@@ -183,7 +184,7 @@ def test_student_preempted_twice_mid_epoch_matches_an_uninterrupted_run(sweeps: 
 def test_job_requeued_more_than_max_requeues_fails_with_a_clear_message(sweeps: Sweeps, slurm_cluster, tmp_path):
     work, cfg = _copy_with_teacher(sweeps.local, tmp_path / "limit", max_requeues=0)
     key = "student/RM+TL"
-    (job,) = SlurmExecutor(work, cfg).submit("students", [Task(key, "students", "RM+TL")], [])
+    (job,) = SlurmBackend(Workdir(work), cfg).submit("students", [sweep_task(work, cfg, key)], [])
     slurm_cluster.wait_until(lambda: _state(work, key) == ("RUNNING", 0), 120, "student running", work)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
     slurm_cluster.wait_until(lambda: _state(work, key)[0] == "FAILED", 120, "student fails", work)
@@ -223,8 +224,9 @@ def test_cancel_then_resume_resubmits_only_what_is_unfinished(sweeps: Sweeps, sl
 def test_arrays_above_max_array_size_are_split_and_wait_on_their_dependency(sweeps: Sweeps, slurm_cluster, tmp_path):
     work, cfg = _copy_with_teacher(sweeps.local, tmp_path / "chunks")
     held = slurm_cluster.sbatch("--hold", "--wrap", "true")
-    tasks = [Task(f"student/{v}", "students", v) for v in ("RM", "RM+TL", "RM+CL")]
-    ids = SlurmExecutor(work, cfg, max_array=2).submit("students", tasks, [held])
+    cfg.student.variants = ["RM", "RM+TL", "RM+CL"]
+    tasks = [sweep_task(work, cfg, f"student/{v}") for v in cfg.student.variants]
+    ids = SlurmBackend(Workdir(work), cfg, max_array=2).submit("students", tasks, [held])
     try:  # an array of two tasks, then a single job
         assert ids[0].endswith("_0") and ids[1] == ids[0][:-1] + "1" and "_" not in ids[2], ids
         for job in ids:
@@ -246,7 +248,7 @@ def test_multi_task_job_exports_torch_ranks_without_touching_cuda_devices(slurm_
     import submitit
 
     code = (
-        "import os; from ctsl_hpc.launch.slurm import export_distributed_env; export_distributed_env(); "
+        "import os; from ctsl_hpc.launch.slurm_env import export_ranks; export_ranks(); "
         "print(*(os.environ.get(k) for k in ('RANK','WORLD_SIZE','LOCAL_RANK','MASTER_ADDR','MASTER_PORT',"
         "'CUDA_VISIBLE_DEVICES')))"
     )

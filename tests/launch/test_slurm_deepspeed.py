@@ -26,13 +26,12 @@ import numpy as np
 import pytest
 import torch
 
-from ctsl_hpc import pipeline
 from ctsl_hpc.config import ConfigError, ExperimentConfig, load_config
-from ctsl_hpc.launch import slurm
-from ctsl_hpc.launch.executors import SlurmExecutor
-from ctsl_hpc.launch.slurm import Task
-from ctsl_hpc.launch.state import Registry
-from ctsl_hpc.workdir import open_workdir
+from ctsl_hpc.experiment import Experiment, train_student, train_teacher
+from ctsl_hpc.launch.backends.slurm import SlurmBackend, executor_parameters, tasks_per_node
+from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.workdir import Workdir
+from tests.launch.conftest import sweep_task
 
 EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
 VARIANT, STUDENT = "RM+TL", "student/RM+TL"
@@ -47,11 +46,11 @@ def test_tasks_per_node_from_the_config_reaches_submitit_for_training_stages_onl
     tasks = int(np.random.default_rng().integers(2, 9))
     cfg = load_config(None, ["train.engine=deepspeed", f"slurm.tasks_per_node={tasks}", "slurm.gpus_per_node=1"])
     for stage in ("teacher", "students"):
-        params = slurm.executor_parameters("x", cfg.slurm.stage(stage), slurm.tasks_per_node(cfg, stage))
+        params = executor_parameters("x", cfg.slurm.stage(stage), tasks_per_node(cfg, stage))
         assert params["tasks_per_node"] == tasks and params["gpus_per_node"] == 1
-    assert slurm.tasks_per_node(cfg, "eval") == 1  # evaluation is one process
+    assert tasks_per_node(cfg, "eval") == 1  # evaluation is one process
     per_stage = load_config(None, ["train.engine=ddp", "slurm.gpus_per_node=4", "slurm.students.tasks_per_node=2"])
-    assert (slurm.tasks_per_node(per_stage, "teacher"), slurm.tasks_per_node(per_stage, "students")) == (4, 2)
+    assert (tasks_per_node(per_stage, "teacher"), tasks_per_node(per_stage, "students")) == (4, 2)
 
 
 def test_invalid_tasks_per_node_names_the_key():
@@ -72,8 +71,9 @@ def task_log(workdir: Path, job_id: str, rank: int) -> Path:
     return workdir / "slurm" / job_id / f"{job_id}_{rank}_log.out"
 
 
-def submit(workdir: Path, cfg: ExperimentConfig, task: Task) -> str:
-    (job_id,) = SlurmExecutor(workdir, cfg).submit(task.stage, [task], [])
+def submit(workdir: Path, cfg: ExperimentConfig, key: str) -> str:
+    task = sweep_task(workdir, cfg, key)
+    (job_id,) = SlurmBackend(Workdir(workdir), cfg).submit(task.stage, [task], [])
     return job_id
 
 
@@ -83,7 +83,7 @@ def copy_with_teacher(reference: Path, dest: Path, overrides: list[str]) -> tupl
     shutil.copy2(reference / "waveform_stats.json", dest / "waveform_stats.json")
     shutil.copytree(reference / "teacher", dest / "teacher")  # no cache/: both ranks embed (atomic writes)
     cfg = load_config(None, [*overrides, f"workdir={dest}", *TWO_TASKS])
-    open_workdir(cfg, dest)
+    Workdir.open(cfg, dest)
     return dest, cfg
 
 
@@ -92,7 +92,7 @@ def epoch_weights(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
 
 
 def history(run_dir: Path) -> list[dict]:
-    return [{**r, "model_dir": Path(r["model_dir"]).name} for r in json.loads((run_dir / "history.json").read_text())]
+    return json.loads((run_dir / "history.json").read_text())
 
 
 def assert_close_runs(ours: Path, reference: Path, epochs: int) -> None:
@@ -131,20 +131,20 @@ def runs(slurm_cluster, tiny_overrides, tmp_path_factory) -> Runs:
 
         work_a = base / "a"
         cfg_a = load_config(None, [*overrides, f"workdir={work_a}", *TWO_TASKS])
-        open_workdir(cfg_a, work_a)
-        submit(work_a, cfg_a, Task("teacher", "teacher"))
+        Workdir.open(cfg_a, work_a)
+        submit(work_a, cfg_a, "teacher")
 
         torch.set_num_threads(1)  # the one-rank reference, while job A runs
-        ws = pipeline.Workspace.open(load_config(None, overrides), base / "ref")
-        pipeline.train_teacher(ws)
-        pipeline.train_student(ws, VARIANT)
+        ref = Experiment.open(load_config(None, overrides), base / "ref")
+        train_teacher(ref)
+        train_student(ref, VARIANT)
 
-        work_b, cfg_b = copy_with_teacher(ws.root, base / "b", overrides)
-        submit(work_b, cfg_b, Task(STUDENT, "students", VARIANT))
-        work_c, cfg_c = copy_with_teacher(ws.root, base / "c", overrides)
+        work_b, cfg_b = copy_with_teacher(ref.workdir.root, base / "b", overrides)
+        submit(work_b, cfg_b, STUDENT)
+        work_c, cfg_c = copy_with_teacher(ref.workdir.root, base / "c", overrides)
         # as on clusters with KillOnBadExit=1: a task ending non-zero makes srun kill the others at once
         env.setenv("SLURM_KILL_BAD_EXIT", "1")
-        job_c = submit(work_c, cfg_c, Task(STUDENT, "students", VARIANT))
+        job_c = submit(work_c, cfg_c, STUDENT)
         env.delenv("SLURM_KILL_BAD_EXIT")
 
         def both_ranks_ready() -> bool:
@@ -155,7 +155,7 @@ def runs(slurm_cluster, tiny_overrides, tmp_path_factory) -> Runs:
         subprocess.run(["scancel", "--signal=USR2", job_c], check=True)
         for work, key in ((work_a, "teacher"), (work_b, STUDENT), (work_c, STUDENT)):
             slurm_cluster.wait_until(lambda: finished(work, key), 420, f"{work.name}: {key} completes", work)
-        return Runs(ws.root, work_a, work_b, work_c, job_c)
+        return Runs(ref.workdir.root, work_a, work_b, work_c, job_c)
 
 
 @pytest.mark.cluster

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from ctsl_hpc.config import ConfigError, load_config
-from ctsl_hpc.launch import slurm
-from ctsl_hpc.launch.state import JobRecord, Registry, training_progress
+from ctsl_hpc.launch import slurm_cli
+from ctsl_hpc.launch.backends.slurm import executor_parameters, tasks_per_node
+from ctsl_hpc.launch.graph import plan_sweep
+from ctsl_hpc.launch.registry import JobRecord, Registry
+from ctsl_hpc.workdir import RunDir, Workdir
 
 
 def test_arrays_are_split_into_chunks_of_at_most_max_array_size():
@@ -21,25 +24,25 @@ def test_arrays_are_split_into_chunks_of_at_most_max_array_size():
     for _ in range(50):
         items = list(range(rng.randint(1, 80)))
         size = rng.randint(1, 20)
-        parts = slurm.chunks(items, size)
+        parts = slurm_cli.chunks(items, size)
         assert [x for part in parts for x in part] == items
         assert all(1 <= len(part) <= size for part in parts)
         assert len(parts) == -(-len(items) // size)
     with pytest.raises(ValueError):
-        slurm.chunks([1], 0)
+        slurm_cli.chunks([1], 0)
 
 
 def test_afterok_dependency_lists_every_job():
-    assert slurm.dependency(["12", "13_0", "13_1"]) == "afterok:12:13_0:13_1"
-    assert slurm.dependency([]) is None
+    assert slurm_cli.dependency(["12", "13_0", "13_1"]) == "afterok:12:13_0:13_1"
+    assert slurm_cli.dependency([]) is None
 
 
 def test_sacct_array_ids_and_gpu_counts_are_parsed():
-    assert slurm._expand_array("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
-    assert slurm._expand_array("12_3") == ["12_3"]
-    assert slurm._gpus("billing=2,cpu=2,gres/gpu=2,mem=2000M,node=1") == 2
-    assert slurm._gpus("cpu=8,gres/gpu:a100=4,node=1") == 4
-    assert slurm._gpus("cpu=1,mem=1000M,node=1") == 0
+    assert slurm_cli._expand_array("12_[0-2,5%2]") == ["12_0", "12_1", "12_2", "12_5"]
+    assert slurm_cli._expand_array("12_3") == ["12_3"]
+    assert slurm_cli._gpus("billing=2,cpu=2,gres/gpu=2,mem=2000M,node=1") == 2
+    assert slurm_cli._gpus("cpu=8,gres/gpu:a100=4,node=1") == 4
+    assert slurm_cli._gpus("cpu=1,mem=1000M,node=1") == 0
 
 
 def test_stage_settings_inherit_defaults_and_merge_additional():
@@ -60,35 +63,35 @@ def test_stage_settings_inherit_defaults_and_merge_additional():
 
 def test_ddp_training_stages_get_one_task_per_gpu():
     cfg = load_config(None, ["train.engine=ddp", "slurm.gpus_per_node=4"])
-    assert slurm.tasks_per_node(cfg, "students") == 4
-    assert slurm.tasks_per_node(cfg, "eval") == 1
-    assert slurm.tasks_per_node(load_config(None, ["slurm.gpus_per_node=4"]), "teacher") == 1
+    assert tasks_per_node(cfg, "students") == 4
+    assert tasks_per_node(cfg, "eval") == 1
+    assert tasks_per_node(load_config(None, ["slurm.gpus_per_node=4"]), "teacher") == 1
 
 
 def test_plan_skips_done_stages_and_waits_on_queued_jobs(tmp_path: Path):
     cfg = load_config(None, ["student.variants=[RM,RM+TL,RM+CL]"])
-    (tmp_path / "teacher").mkdir()
-    (tmp_path / "teacher" / "DONE").write_text("{}")
+    Workdir(tmp_path).teacher.path.mkdir()
+    Workdir(tmp_path).teacher.write_summary(2, {1: 0.1, 2: 0.2})
     registry = Registry(tmp_path)
     registry.put(JobRecord("student/RM", "students", "RM", job_id="7_0"))
     registry.put(JobRecord("student/RM+CL", "students", "RM+CL", job_id="7_2"))
-    plan = {p.stage: p for p in slurm.plan_sweep(tmp_path, cfg, {"7_0": "RUNNING", "7_2": "FAILED"})}
+    plan = {p.stage: p for p in plan_sweep(Workdir(tmp_path), cfg, {"7_0": "RUNNING", "7_2": "FAILED"})}
     assert [t.key for t in plan["teacher"].done] == ["teacher"] and not plan["teacher"].submit
     assert {t.key: j for t, j in plan["students"].running.items()} == {"student/RM": "7_0"}
     assert [t.key for t in plan["students"].submit] == ["student/RM+TL", "student/RM+CL"]
     assert [t.key for t in plan["eval"].submit] == ["eval"]
 
 
-def test_registry_round_trips_records_and_reads_training_progress(tmp_path: Path):
+def test_registry_round_trips_records_and_run_folders_report_training_progress(tmp_path: Path):
     registry = Registry(tmp_path)
     registry.put(JobRecord("student/RM+TL", "students", "RM+TL", job_id="3_1", resources={"mem_gb": 2.0}))
     registry.update("student/RM+TL", state="RUNNING", requeues=2)
     record = Registry(tmp_path).get("student/RM+TL")
     assert (record.job_id, record.state, record.requeues, record.resources) == ("3_1", "RUNNING", 2, {"mem_gb": 2.0})
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "history.json").write_text('[{"epoch": 1, "dev_score": 0.4}, {"epoch": 2, "dev_score": 0.3}]')
-    assert training_progress(run) == (2, 0.4)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.history.write_text('[{"epoch": 1, "dev_score": 0.4}, {"epoch": 2, "dev_score": 0.3}]')
+    assert run.progress() == (2, 0.4)
     with pytest.raises(KeyError):
         registry.update("eval", state="RUNNING")
 
@@ -128,8 +131,8 @@ def test_gpu_example_config_runs_one_task_per_gpu_and_one_gpu_for_eval():
 
     cfg = load_config(CONFIG_DIR / "slurm-gpu.yaml")
     teacher, evaluation = cfg.slurm.stage("teacher"), cfg.slurm.stage("eval")
-    assert (teacher.gpus_per_node, slurm.tasks_per_node(cfg, "teacher"), teacher.time_min) == (4, 4, 1440)
-    assert (evaluation.gpus_per_node, slurm.tasks_per_node(cfg, "eval")) == (1, 1)
-    params = slurm.executor_parameters("x", cfg.slurm.stage("students"), slurm.tasks_per_node(cfg, "students"))
+    assert (teacher.gpus_per_node, tasks_per_node(cfg, "teacher"), teacher.time_min) == (4, 4, 1440)
+    assert (evaluation.gpus_per_node, tasks_per_node(cfg, "eval")) == (1, 1)
+    params = executor_parameters("x", cfg.slurm.stage("students"), tasks_per_node(cfg, "students"))
     assert params["gpus_per_node"] == 4 and params["tasks_per_node"] == 4 and params["slurm_partition"] == "gpu"
     assert cfg.train.batch_size % params["tasks_per_node"] == 0

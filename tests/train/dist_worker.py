@@ -20,9 +20,9 @@ from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.model import build_model
 from ctsl_hpc.train.embed_cache import cached_teacher
-from ctsl_hpc.train.engine import OptimSettings, make_engine
+from ctsl_hpc.train.engines import OptimSettings, make_engine
 from ctsl_hpc.train.loop import TrainingInterrupted, fit
-from ctsl_hpc.train.variants import recipe
+from ctsl_hpc.train.recipe import recipe
 
 
 def parse() -> argparse.Namespace:

@@ -7,7 +7,6 @@ The multi-rank tests launch tests/train/dist_worker.py with ``torchrun``; DeepSp
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,14 @@ import pytest
 import torch
 
 from ctsl_hpc.config import load_config
-from ctsl_hpc.data.batching import LengthBucketSampler
+from ctsl_hpc.data.batching import LengthBucketSampler, ShardedBatchSampler
 from ctsl_hpc.model import build_model
+from ctsl_hpc.processes import free_port
 from ctsl_hpc.train import checkpoint as ckpt
-from ctsl_hpc.train.distributed import (
-    ShardedBatchSampler,
-    fill_deepspeed_config,
-    load_deepspeed_config,
-    rank_env,
-)
-from ctsl_hpc.train.engine import OptimSettings
+from ctsl_hpc.train.engines import OptimSettings
+from ctsl_hpc.train.engines.deepspeed import fill_deepspeed_config, load_deepspeed_config
+from ctsl_hpc.train.ranks import rank_env
+from ctsl_hpc.workdir import RunDir
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -79,34 +76,24 @@ def test_deepspeed_batch_sizes_and_precision_come_from_the_experiment():
         fill_deepspeed_config({}, settings, world_size=3, bf16=False)
 
 
-def test_slurm_task_variables_become_torch_rank_variables(monkeypatch):
+def test_without_rank_variables_a_process_is_a_world_of_one(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)
-    job = np.random.default_rng().integers(1, 10**6)
-    slurm = {
-        "SLURM_JOB_ID": str(job),
-        "SLURM_PROCID": "3",
-        "SLURM_NTASKS": "4",
-        "SLURM_LOCALID": "1",
-        "SLURM_NODEID": "1",
-        "SLURM_JOB_NUM_NODES": "2",
-        "SLURM_JOB_NODELIST": "gpu[07-08]",
-    }
-    for key, value in slurm.items():
-        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # rank_env exports into it: keep that out of later tests
     env = rank_env()
-    assert (env.rank, env.world_size, env.local_rank) == (3, 4, 1)
-    assert os.environ["MASTER_ADDR"] == "gpu07"
-    assert os.environ["MASTER_PORT"] == str(20000 + job % 40000)
+    assert (env.rank, env.world_size, env.local_rank) == (0, 1, 0)
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1" and 0 < int(os.environ["MASTER_PORT"]) < 65536
+
+
+def test_a_half_set_rank_environment_is_refused(monkeypatch):
+    for key in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(RuntimeError, match="WORLD_SIZE, MASTER_ADDR, MASTER_PORT"):
+        rank_env()
 
 
 # ---- multi-rank runs (torchrun, gloo) ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(nproc: int, run_dir: Path, overrides: list[str], *args: str) -> dict:
@@ -163,7 +150,7 @@ def test_two_ranks_zero2_match_one_rank_with_the_same_global_batch(overrides, on
     assert_same_weights(two["weights"], one_rank_zero2["weights"], atol=2e-5)
     run = tmp_path / "two"
     assert all((p / ckpt.MARKER).is_file() for p in ckpt.complete_checkpoints(run))
-    assert not list(ckpt.checkpoint_root(run).glob("*.tmp"))
+    assert not list(RunDir(run).checkpoints.glob("*.tmp"))
 
 
 @pytest.mark.slow

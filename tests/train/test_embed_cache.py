@@ -13,11 +13,12 @@ from ctsl_hpc.data.audio import WaveformStats
 from ctsl_hpc.data.batching import RandomBatchSampler, UtteranceSet, collate, padding_waste
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.experiment import Experiment, train_student, train_teacher
 from ctsl_hpc.model import build_model, save_model
-from ctsl_hpc.pipeline import Workspace, train_student, train_teacher
 from ctsl_hpc.train.embed_cache import cache_key, cached_teacher, live_teacher, teacher_embeddings
-from ctsl_hpc.train.loop import fit, make_sampler, student_loss
-from ctsl_hpc.train.variants import recipe
+from ctsl_hpc.train.loop import fit, make_sampler
+from ctsl_hpc.train.objective import student_loss
+from ctsl_hpc.train.recipe import recipe
 
 FP32_TOL = {"rtol": 1e-4, "atol": 1e-5}
 
@@ -120,13 +121,13 @@ def test_second_call_loads_the_cache_instead_of_recomputing(setup, tmp_path):
 @pytest.mark.slow
 def test_student_variants_share_one_cache_built_once(tiny_overrides, tmp_path):
     cfg = load_config(None, [*tiny_overrides(tmp_path / "w"), "train.epochs=1", "student.epochs=1"])
-    ws = Workspace.open(cfg)
-    train_teacher(ws)
-    train_student(ws, "RM+TL")
-    (cache,) = (ws.root / "cache").glob("teacher-*.pt")
+    exp = Experiment.open(cfg)
+    train_teacher(exp)
+    train_student(exp, "RM+TL")
+    (cache,) = exp.workdir.cache.glob("teacher-*.pt")
     built = cache.stat().st_mtime_ns, cache.stat().st_ino
-    train_student(ws, "RM+CL")
-    assert list((ws.root / "cache").glob("teacher-*")) == [cache]
+    train_student(exp, "RM+CL")
+    assert list(exp.workdir.cache.glob("teacher-*")) == [cache]
     assert (cache.stat().st_mtime_ns, cache.stat().st_ino) == built  # loaded, not written again
 
 

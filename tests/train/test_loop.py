@@ -16,7 +16,8 @@ from ctsl_hpc.model import build_model
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.embed_cache import cached_teacher
 from ctsl_hpc.train.loop import TrainingInterrupted, fit
-from ctsl_hpc.train.variants import recipe
+from ctsl_hpc.train.recipe import recipe
+from ctsl_hpc.workdir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_a_checkpoint_without_its_marker_is_never_loaded(setup, tmp_path):
     run(cfg, sets, "RM", tmp_path)
     newest = ckpt.latest_complete_checkpoint(tmp_path)
     (newest / ckpt.MARKER).unlink()  # as if the job died while writing it
-    torn = ckpt.checkpoint_root(tmp_path) / "step-99999999.tmp"
+    torn = RunDir(tmp_path).checkpoints / "step-99999999.tmp"
     torn.mkdir()
     assert ckpt.latest_complete_checkpoint(tmp_path) not in (newest, torn)
 

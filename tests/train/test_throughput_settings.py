@@ -13,9 +13,9 @@ from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.model import build_model
-from ctsl_hpc.train.engine import Engine, OptimSettings
+from ctsl_hpc.train.engines import Engine, OptimSettings
 from ctsl_hpc.train.loop import fit, make_loader, make_sampler
-from ctsl_hpc.train.variants import recipe
+from ctsl_hpc.train.recipe import recipe
 
 
 @pytest.fixture(autouse=True)

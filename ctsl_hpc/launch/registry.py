@@ -1,26 +1,24 @@
-"""The job registry of a work directory: which job runs which stage, and how it is doing.
+"""The job registry of a work directory: which job runs which task, and how it is doing.
 
-One JSON file per job key under ``<workdir>/jobs/`` (``teacher``, ``student/RM+TL``, ``eval``),
-written atomically under a file lock by the submitting process (job id, resources, log paths) and
-by the job itself (running, requeued, finished, failed with a message). The management commands
-(``status``, ``logs``, ``cancel``, ``resume``) read it from any shell, after the submitter is gone.
-Training progress (last epoch, best development CCC) is read from the stage's ``history.json``.
+One record per job key (``teacher``, ``student/RM+TL``, ``eval``; file names from
+:meth:`ctsl_hpc.workdir.Workdir.job_file`), written atomically under a file lock by the submitting
+process (job id, resources, log paths) and by the job itself (running, requeued, finished, failed
+with a message). The management commands (``status``, ``logs``, ``cancel``, ``resume``) read it
+from any shell, after the submitter is gone.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 from filelock import FileLock
 
-JOBS_DIR = "jobs"
+from ctsl_hpc.workdir import Workdir, atomic_write_json
+
 TERMINAL = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 )
@@ -52,21 +50,32 @@ class JobRecord:
         return self.state in TERMINAL
 
 
-def _file_name(key: str) -> str:
-    return quote(key, safe="") + ".json"
+@dataclass
+class JobUsage:
+    """What a scheduler's accounting says of one job; ``elapsed_s`` and ``gpu_hours`` sum all its runs."""
+
+    job_id: str
+    state: str
+    elapsed_s: int
+    gpus: int
+    gpu_hours: float
 
 
 class Registry:
     """The ``jobs/`` folder of a work directory."""
 
     def __init__(self, workdir: str | Path):
-        self.dir = Path(workdir) / JOBS_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.dir / ".lock"))
+        self.workdir = Workdir(workdir)
+        self.dir = self.workdir.jobs
+
+    @property
+    def _lock(self) -> FileLock:
+        self.dir.mkdir(parents=True, exist_ok=True)  # on the first write: reading creates nothing
+        return FileLock(str(self.dir / ".lock"))
 
     def get(self, key: str) -> JobRecord | None:
         """The record of ``key``, or None when it was never submitted."""
-        path = self.dir / _file_name(key)
+        path = self.workdir.job_file(key)
         if not path.is_file():
             return None
         values = json.loads(path.read_text())
@@ -95,25 +104,17 @@ class Registry:
     def all(self) -> list[JobRecord]:
         """Every record, teacher first, then students in variant order, then eval."""
         order = {"teacher": 0, "students": 1, "eval": 2}
-        records = [self.get(unquote(p.name[: -len(".json")])) for p in self.dir.glob("*.json")]
+        records = [self.get(key) for key in self.workdir.job_keys()]
         return sorted((r for r in records if r is not None), key=lambda r: (order.get(r.stage, 9), r.key))
 
     def _write(self, record: JobRecord) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(record), handle, indent=1)
-        os.replace(tmp, self.dir / _file_name(record.key))
+        atomic_write_json(self.workdir.job_file(record.key), asdict(record))
 
-
-def training_progress(run_dir: Path) -> tuple[int | None, float | None]:
-    """(last finished epoch, best development CCC) from a training stage's ``history.json``."""
-    path = Path(run_dir) / "history.json"
-    if not path.is_file():
-        return None, None
-    try:
-        epochs = json.loads(path.read_text())
-    except json.JSONDecodeError:  # being replaced right now
-        return None, None
-    if not epochs:
-        return None, None
-    return max(e["epoch"] for e in epochs), max(e["dev_score"] for e in epochs)
+    def new_record(self, key: str, stage: str, variant: str | None, backend: str, job_id: str, **fields: Any) -> JobRecord:
+        """Register a fresh submission of ``key`` (keeping the ids of its earlier jobs)."""
+        old = self.get(key)
+        history = [*old.history, old.job_id] if old and old.job_id and old.job_id != job_id else (old.history if old else [])
+        return self.put(JobRecord(
+            key=key, stage=stage, variant=variant, backend=backend, job_id=job_id,
+            submissions=(old.submissions if old else 0) + 1, history=history, **fields,
+        ))

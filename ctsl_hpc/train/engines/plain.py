@@ -1,8 +1,8 @@
-"""Training engines behind one interface: the loop never knows which one it drives.
+"""The engine interface, implemented for one process (the ``plain`` engine).
 
 An engine owns the model's placement, the optimiser, the learning-rate schedule, mixed precision,
-gradient accumulation and its own checkpoint files. ``plain`` is one process; ``ddp`` and
-``deepspeed`` (in :mod:`ctsl_hpc.train.distributed`) shard the work across ranks.
+gradient accumulation and its own checkpoint files; the training loop never knows which engine
+it drives. ``ddp`` and ``deepspeed`` (sibling modules) spread the work across ranks.
 """
 
 from __future__ import annotations
@@ -141,17 +141,3 @@ class Engine:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._micro_step = state["micro_step"]
-
-
-PlainEngine = Engine
-
-
-def make_engine(kind: str, model: nn.Module, settings: OptimSettings, deepspeed_config: str | None = None) -> Engine:
-    """Build the engine named by ``train.engine``."""
-    if kind == "plain":
-        return PlainEngine(model, settings)
-    if kind in ("ddp", "deepspeed"):
-        from ctsl_hpc.train import distributed
-
-        return distributed.make_distributed_engine(kind, model, settings, deepspeed_config)
-    raise ValueError(f"train.engine: unknown engine {kind!r}")

@@ -1,0 +1,48 @@
+"""Typed experiment configuration: YAML files in ``configs/`` plus dotted command-line overrides.
+
+Every key is declared in :mod:`~ctsl_hpc.config.schema` with its type and default; an unknown key
+or a bad value raises :class:`ConfigError` naming the dotted key before any work starts.
+
+Example:
+    >>> cfg = load_config(None, ["train.epochs=3", "student.lambda_tl=50"])
+    >>> cfg.train.epochs, cfg.student.lambda_tl
+    (3, 50.0)
+"""
+
+from ctsl_hpc.config.loading import (
+    CONFIG_DIR,
+    DEMO_CONFIG,
+    SWEEP_CONFIG,
+    build_section,
+    config_from_dict,
+    flatten,
+    load_config,
+    parse_override,
+    shipped_file,
+)
+from ctsl_hpc.config.schema import (
+    SLURM_STAGES,
+    TRAINING_STAGES,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    ModelConfig,
+    NoiseConfig,
+    SlurmConfig,
+    SlurmStageConfig,
+    StudentConfig,
+    SyntheticConfig,
+    TinyBackboneConfig,
+    TrackingConfig,
+    TrainConfig,
+    TuneConfig,
+)
+from ctsl_hpc.config.validation import validate
+
+__all__ = [
+    "CONFIG_DIR", "DEMO_CONFIG", "SWEEP_CONFIG", "SLURM_STAGES", "TRAINING_STAGES", "ConfigError", "DataConfig", "EvalConfig",
+    "ExperimentConfig", "ModelConfig", "NoiseConfig", "SlurmConfig", "SlurmStageConfig", "StudentConfig",
+    "SyntheticConfig", "TinyBackboneConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "build_section",
+    "config_from_dict", "flatten", "load_config", "parse_override", "shipped_file", "validate",
+]

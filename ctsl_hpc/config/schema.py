@@ -1,0 +1,234 @@
+"""The experiment configuration's schema: every key, its type and its default.
+
+Sections mirror the method (``data``, ``noise``, ``model``, ``train``, ``student``, ``eval``) and
+where it runs (``tracking``, ``slurm``, ``tune``). Loading and overrides are in
+:mod:`ctsl_hpc.config.loading`, value checks in :mod:`ctsl_hpc.config.validation`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "synthetic"  # a name registered in ctsl_hpc.data.corpora
+    root: str | None = None
+    manifest: str | None = None
+    sample_rate: int = 16000
+    max_seconds: float = 12.0
+    min_seconds: float = 0.5
+    normalize: bool = True
+    on_bad_audio: Literal["error", "skip"] = "error"
+    msp_test_split: Literal["Test1", "Test2"] = "Test1"
+    preload: bool = False
+
+
+@dataclass
+class SyntheticConfig:
+    utterances: int = 600
+    seed: int = 0
+
+
+@dataclass
+class NoiseConfig:
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    minutes: float = 30.0
+    snr_db: float = 0.0
+    snr_mode: Literal["rms", "msp"] = "rms"
+
+
+@dataclass
+class TinyBackboneConfig:
+    hidden_size: int = 64
+    num_layers: int = 2
+    heads: int = 4
+    intermediate_size: int = 256
+    conv_dim: int = 64
+    conv_stride: list[int] = field(default_factory=lambda: [5, 4, 2, 2, 2])
+    conv_kernel: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 2])
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "facebook/wav2vec2-large-robust"
+    num_layers: int = 12
+    freeze_feature_encoder: bool = True
+    pooling: Literal["masked", "unmasked"] = "masked"
+    head_layers: int = 2
+    head_hidden: int = 1024
+    dropout: float = 0.5
+    gradient_checkpointing: bool = False
+    tiny: TinyBackboneConfig = field(default_factory=TinyBackboneConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-5
+    lr_decay: float = 1.0
+    grad_clip: float = 0.0
+    seed: int = 0
+    engine: Literal["plain", "ddp", "deepspeed"] = "plain"
+    deepspeed_config: str = "configs/deepspeed/zero2.json"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    num_workers: int = 0
+    bucket_by_length: bool = True
+    max_batch_seconds: float | None = None
+    fused_optimizer: bool = True
+    compile: bool = False
+    log_every: int = 10
+    keep_checkpoints: int = 0
+
+
+@dataclass
+class StudentConfig:
+    variants: list[str] = field(
+        default_factory=lambda: ["RH", "RM", "RM+TL", "RM+CL", "RM+TL+CL"]
+    )
+    epochs: int = 20
+    lr: float = 1e-5
+    lr_decay: float = 1.0
+    lambda_tl: float = 100.0
+    lambda_cl: float = 10.0
+    margin: float = 0.5
+    temperature: float = 0.1
+    snr_db: float = 0.0
+    cache_teacher_embeddings: bool = True
+
+
+@dataclass
+class EvalConfig:
+    groups: Literal["copies", "splits"] = "copies"
+    n_groups: int = 30
+    top_k: int = 3
+    alpha: float = 0.05
+    batch_size: int = 16
+    noisy_roots: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass
+class TuneConfig:
+    """The Ray Tune search over the student's loss weights and the training-noise budget."""
+
+    variant: str = "RM+TL+CL"
+    lambda_tl: list[float] = field(default_factory=lambda: [1.0, 1000.0])  # log-uniform [low, high]
+    lambda_cl: list[float] = field(default_factory=lambda: [0.1, 100.0])  # log-uniform [low, high]
+    noise_minutes: list[float] = field(default_factory=lambda: [0.5, 2.0, 10.0, 30.0])  # choice
+    num_samples: int = 8
+    search_alg: Literal["random", "optuna"] = "random"
+    metric: Literal["dev/ccc_mean", "dev/ccc/arousal", "dev/ccc/dominance", "dev/ccc/valence"] = "dev/ccc_mean"
+    grace_period: int = 1  # ASHA, in epochs
+    reduction_factor: int = 2
+    max_t: int = 4  # epochs of a trial that is never stopped early
+    max_concurrent: int = 0  # 0: as many trials as the resources allow
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    storage_path: str | None = None  # default: <workdir>/tune (shared storage on a cluster)
+    final_variants: list[str] | None = None  # students trained with the best config; default student.variants
+    seed: int = 0
+
+
+@dataclass
+class SlurmStageConfig:
+    """Per-stage Slurm overrides (teacher, students, eval, tune); ``None`` inherits the ``slurm.*`` default."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    tasks_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    constraint: str | None = None
+    array_parallelism: int | None = None
+    signal_delay_s: int | None = None
+    max_requeues: int | None = None
+    additional: dict[str, Any] | None = None  # extra sbatch options, merged over slurm.additional
+
+
+SLURM_STAGES = ("teacher", "students", "eval", "tune")  # job stages, each with its own overrides (tune: the Ray allocation)
+TRAINING_STAGES = ("teacher", "students")  # stages whose jobs run the training engine (several ranks with ddp/deepspeed)
+
+
+@dataclass
+class SlurmConfig:
+    """Slurm resources of a sweep; each stage may override any field (``slurm.students.gpus_per_node``)."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 240
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int | None = None  # ranks per node of ddp/deepspeed training; None: one per GPU (1 without GPUs)
+    cpus_per_task: int = 2
+    mem_gb: float = 8.0
+    constraint: str | None = None
+    array_parallelism: int = 8
+    signal_delay_s: int = 120
+    max_requeues: int = 10
+    additional: dict[str, Any] = field(default_factory=dict)  # e.g. {"exclusive": true, "reservation": "x"}
+    teacher: SlurmStageConfig = field(default_factory=SlurmStageConfig)
+    students: SlurmStageConfig = field(default_factory=SlurmStageConfig)
+    eval: SlurmStageConfig = field(default_factory=SlurmStageConfig)
+    tune: SlurmStageConfig = field(default_factory=SlurmStageConfig)
+
+    def stage(self, name: str) -> SlurmStageConfig:
+        """The resolved settings of stage ``name`` (every field filled; ``additional`` merged)."""
+        if name not in SLURM_STAGES:
+            raise ConfigError(f"slurm: unknown stage {name!r} (stages: {list(SLURM_STAGES)})")
+        override: SlurmStageConfig = getattr(self, name)
+        values = {}
+        for f in dataclasses.fields(SlurmStageConfig):
+            mine = getattr(override, f.name)
+            values[f.name] = getattr(self, f.name) if mine is None else mine
+        values["additional"] = {**self.additional, **(override.additional or {})}
+        return SlurmStageConfig(**values)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "ctsl"
+    workdir: str = "runs/ctsl"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain nested dicts (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A short stable hash of the resolved configuration."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]

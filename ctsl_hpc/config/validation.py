@@ -1,0 +1,119 @@
+"""Value ranges and cross-field rules of an experiment configuration.
+
+Type errors are caught while loading (:mod:`ctsl_hpc.config.loading`); this checks what a type
+cannot say (positive sizes, known variant and corpus names, per-stage Slurm settings) and raises
+:class:`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+from ctsl_hpc import variants
+from ctsl_hpc.config.schema import SLURM_STAGES, TRAINING_STAGES, ConfigError, ExperimentConfig, SlurmConfig, TuneConfig
+from ctsl_hpc.data.corpora import corpus_names, corpus_spec
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _require_students(names: list[str], key: str) -> None:
+    students = variants.student_names()
+    for i, name in enumerate(names):
+        where = key if key == "tune.variant" else f"{key}[{i}]"
+        _require(name in students, where, f"{name!r} is not one of {list(students)}")
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Check value ranges and cross-field rules; raise :class:`ConfigError` naming the key."""
+    d, n, m, t, s, e = cfg.data, cfg.noise, cfg.model, cfg.train, cfg.student, cfg.eval
+    _require(bool(cfg.name.strip()), "name", "must not be empty")
+    _require(d.sample_rate > 0, "data.sample_rate", "must be positive")
+    _require(d.max_seconds > 0, "data.max_seconds", "must be positive")
+    _require(0 <= d.min_seconds < d.max_seconds, "data.min_seconds", "must be in [0, max_seconds)")
+    _require(d.corpus in corpus_names(), "data.corpus", f"{d.corpus!r} is not one of {corpus_names()}")
+    corpus = corpus_spec(d.corpus)
+    for key in corpus.required:
+        _require(getattr(d, key) is not None, f"data.{key}", f"is required when data.corpus is {d.corpus}")
+    if not corpus.own_noise:
+        for split in ("train", "dev", "test"):
+            _require(
+                getattr(n, split) is not None,
+                f"noise.{split}",
+                "a noise folder is required for a real corpus (the demo pool is only for synthetic)",
+            )
+    _require(n.minutes > 0, "noise.minutes", "must be positive")
+    _require(m.num_layers >= 1, "model.num_layers", "must be at least 1")
+    _require(m.head_layers >= 0, "model.head_layers", "must be >= 0")
+    _require(m.head_hidden >= 1, "model.head_hidden", "must be positive")
+    _require(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
+    tiny = m.tiny
+    _require(
+        len(tiny.conv_stride) == len(tiny.conv_kernel),
+        "model.tiny.conv_kernel",
+        "must have as many entries as model.tiny.conv_stride",
+    )
+    _require(tiny.hidden_size % tiny.heads == 0, "model.tiny.heads", "must divide hidden_size")
+    for section, key in ((t, "train"), (s, "student")):
+        _require(section.epochs >= 1, f"{key}.epochs", "must be at least 1")
+        _require(section.lr > 0, f"{key}.lr", "must be positive")
+        _require(0 < section.lr_decay <= 1, f"{key}.lr_decay", "must be in (0, 1]")
+    _require(t.batch_size >= 1, "train.batch_size", "must be at least 1")
+    _require(t.grad_accum >= 1, "train.grad_accum", "must be at least 1")
+    _require(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    _require(t.num_workers >= 0, "train.num_workers", "must be >= 0")
+    _require(t.log_every >= 1, "train.log_every", "must be at least 1")
+    if t.max_batch_seconds is not None:
+        _require(t.max_batch_seconds > 0, "train.max_batch_seconds", "must be positive")
+    _require_students(s.variants, "student.variants")
+    _require(s.lambda_tl >= 0, "student.lambda_tl", "must be >= 0")
+    _require(s.lambda_cl >= 0, "student.lambda_cl", "must be >= 0")
+    _require(0 < s.margin <= 6, "student.margin", "must be in (0, 6] on the 1..7 label scale")
+    _require(s.temperature > 0, "student.temperature", "must be positive")
+    _require(e.n_groups >= 2, "eval.n_groups", "must be at least 2 (Welch needs two values)")
+    _require(e.top_k >= 1, "eval.top_k", "must be at least 1")
+    _require(0 < e.alpha < 1, "eval.alpha", "must be in (0, 1)")
+    _require(e.batch_size >= 1, "eval.batch_size", "must be at least 1")
+    _validate_tune(cfg.tune)
+    _validate_slurm(cfg.slurm, t.engine)
+    for condition in e.noisy_roots:
+        _require(
+            condition in ("snr10", "snr5", "snr0"),
+            f"eval.noisy_roots.{condition}",
+            "conditions are snr10, snr5, snr0",
+        )
+
+
+def _validate_slurm(slurm: SlurmConfig, engine: str) -> None:
+    for name in SLURM_STAGES:
+        st, key = slurm.stage(name), f"slurm.{name}"
+        _require(st.tasks_per_node is None or st.tasks_per_node >= 1, f"{key}.tasks_per_node", "must be at least 1")
+        if name in TRAINING_STAGES:
+            _require(
+                engine in ("ddp", "deepspeed") or st.tasks_per_node in (None, 1),
+                f"{key}.tasks_per_node", f"several tasks need train.engine ddp or deepspeed (train.engine is {engine!r})",
+            )
+        _require(st.time_min >= 1, f"{key}.time_min", "must be at least 1 minute")
+        _require(st.nodes >= 1, f"{key}.nodes", "must be at least 1")
+        _require(st.gpus_per_node >= 0, f"{key}.gpus_per_node", "must be >= 0")
+        _require(st.cpus_per_task >= 1, f"{key}.cpus_per_task", "must be at least 1")
+        _require(st.mem_gb > 0, f"{key}.mem_gb", "must be positive")
+        _require(st.array_parallelism >= 1, f"{key}.array_parallelism", "must be at least 1")
+        _require(0 <= st.signal_delay_s < st.time_min * 60, f"{key}.signal_delay_s", "must be in [0, time_min * 60)")
+        _require(st.max_requeues >= 0, f"{key}.max_requeues", "must be >= 0")
+
+
+def _validate_tune(tune: TuneConfig) -> None:
+    _require_students([tune.variant], "tune.variant")
+    for key in ("lambda_tl", "lambda_cl"):
+        bounds = getattr(tune, key)
+        _require(len(bounds) == 2 and 0 < bounds[0] <= bounds[1], f"tune.{key}", "must be [low, high] with 0 < low <= high")
+    _require(bool(tune.noise_minutes) and min(tune.noise_minutes) > 0, "tune.noise_minutes", "must be positive minutes")
+    _require(tune.num_samples >= 1, "tune.num_samples", "must be at least 1")
+    _require(tune.max_t >= 1, "tune.max_t", "must be at least 1 epoch")
+    _require(1 <= tune.grace_period <= tune.max_t, "tune.grace_period", "must be in [1, max_t]")
+    _require(tune.reduction_factor >= 2, "tune.reduction_factor", "must be at least 2")
+    _require(tune.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0: no limit)")
+    _require(tune.cpus_per_trial > 0, "tune.cpus_per_trial", "must be positive")
+    _require(tune.gpus_per_trial >= 0, "tune.gpus_per_trial", "must be >= 0")
+    _require_students(tune.final_variants or [], "tune.final_variants")

@@ -1,0 +1,311 @@
+"""The stages of one experiment, each a plain function of an :class:`Experiment` (config + work directory).
+
+prepare data -> train the teacher -> train each student -> evaluate every model -> report. Every
+training stage writes its outputs under the work directory and a ``DONE`` summary when finished,
+so running it again reuses what is done and resumes what is not. The orchestration layer (a local
+process, Slurm jobs, Ray trials) calls these functions; nothing here knows which one it runs under.
+Tracking reaches the stages as sinks (:class:`RunSink`): this module never imports MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.data.audio import WaveformStats, compute_stats
+from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.data.corpora import corpus_spec
+from ctsl_hpc.data.corpus import SPLITS, Utterance
+from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.evaluate import report
+from ctsl_hpc.evaluate.embeddings import embedding_metrics
+from ctsl_hpc.evaluate.protocol import Scores, select_checkpoints, test_groups
+from ctsl_hpc.evaluate.scoring import score_models
+from ctsl_hpc.model import build_model, load_model
+from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
+from ctsl_hpc.train.loop import EpochRecord, FitResult, MetricsSink, TrainingInterrupted, fit
+from ctsl_hpc.train.objective import TeacherEmbedder
+from ctsl_hpc.train.recipe import recipe
+from ctsl_hpc.variants import TEACHER
+from ctsl_hpc.workdir import RunDir, StageSummary, Workdir, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+class RunSink(MetricsSink, Protocol):
+    """A tracked run: metrics plus artifacts (MLflow's child run in the tracking layer)."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
+
+    def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None: ...
+
+
+SinkFactory = Callable[[str], RunSink | None]
+StopRequest = Callable[[], bool]
+
+
+def never() -> bool:
+    """The default stop request: keep going."""
+    return False
+
+
+@dataclass
+class Experiment:
+    """A configuration and its work directory; the data is built on first use."""
+
+    cfg: ExperimentConfig
+    workdir: Workdir
+
+    @classmethod
+    def open(cls, cfg: ExperimentConfig, root: str | Path | None = None) -> Experiment:
+        """Create or reopen the work directory of ``cfg``; refuse one made for another experiment."""
+        return cls(cfg, Workdir.open(cfg, root))
+
+    @classmethod
+    def reopen(cls, root: str | Path) -> Experiment:
+        """The experiment a work directory was created for, with its saved configuration."""
+        workdir = Workdir(root)
+        return cls(workdir.read_config(), workdir)
+
+    @cached_property
+    def data(self) -> Data:
+        return Data(self)
+
+
+class Data:
+    """The corpus, waveform statistics, noise pools and datasets of an experiment (built lazily)."""
+
+    def __init__(self, exp: Experiment):
+        self.cfg, self.workdir = exp.cfg, exp.workdir
+        corpus = corpus_spec(self.cfg.data.corpus).load(self.cfg, self.workdir.synthetic_data)
+        self.splits: dict[str, list[Utterance]] = corpus.splits
+        noise = self.cfg.noise
+        self.noise_dirs = corpus.noise_dirs or {"train": noise.train, "dev": noise.dev, "test": noise.test}
+        self._pools: dict[str, NoisePool] = {}
+
+    def _set(
+        self, utterances: list[Utterance], stats: WaveformStats | None, noise: NoisePool | None = None,
+        snr: float | None = None,
+    ) -> UtteranceSet:
+        d = self.cfg.data
+        return UtteranceSet(
+            utterances,
+            sample_rate=d.sample_rate,
+            max_seconds=d.max_seconds,
+            min_seconds=d.min_seconds,
+            stats=stats,
+            preload=d.preload,
+            noise=noise,
+            snr_db=snr,
+            snr_mode=self.cfg.noise.snr_mode,
+            seed=self.cfg.seed,
+            on_bad_audio=d.on_bad_audio,
+        )
+
+    @cached_property
+    def stats(self) -> WaveformStats | None:
+        """Mean/std of the training waveforms (computed once, saved in the work directory)."""
+        if not self.cfg.data.normalize:
+            return None
+        path = self.workdir.waveform_stats
+        if path.is_file():
+            return WaveformStats.load(path)
+        raw = self._set(self.splits["train"], None)
+        stats = compute_stats(raw.raw_wave(i) for i in range(len(raw)))
+        atomic_write_text(path, stats.to_json())
+        return stats
+
+    def pool(self, split: str) -> NoisePool:
+        """The noise pool of ``split`` (read once, capped to ``noise.minutes``)."""
+        if split not in self._pools:
+            d = self.cfg.data
+            self._pools[split] = NoisePool.from_directory(
+                self.noise_dirs[split], d.sample_rate, self.cfg.noise.minutes, min_seconds=d.max_seconds
+            )
+        return self._pools[split]
+
+    def check(self) -> None:
+        """Open every noise pool and the waveform statistics: bad input fails before any training."""
+        for split in SPLITS:
+            self.pool(split)
+        _ = self.stats
+
+    def set_pool(self, split: str, pool: NoisePool) -> None:
+        """Use ``pool`` for ``split`` instead of reading the folder (a pool shared by tuning trials)."""
+        self._pools[split] = pool
+
+    def clean(self, split: str) -> UtteranceSet:
+        return self._set(self.splits[split], self.stats)
+
+    def noisy(self, split: str, snr_db: float) -> UtteranceSet:
+        """``split`` mixed with its own noise pool at ``snr_db`` (re-drawn per epoch for train)."""
+        return self._set(self.splits[split], self.stats, self.pool(split), snr_db)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def train_teacher(exp: Experiment, sink: RunSink | None = None, should_stop: StopRequest = never) -> StageSummary:
+    """Fine-tune the teacher on clean speech (the ``original`` model); resumable."""
+    run = exp.workdir.teacher
+    done = run.summary()
+    if done is not None:
+        return done
+    cfg = exp.cfg
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    result = fit(
+        model, recipe(TEACHER, cfg), exp.data.clean("train"), exp.data.clean("dev"), cfg.train, run.path,
+        stats=exp.data.stats, sink=sink, should_stop=should_stop,
+    )
+    return _finish(run, result)
+
+
+def _finish(run: RunDir, result: FitResult) -> StageSummary:
+    return run.write_summary(result.best.epoch, result.dev_scores())
+
+
+def teacher_summary(exp: Experiment) -> StageSummary:
+    """The finished teacher's summary (students need it)."""
+    summary = exp.workdir.teacher.summary()
+    if summary is None:
+        raise RuntimeError(f"train the teacher first: {exp.workdir.teacher.done} does not exist")
+    return summary
+
+
+def teacher_embedder(exp: Experiment, teacher_dir: Path) -> TeacherEmbedder:
+    """The teacher's clean embeddings of a batch: from the cache (built on first use) or a live teacher."""
+    teacher, _, _ = load_model(teacher_dir)
+    if exp.cfg.student.cache_teacher_embeddings:
+        table = teacher_embeddings(teacher, teacher_dir, exp.data.clean("train"), exp.workdir.cache, exp.cfg.eval.batch_size)
+        return cached_teacher(table)
+    return live_teacher(teacher)
+
+
+def fit_student(
+    exp: Experiment,
+    variant: str,
+    run: RunDir,
+    sink: RunSink | None = None,
+    should_stop: StopRequest = never,
+    on_epoch_end: Callable[[EpochRecord, Path], None] | None = None,
+) -> FitResult:
+    """Adapt a copy of the teacher to noisy speech as ``variant`` prescribes, in ``run``; resumable.
+
+    The one student set-up: the sweep's students and the Ray Tune trials both train through here.
+    """
+    cfg = exp.cfg
+    teacher_dir = teacher_summary(exp).best_dir
+    rec = recipe(variant, cfg)
+    student, _, _ = load_model(teacher_dir)
+    embed = teacher_embedder(exp, teacher_dir) if rec.needs_teacher else None
+    return fit(
+        student, rec, exp.data.noisy("train", cfg.student.snr_db), exp.data.noisy("dev", cfg.student.snr_db),
+        cfg.train, run.path, stats=exp.data.stats, teacher_embed=embed, sink=sink, should_stop=should_stop,
+        on_epoch_end=on_epoch_end,
+    )
+
+
+def train_student(
+    exp: Experiment, variant: str, sink: RunSink | None = None, should_stop: StopRequest = never
+) -> StageSummary:
+    """The sweep's student ``variant`` in its own run folder; reuses a finished one."""
+    run = exp.workdir.student(variant)
+    done = run.summary()
+    if done is not None:
+        return done
+    return _finish(run, fit_student(exp, variant, run, sink, should_stop))
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def selected_models(exp: Experiment, variants: list[str]) -> dict[str, dict[int, Path]]:
+    """Per variant, the ``eval.top_k`` best non-consecutive development epochs and their weights."""
+    chosen: dict[str, dict[int, Path]] = {}
+    for variant in variants:
+        run = exp.workdir.run(variant)
+        summary = run.summary()
+        if summary is None:
+            raise RuntimeError(f"{variant} has not finished training ({run.done} does not exist)")
+        epochs = select_checkpoints(summary.dev_scores, exp.cfg.eval.top_k)
+        chosen[variant] = {e: run.epoch_dir(e) for e in epochs}
+    return chosen
+
+
+def _real_noisy_sets(exp: Experiment) -> dict[str, UtteranceSet]:
+    sets = {}
+    for condition, folder in exp.cfg.eval.noisy_roots.items():
+        utts = [Utterance(Path(folder) / u.path.name, u.labels, u.split, u.speaker) for u in exp.data.splits["test"]]
+        for utt in utts:
+            if not utt.path.is_file():
+                raise FileNotFoundError(f"eval.noisy_roots.{condition}: {utt.path} does not exist")
+        d = exp.cfg.data
+        sets[condition] = UtteranceSet(utts, d.sample_rate, d.max_seconds, d.min_seconds, exp.data.stats, d.preload)
+    return sets
+
+
+def evaluate(
+    exp: Experiment, variants: list[str], sink_for: SinkFactory = lambda _: None, should_stop: StopRequest = never
+) -> Path:
+    """Score every variant's selected models, embed the development set, write the report.
+
+    Scores are saved after each variant; a stop request there raises ``TrainingInterrupted`` and a
+    rerun resumes with the next variant.
+    """
+    cfg = exp.cfg
+    files = exp.workdir.report
+    files.path.mkdir(parents=True, exist_ok=True)
+    models = selected_models(exp, variants)
+    scores = Scores.read_csv(files.scores_csv) if files.scores_csv.is_file() else Scores()
+    test_set = exp.data.clean("test")
+    groups = test_groups(len(test_set), cfg.eval.n_groups, cfg.eval.groups, cfg.seed)
+    real_noisy = _real_noisy_sets(exp)
+    for variant in variants:  # one variant at a time, saved after each: a resumed evaluation skips it
+        score_models(
+            {variant: models[variant]}, test_set, exp.data.pool("test"), groups, cfg.eval.groups,
+            cfg.noise.snr_mode, cfg.eval.batch_size, real_noisy, scores,
+        )
+        scores.write_csv(files.scores_csv)
+        if should_stop():
+            raise TrainingInterrupted(files.scores_csv)
+    best = {v: next(iter(m.values())) for v, m in models.items()}
+    emb, projection = embedding_metrics(
+        best, exp.data.clean("dev"), exp.data.pool("dev"), cfg.noise.snr_mode, cfg.student.margin / 6,
+        cfg.student.temperature, cfg.eval.batch_size,
+    )
+    report.write_table2(emb, files.path)
+    report.save_projection(*projection, files.projection_npz)
+    report.build_report(files.path, alpha=cfg.eval.alpha)
+    _log_evaluation(exp, variants, sink_for)
+    return files.path
+
+
+def run_key(variant: str) -> str:
+    """The tracked run (and job) key of a variant: ``teacher`` or ``student/<variant>``."""
+    return "teacher" if variant in (TEACHER, "teacher") else f"student/{variant}"
+
+
+def _log_evaluation(exp: Experiment, variants: list[str], sink_for: SinkFactory) -> None:
+    """Send each variant's mean test CCC and embedding metrics to its tracked run."""
+    files = exp.workdir.report
+    table1 = json.loads(files.table1_json.read_text())
+    table2 = report.read_table2_json(files.table2_json)
+    for variant in variants:
+        sink = sink_for(run_key(variant))
+        if sink is None:
+            continue
+        epoch = max(exp.workdir.run(variant).summary().dev_scores)
+        metrics = {
+            f"ccc/{c}/{a}": cell["mean"] for c, attrs in table1[variant].items() for a, cell in attrs.items()
+        }
+        metrics.update({f"emb/{c}/{k}": v for c, values in table2.get(variant, {}).items() for k, v in values.items()})
+        sink.log_metrics(metrics, step=epoch)

@@ -1,0 +1,147 @@
+"""The Slurm backend: each stage through submitit, job arrays of at most ``MaxArraySize`` tasks, ``afterok``.
+
+``submit`` returns as soon as sbatch accepted the jobs. A stage's tasks share its resources
+(``slurm[.stage].*``); a later stage waits (``afterok``) for every job of the one before and is
+cancelled by Slurm if one of them fails (``--kill-on-invalid-dep=yes``). Each task runs as a
+:class:`~ctsl_hpc.launch.slurm_job.SlurmJob` (preemption, requeue, ranks).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ctsl_hpc.config import TRAINING_STAGES, ExperimentConfig, SlurmStageConfig
+from ctsl_hpc.launch import slurm_cli
+from ctsl_hpc.launch.backends.base import Backend, register
+from ctsl_hpc.launch.task import Task
+from ctsl_hpc.launch.registry import JobUsage
+from ctsl_hpc.launch.slurm_job import SlurmJob
+
+log = logging.getLogger(__name__)
+
+
+def tasks_per_node(cfg: ExperimentConfig, stage: str) -> int:
+    """Ranks per node of a stage: ``slurm[.stage].tasks_per_node`` if set, else one task per GPU for
+    the training stages of a distributed engine; one task otherwise (evaluation is a single process)."""
+    resolved = cfg.slurm.stage(stage)
+    if stage not in TRAINING_STAGES or cfg.train.engine not in ("ddp", "deepspeed"):
+        return 1
+    if resolved.tasks_per_node is not None:
+        return resolved.tasks_per_node
+    return max(1, resolved.gpus_per_node)
+
+
+def executor_parameters(name: str, stage: SlurmStageConfig, tasks: int) -> dict[str, Any]:
+    """submitit ``AutoExecutor`` parameters of one stage's resources (``tasks`` per node)."""
+    params: dict[str, Any] = {
+        "name": name,
+        "timeout_min": stage.time_min,
+        "nodes": stage.nodes,
+        "tasks_per_node": tasks,
+        "cpus_per_task": stage.cpus_per_task,
+        "mem_gb": stage.mem_gb,
+        "slurm_signal_delay_s": stage.signal_delay_s,
+        "slurm_array_parallelism": stage.array_parallelism,
+    }
+    if stage.gpus_per_node:
+        params["gpus_per_node"] = stage.gpus_per_node
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(stage, key):
+            params[f"slurm_{key}"] = getattr(stage, key)
+    return params
+
+
+def stage_parameters(cfg: ExperimentConfig, stage: str, after: Sequence[str] = (), **additional: Any) -> dict[str, Any]:
+    """Everything submitit needs for ``stage``: resources, the dependency, extra sbatch options."""
+    resolved = cfg.slurm.stage(stage)
+    params = executor_parameters(f"ctsl-{cfg.name}-{stage}", resolved, tasks_per_node(cfg, stage))
+    extra = {**additional, **resolved.additional}
+    if after:
+        extra.update(dependency=slurm_cli.dependency(after), kill_on_invalid_dep="yes")
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    return params
+
+
+@register
+class SlurmBackend(Backend):
+    """Submits through submitit to Slurm; returns as soon as sbatch accepted the jobs."""
+
+    name = "slurm"
+
+    def __init__(self, workdir, cfg, max_array: int | None = None):
+        super().__init__(workdir, cfg)
+        self._max_array = max_array
+
+    @property
+    def max_array(self) -> int:
+        if self._max_array is None:
+            self._max_array = slurm_cli.max_array_size()
+        return self._max_array
+
+    def check(self) -> None:
+        slurm_cli.require_slurm()
+        slurm_cli.check_partitions(self.cfg, ("teacher", "students", "eval"))
+
+    def parameters(self, stage: str, after: Sequence[str]) -> dict[str, Any]:
+        """The submitit parameters of ``stage`` (resources, dependency, extra sbatch options)."""
+        return stage_parameters(self.cfg, stage, after)
+
+    def submit(self, stage: str, tasks: Sequence[Task], after: Sequence[str]) -> list[str]:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=self.workdir.submitit / "%j", cluster="slurm")
+        params = self.parameters(stage, after)
+        executor.update_parameters(**params)
+        max_requeues = self.cfg.slurm.stage(stage).max_requeues
+        ids: list[str] = []
+        for chunk in slurm_cli.chunks(list(tasks), self.max_array):
+            try:
+                with executor.batch():
+                    handles = [executor.submit(SlurmJob(task, max_requeues)) for task in chunk]
+            except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as exc:
+                raise slurm_cli.SlurmError(f"sbatch refused the {stage} job(s): {exc}") from exc
+            for task, job in zip(chunk, handles, strict=True):
+                self.registry.new_record(
+                    task.key, task.stage, task.label or None, self.name, job.job_id, state="SUBMITTED",
+                    max_requeues=max_requeues, stdout=str(job.paths.stdout), stderr=str(job.paths.stderr),
+                    resources=params,
+                )
+                ids.append(job.job_id)
+                log.info("submitted %s as job %s", task.key, job.job_id)
+        return ids
+
+    def job_states(self, job_ids: Sequence[str]) -> dict[str, str]:
+        return slurm_cli.job_states(job_ids)
+
+    def usage(self, job_ids: Sequence[str]) -> dict[str, JobUsage]:
+        return slurm_cli.accounting(job_ids)
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        slurm_cli.scancel(job_ids)
+
+    @property
+    def usage_metrics(self) -> Callable[[Path], Mapping[str, float]]:
+        return slurm_cli.gpu_hours_metrics
+
+    def describe(self, stage: str, tasks: Sequence[Task], waits_for: str) -> list[str]:
+        res = self.cfg.slurm.stage(stage)
+        lines = []
+        try:
+            arrays = slurm_cli.chunks(list(tasks), self.max_array)
+        except slurm_cli.SlurmError as exc:
+            arrays = [list(tasks)]
+            lines.append(f"  (cluster not reachable, MaxArraySize unknown: {str(exc).splitlines()[0]})")
+        shape = f"{len(arrays)} array(s) of {[len(a) for a in arrays]} task(s)" if len(tasks) > 1 else "1 job"
+        return lines + [
+            f"  {shape}: partition={res.partition or '(default)'} account={res.account or '-'} qos={res.qos or '-'} "
+            f"time={res.time_min} min nodes={res.nodes} tasks/node={tasks_per_node(self.cfg, stage)} "
+            f"gpus/node={res.gpus_per_node} cpus/task={res.cpus_per_task} mem={res.mem_gb:g} GB "
+            f"constraint={res.constraint or '-'} signal=USR2@{res.signal_delay_s}s max_requeues={res.max_requeues}"
+            + (f" array_parallelism={res.array_parallelism}" if len(tasks) > 1 else "")
+            + (f" additional={res.additional}" if res.additional else "")
+            + (f" dependency=afterok on {waits_for}" if waits_for else "")
+        ]

@@ -1,0 +1,84 @@
+"""The job graph of a sweep, the same for every backend: teacher -> students -> evaluation.
+
+A task (:class:`~ctsl_hpc.launch.task.Task`) carries its callable and arguments and the marker
+file that says it is done; backends run or submit tasks without knowing what they are. :func:`plan_sweep` decides per stage what to submit: a task whose marker exists is
+done, one whose job is still queued or running is kept (later stages depend on its job id), every
+other is submitted; :func:`submit_sweep` hands the plan to a backend, each stage after the jobs of
+the one before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ctsl_hpc import jobs
+from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.launch.backends.base import Backend
+from ctsl_hpc.launch.registry import ACTIVE, Registry
+from ctsl_hpc.launch.task import Task
+from ctsl_hpc.workdir import Workdir
+
+
+@dataclass
+class PlannedStage:
+    """What a sweep does for one stage."""
+
+    stage: str
+    submit: list[Task] = field(default_factory=list)
+    done: list[Task] = field(default_factory=list)
+    running: dict[Task, str] = field(default_factory=dict)  # task -> the job id already queued/running
+
+
+def sweep_tasks(workdir: Workdir, cfg: ExperimentConfig, backend: Backend | None = None) -> list[Task]:
+    """Every task of the sweep, in graph order (``backend`` adds its usage report to the evaluation)."""
+    root = str(workdir.root)
+    usage = None if backend is None else backend.usage_metrics
+    tasks = [Task("teacher", "teacher", jobs.teacher_job, (root,), workdir.teacher.done)]
+    tasks += [
+        Task(f"student/{v}", "students", jobs.student_job, (root, v), workdir.student(v).done, label=v)
+        for v in cfg.student.variants
+    ]
+    tasks.append(Task("eval", "eval", jobs.evaluate_job, (root,), workdir.report.done, kwargs=(("usage", usage),)))
+    return tasks
+
+
+def plan_sweep(
+    workdir: Workdir, cfg: ExperimentConfig, states: dict[str, str] | None = None, backend: Backend | None = None
+) -> list[PlannedStage]:
+    """Per stage: what to submit, what is done, what is already queued (``states``: job id -> state)."""
+    registry = Registry(workdir.root)
+    states = states or {}
+    stages: dict[str, PlannedStage] = {}
+    for task in sweep_tasks(workdir, cfg, backend):
+        planned = stages.setdefault(task.stage, PlannedStage(task.stage))
+        record = registry.get(task.key)
+        if task.done:
+            planned.done.append(task)
+        elif record is not None and states.get(record.job_id or "") in ACTIVE:
+            planned.running[task] = record.job_id
+        else:
+            planned.submit.append(task)
+    last, earlier = list(stages.values())[-1], list(stages.values())[:-1]
+    if last.done and any(s.submit or s.running for s in earlier):
+        last.submit, last.done = last.done, []  # a training task is redone: so is the report
+    return list(stages.values())
+
+
+def submit_sweep(workdir: Workdir, cfg: ExperimentConfig, backend: Backend) -> list[PlannedStage]:
+    """Submit (or run, for a blocking backend) what the plan says, each stage after the previous one's jobs."""
+    states = backend.job_states([r.job_id for r in Registry(workdir.root).all() if r.job_id])
+    plan = plan_sweep(workdir, cfg, states, backend)
+    after: list[str] = []
+    for stage in plan:
+        ids = list(stage.running.values())
+        if stage.submit:
+            ids += backend.submit(stage.stage, stage.submit, after)
+        if ids:
+            after = ids  # the next stage waits for this one's jobs
+    return plan
+
+
+def stage_names(tasks: Sequence[Task]) -> str:
+    """The tasks' names, comma-separated (for status and dry runs)."""
+    return ", ".join(t.name for t in tasks)

@@ -1,0 +1,181 @@
+"""Managing a sweep from any shell: status, logs, cancel, and what a sweep would submit (dry run).
+
+Everything is read from the work directory (its job registry and run folders) and from the backend
+that ran each job (Slurm: ``sacct``/``squeue``), after the submitting process is gone.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.launch.backends import Backend, make_backend
+from ctsl_hpc.launch.graph import plan_sweep, stage_names, sweep_tasks
+from ctsl_hpc.launch.registry import ACTIVE, JobRecord, JobUsage, Registry
+from ctsl_hpc.launch.slurm_cli import SlurmError
+from ctsl_hpc.workdir import RunDir, Workdir
+
+
+class ManageError(RuntimeError):
+    """A management command cannot do what it was asked (no such stage, no log recorded)."""
+
+
+@dataclass
+class StatusRow:
+    """One line of ``status``."""
+
+    stage: str
+    variant: str
+    job_id: str
+    state: str
+    elapsed_s: int | None
+    requeues: int
+    last_epoch: int | None
+    best_dev_ccc: float | None
+    gpu_hours: float | None
+    message: str = ""
+
+
+def _backends(workdir: Workdir, cfg: ExperimentConfig, records: Sequence[JobRecord]) -> dict[str, Backend]:
+    return {name: make_backend(name, workdir, cfg) for name in {r.backend for r in records}}
+
+
+def status_rows(workdir: Workdir, cfg: ExperimentConfig) -> list[StatusRow]:
+    """The sweep's tasks with their job, state, requeues, training progress and GPU-hours."""
+    records = {r.key: r for r in Registry(workdir.root).all()}
+    usage: dict[str, JobUsage] = {}
+    live: dict[str, str] = {}
+    for name, backend in _backends(workdir, cfg, list(records.values())).items():
+        mine = [r for r in records.values() if r.backend == name and r.job_id]
+        try:
+            usage.update(backend.usage([j for r in mine for j in (*r.history, r.job_id)]))
+            live.update(backend.job_states([r.job_id for r in mine]))
+        except SlurmError:  # the scheduler's tools are not on this machine: the registry's view only
+            pass
+    rows = []
+    for task in sweep_tasks(workdir, cfg):
+        record = records.get(task.key)
+        last, best = RunDir(task.marker.parent).progress() if task.stage != "eval" else (None, None)
+        if record is None:
+            state = "DONE" if task.done else "NOT SUBMITTED"
+            rows.append(StatusRow(task.stage, task.label, "", state, None, 0, last, best, None))
+            continue
+        acct = usage.get(record.job_id or "")
+        state = live.get(record.job_id or "") or (acct.state if acct else record.state)
+        if record.state in ("FAILED", "STOPPED") and state in ("COMPLETING", "COMPLETED", "FAILED"):
+            state = record.state  # the job's own account of how it ended beats the scheduler's exit code
+        hours = None
+        if usage:
+            hours = sum(usage[j].gpu_hours for j in (*record.history, record.job_id) if j in usage)
+        rows.append(StatusRow(
+            task.stage, task.label, record.job_id or "", state, acct.elapsed_s if acct else None,
+            record.requeues, last, best, hours, record.message,
+        ))
+    return rows
+
+
+def format_status(rows: Sequence[StatusRow]) -> str:
+    """The status rows as an aligned text table, GPU-hours totalled."""
+    header = ["stage", "variant", "job id", "state", "elapsed", "requeues", "last epoch", "best dev CCC", "GPU h"]
+    lines = [header]
+    for r in rows:
+        elapsed = "" if r.elapsed_s is None else f"{r.elapsed_s // 3600:d}:{r.elapsed_s // 60 % 60:02d}:{r.elapsed_s % 60:02d}"
+        lines.append([
+            r.stage, r.variant, r.job_id, r.state, elapsed, str(r.requeues),
+            "" if r.last_epoch is None else str(r.last_epoch),
+            "" if r.best_dev_ccc is None else f"{r.best_dev_ccc:.3f}",
+            "" if r.gpu_hours is None else f"{r.gpu_hours:.3f}",
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    total = [r.gpu_hours for r in rows if r.gpu_hours is not None]
+    if total:
+        text.append(f"GPU-hours of the sweep: {sum(total):.3f}")
+    text += [f"{r.stage} {r.variant}: {r.message}".replace("  ", " ") for r in rows if r.message]
+    return "\n".join(text)
+
+
+def resolve_keys(workdir: Workdir, selector: str | None) -> list[JobRecord]:
+    """Registry records matching ``selector``: None/"all", a stage (teacher, students, eval), a key
+    (``student/RM+TL``) or a student variant (``RM+TL``)."""
+    records = Registry(workdir.root).all()
+    if selector in (None, "all"):
+        return records
+    chosen = [r for r in records if selector in (r.stage, r.key, r.variant)]
+    if not chosen:
+        known = sorted({r.stage for r in records} | {r.key for r in records})
+        raise ManageError(f"no job in {workdir.root} matches {selector!r} (known: {', '.join(known) or 'none submitted'})")
+    return chosen
+
+
+def cancel(workdir: Workdir, cfg: ExperimentConfig, selector: str | None = None) -> list[str]:
+    """Cancel the selected jobs that are still queued or running; return their ids."""
+    records = [r for r in resolve_keys(workdir, selector) if r.job_id]
+    registry = Registry(workdir.root)
+    cancelled = []
+    for name, backend in _backends(workdir, cfg, records).items():
+        mine = [r for r in records if r.backend == name]
+        states = backend.job_states([r.job_id for r in mine])
+        ids = [r.job_id for r in mine if states.get(r.job_id, r.state) in ACTIVE]
+        backend.cancel(ids)
+        for record in mine:
+            if record.job_id in ids:
+                registry.update(record.key, state="CANCELLED", message="cancelled by the user")
+        cancelled += ids
+    return cancelled
+
+
+def log_paths(record: JobRecord) -> list[Path]:
+    """The job's stdout and stderr files (submitit writes Python logging to stderr)."""
+    return [Path(p) for p in (record.stdout, record.stderr) if p]
+
+
+def print_logs(workdir: Workdir, cfg: ExperimentConfig, selector: str, follow: bool, interval_s: float) -> None:
+    """Print the selected jobs' log files; with ``follow``, keep printing until every job has ended."""
+    records = resolve_keys(workdir, selector)
+    paths = [p for r in records for p in log_paths(r)]
+    if not paths:
+        raise ManageError(f"{selector}: no log files recorded (local runs log to the terminal)")
+    offsets = dict.fromkeys(paths, 0)
+    backends = _backends(workdir, cfg, records)
+    while True:
+        for path in paths:
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    handle.seek(offsets[path])
+                    chunk = handle.read()
+                    offsets[path] += len(chunk)
+                if chunk:
+                    print(f"==> {path} <==" if len(paths) > 1 else "", end="\n" if len(paths) > 1 else "")
+                    sys.stdout.write(chunk.decode(errors="replace"))
+                    sys.stdout.flush()
+        if not follow:
+            return
+        states = {j: s for b in backends.values() for j, s in b.job_states([r.job_id for r in records if r.job_id]).items()}
+        if all(states.get(r.job_id) not in ACTIVE for r in records if r.job_id):
+            return
+        time.sleep(interval_s)  # polling files written by another machine
+
+
+def dry_run_lines(workdir: Workdir, cfg: ExperimentConfig, backend: Backend) -> list[str]:
+    """What ``sweep`` would submit: one line per stage with its tasks, then what the backend says of it."""
+    records = Registry(workdir.root).all()
+    try:
+        states = backend.job_states([r.job_id for r in records if r.job_id])
+    except SlurmError:
+        states = {}
+    lines = [f"dry run: nothing is submitted ({backend.name}, work directory {workdir.root})"]
+    waits = ""
+    for stage in plan_sweep(workdir, cfg, states, backend):
+        lines.append(f"{stage.stage}: submit [{stage_names(stage.submit) or '-'}]"
+                     + (f"; done [{stage_names(stage.done)}]" if stage.done else "")
+                     + (f"; running {sorted(stage.running.values())}" if stage.running else ""))
+        if stage.submit:
+            lines += backend.describe(stage.stage, stage.submit, waits)
+        if stage.submit or stage.running:
+            waits = f"the {stage.stage} job(s)"
+    return lines

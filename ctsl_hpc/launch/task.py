@@ -1,0 +1,65 @@
+"""A unit of work of a sweep: a callable with its arguments, and the marker that says it is done.
+
+Like ``submitit.Executor.submit(fn, *args)``, a task carries what it runs, so a backend runs or
+submits it without knowing what it is (:mod:`ctsl_hpc.launch.backends`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ctsl_hpc.launch.registry import Registry
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One unit of a sweep: ``fn(*args, **kwargs, should_stop=...)``, done once ``marker`` exists."""
+
+    key: str  # registry key and tracked-run key: "teacher", "student/RM+TL", "eval"
+    stage: str  # the resource section it runs with (config.SLURM_STAGES)
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    marker: Path
+    label: str = ""  # what status and dry runs print (a variant)
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.label or self.key
+
+    @property
+    def done(self) -> bool:
+        return self.marker.is_file()
+
+    def __call__(self, should_stop: Callable[[], bool] | None = None) -> Any:
+        return self.fn(*self.args, should_stop=should_stop, **dict(self.kwargs))
+
+
+def run_task(
+    task: Task,
+    workdir: str | Path,
+    should_stop: Callable[[], bool] | None = None,
+    is_main: bool = True,
+    interruptions: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Run ``task`` here, keeping its registry record up to date (``is_main``: this rank writes it).
+
+    An exception in ``interruptions`` (a stop on request, handled by the caller) is not a failure.
+    """
+    registry = Registry(workdir)
+    if is_main:
+        registry.update(task.key, state="RUNNING", message="")
+    try:
+        result = task(should_stop)
+    except interruptions:
+        raise
+    except BaseException as exc:
+        if is_main:
+            registry.update(task.key, state="FAILED", message=f"{type(exc).__name__}: {exc}"[:500])
+        raise
+    if is_main:
+        registry.update(task.key, state="COMPLETED", message="")
+    return result

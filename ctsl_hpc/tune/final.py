@@ -1,0 +1,39 @@
+"""The search's outcome as a comparison: the final students trained with the best setting, then Table 1.
+
+``<workdir>/final`` is a work directory of its own (the base config with the best loss weights and
+noise minutes) that shares the search's teacher, data and embedding cache: the tuned keys do not
+touch the clean teacher, so nothing is trained or built twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ctsl_hpc.experiment import Experiment, evaluate, train_student
+from ctsl_hpc.tune.space import apply_params
+from ctsl_hpc.variants import TEACHER
+
+
+def final_experiment(exp: Experiment, best: dict[str, Any]) -> Experiment:
+    """``<workdir>/final``: the base config with the best setting, sharing the teacher and the data."""
+    final = exp.workdir.share_with_final()
+    variants = exp.cfg.tune.final_variants or exp.cfg.student.variants
+    cfg = apply_params(exp.cfg, best["params"], variants=list(variants), workdir=str(final.root))
+    return Experiment.open(cfg, final.root)
+
+
+def train_and_evaluate_final(exp: Experiment, best: dict[str, Any], tracker) -> Path:
+    """Train the final students with the best setting and run the full evaluation protocol."""
+    final = final_experiment(exp, best)
+
+    def sink(key: str):
+        return None if tracker is None else tracker.child(f"final/{key}")
+
+    variants = final.cfg.student.variants
+    for variant in variants:
+        run = sink(f"student/{variant}")
+        train_student(final, variant, sink=run)
+        if run is not None:
+            run.finish("FINISHED")
+    return evaluate(final, [TEACHER, *variants], sink_for=sink)

@@ -1,0 +1,121 @@
+"""One Ray Tune trial: the sweep's own student set-up with the trial's loss weights and noise budget.
+
+A trial trains in its own run folder (``<workdir>/tune/trials/<trial id>``) through
+:func:`ctsl_hpc.experiment.fit_student`, the same code as the sweep's students. It reports every
+epoch to Tune *after* the epoch's checkpoint is on disk, with a small Tune checkpoint that records
+the epoch. A restored trial continues from its newest complete checkpoint (mid-epoch after a
+preemption); the epochs Tune never saw are reported first, so Tune, ASHA and the trial agree and
+the result equals an uninterrupted run. Each trial logs to its own MLflow child run
+``trial/<trial id>`` (run ids persisted by the tracker: no duplicates after a restore).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctsl_hpc.data.corpus import ATTRIBUTES
+from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.experiment import Experiment, fit_student
+from ctsl_hpc.track.runs import open_tracker
+from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
+from ctsl_hpc.tune.space import SEARCHED, apply_params
+from ctsl_hpc.workdir import RunDir
+
+TRIAL_STATE = "trial.json"
+
+
+@dataclass
+class SharedInputs:
+    """What every trial reads, put once into Ray's object store (fetched once per node)."""
+
+    workdir: str
+    train_noise: np.ndarray  # the training pool, read up to the largest noise_minutes choice
+    dev_noise: np.ndarray  # the development pool of the base config (the same for every trial)
+    sample_rate: int
+
+
+def trial_key(trial_id: str) -> str:
+    """The trial's MLflow child-run key."""
+    return f"trial/{trial_id}"
+
+
+def _epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
+    metrics = {"epoch": int(record["epoch"]), "dev/ccc_mean": float(record["dev_score"])}
+    metrics.update({f"dev/ccc/{a}": float(c) for a, c in zip(ATTRIBUTES, record["dev_ccc"], strict=True)})
+    metrics.update({f"loss/{k}": float(v) for k, v in record["losses"].items()})
+    return metrics
+
+
+def _report(record: dict[str, Any], run: RunDir) -> None:
+    """Send one epoch to Tune with a checkpoint naming it (the weights stay in the trial's run folder)."""
+    from ray import tune
+
+    with tempfile.TemporaryDirectory(prefix="ctsl-tune-") as tmp:
+        state = {"epoch": int(record["epoch"]), "run_dir": str(run.path)}
+        (Path(tmp) / TRIAL_STATE).write_text(json.dumps(state))
+        tune.report(_epoch_metrics(record), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _reported_epoch() -> int:
+    """The last epoch Tune holds a checkpoint of (0 for a fresh trial)."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as path:
+        return int(json.loads((Path(path) / TRIAL_STATE).read_text())["epoch"])
+
+
+def _catch_up(run: RunDir, reported: int) -> None:
+    """Report the epochs the trial finished but Tune never recorded (the driver died in between)."""
+    from ctsl_hpc.train import checkpoint as ckpt
+
+    latest = ckpt.latest_complete_checkpoint(run.path)
+    if latest is None:
+        return
+    for record in ckpt.load_trainer_state(latest)["history"]:
+        if record["epoch"] > reported:
+            _report(record, run)
+
+
+def _trial_run(exp: Experiment, trial_id: str, params: dict[str, Any]):
+    tracker = open_tracker(exp.workdir.root, exp.cfg)
+    if tracker is None:
+        return None
+    run = tracker.child(trial_key(trial_id), tags={"tune.trial_id": trial_id, "tune.variant": exp.cfg.tune.variant})
+    run.log_params({k: params[k] for k in SEARCHED})
+    return run
+
+
+def train_trial(params: dict[str, Any], shared: SharedInputs) -> None:
+    """One Tune trial: the student variant ``tune.variant`` with the trial's weights and noise budget."""
+    import torch
+    from ray import tune
+
+    from ctsl_hpc.train.loop import TrainingInterrupted
+
+    base = Experiment.reopen(shared.workdir)
+    relay = PreemptionRelay(tune_dir(base.cfg, base.workdir))
+    trial_id = tune.get_context().get_trial_id()
+    run = base.workdir.trial(trial_id)
+    if relay.requested():  # a trial started while the sweep is being preempted: leave it for the rerun
+        raise TrainingInterrupted(run.path)
+    tc = base.cfg.tune
+    torch.set_num_threads(max(1, int(tc.cpus_per_trial)))
+    exp = Experiment(apply_params(base.cfg, params, epochs=tc.max_t), base.workdir)  # same data, teacher, cache
+    cap = int(round(float(params["noise_minutes"]) * 60 * shared.sample_rate))
+    exp.data.set_pool("train", NoisePool(shared.train_noise[:cap], shared.sample_rate))
+    exp.data.set_pool("dev", NoisePool(shared.dev_noise, shared.sample_rate))
+    _catch_up(run, _reported_epoch())
+    fit_student(
+        exp, tc.variant, run, sink=_trial_run(base, trial_id, params), should_stop=relay.requested,
+        on_epoch_end=lambda record, _checkpoint: _report(dataclasses.asdict(record), run),
+    )
