@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,8 +153,9 @@ def build_demo_corpus(
     specs = _draw_specs(n_utterances, seed, max_voices)
     sources = collect_noise_sources()  # fails fast, before any TTS, when a noise package is missing
     workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_synthesise, spec, out_dir / "audio") for spec in specs]
+    with ThreadPoolExecutor(max_workers=workers) as pool, tempfile.TemporaryDirectory(prefix="ctsl-tts-") as runtime:
+        env = _espeak_env(Path(runtime))
+        futures = [pool.submit(_synthesise, spec, out_dir / "audio", env) for spec in specs]
         folders = (result.noise_train, result.noise_dev, result.noise_test)
         for i, (split, minutes, folder) in enumerate(zip(SPLITS, noise_minutes, folders, strict=True)):
             build_noise_split(folder, sources[split], minutes, np.random.default_rng([seed, 7, i]))
@@ -196,12 +198,25 @@ def _draw_specs(n: int, seed: int, max_voices: int) -> list[_Spec]:
     ]
 
 
-def _synthesise(spec: _Spec, audio_dir: Path) -> None:
+def _espeak_env(runtime: Path) -> dict[str, str]:
+    """espeak-ng's environment, with PulseAudio's runtime folder pinned to ``runtime``.
+
+    espeak-ng starts a PulseAudio client even with ``--stdout``. Without a runtime folder of its own,
+    the client's first start on a machine (no ``~/.config/pulse`` yet: right after install, in CI)
+    creates one with a random name and seeds libc's ``rand()`` on the way; espeak-ng draws its
+    fricative noise from ``rand()``, so that one utterance came out different from every later call
+    (measured: same length, max difference 0.025). A given folder needs no random name: every call
+    is byte-identical.
+    """
+    return {**os.environ, "PULSE_RUNTIME_PATH": str(runtime / "pulse")}
+
+
+def _synthesise(spec: _Spec, audio_dir: Path, env: dict[str, str]) -> None:
     p = spec.params
     ssml = f'<speak><prosody range="{p["range"]:.0f}%">{spec.text}</prosody></speak>'
     cmd = ["espeak-ng", "--stdout", "-m", "-v", spec.voice, "-s", f"{p['rate']:.0f}", "-p", f"{p['pitch']:.0f}",
            "-a", f"{p['amplitude']:.0f}", "-g", f"{p['gap']:.0f}", ssml]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, check=False, env=env)
     if proc.returncode != 0 or not proc.stdout:
         raise DemoCorpusError(f"espeak-ng failed for utterance {spec.index}: {proc.stderr.decode(errors='replace')}")
     wave, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32")

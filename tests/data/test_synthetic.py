@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -144,3 +147,20 @@ def test_missing_espeak_names_the_apt_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DemoCorpusError, match="espeak-ng is not installed; run: apt-get install"):
         build_demo_corpus(tmp_path / "demo", n_utterances=6)
+
+
+def test_speech_is_byte_identical_in_fresh_processes_on_a_fresh_machine(tmp_path):
+    """Each build in a new process whose HOME holds no audio state, as right after installing espeak-ng
+    (the first espeak-ng call then used to differ from every later one)."""
+    script = (
+        "import sys; from ctsl_hpc.data.synthetic import build_demo_corpus; "
+        "build_demo_corpus(sys.argv[1], n_utterances=4, seed=11, max_voices=1, noise_minutes=(0.1, 0.1, 0.1), workers=1)"
+    )
+    digests = []
+    for run in ("a", "b"):
+        home = tmp_path / f"home-{run}"
+        home.mkdir()
+        env = {**os.environ, "HOME": str(home)}
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / run)], env=env, check=True, timeout=120)
+        digests.append(_digest(tmp_path / run / "audio"))
+    assert digests[0] == digests[1] and len(digests[0]) == 4
