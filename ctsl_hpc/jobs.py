@@ -104,7 +104,7 @@ def evaluate_job(
     reopened = []
 
     def sink_for(key: str):
-        run = None if tracker is None else tracker.child(key)
+        run = None if tracker is None else tracker.child(key, retag=False)  # its tags tell where and how it trained
         if run is not None:
             reopened.append(run)
         return run
@@ -114,6 +114,7 @@ def evaluate_job(
         run.finish("FINISHED")
     if tracker is not None:
         parent = tracker.parent()
+        parent.set_tags({"ctsl.code_snapshots": ",".join(exp.workdir.code_snapshots())})  # every code its jobs ran
         parent.log_artifacts(report_dir, "report")
         if usage is not None:
             parent.log_metrics(usage(exp.workdir.root), step=0)

@@ -14,15 +14,17 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from ctsl_hpc.config import ModelConfig, build_section
 from ctsl_hpc.data.audio import WaveformStats
-from ctsl_hpc.workdir import atomic_write_text
+from ctsl_hpc.workdir import atomic_write_bytes, atomic_write_text
 
-WEIGHTS_FILE = "model.pt"
+WEIGHTS_FILE = "model.safetensors"
+LEGACY_WEIGHTS_FILE = "model.pt"  # a torch pickle, written before the safetensors format: read, never written
 BACKBONE_CONFIG_FILE = "backbone_config.json"
 MODEL_CONFIG_FILE = "model_config.json"
 STATS_FILE = "waveform_stats.json"
@@ -147,21 +149,35 @@ def save_model(model: EmotionModel, directory: str | os.PathLike, stats: Wavefor
     (out / MODEL_CONFIG_FILE).write_text(json.dumps(asdict(model.cfg), indent=2))
     if stats is not None:
         atomic_write_text(out / STATS_FILE, stats.to_json())
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(out / WEIGHTS_FILE)
+    weights = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    atomic_write_bytes(out / WEIGHTS_FILE, safetensors.torch.save(weights))
     return out
+
+
+def weights_file(directory: str | os.PathLike) -> Path:
+    """The weights of a model directory (safetensors, or a legacy torch file)."""
+    path = Path(directory)
+    legacy = path / LEGACY_WEIGHTS_FILE
+    return legacy if legacy.is_file() and not (path / WEIGHTS_FILE).is_file() else path / WEIGHTS_FILE
+
+
+def load_weights(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict saved in a model directory; legacy torch files are read tensors-only (``weights_only``)."""
+    file = weights_file(directory)
+    if file.suffix == ".safetensors":
+        return safetensors.torch.load(file.read_bytes())
+    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def load_model(directory: str | os.PathLike) -> tuple[EmotionModel, WaveformStats | None, ModelConfig]:
     """Load a directory written by :func:`save_model`: (model in eval mode, waveform stats, config)."""
     path = Path(directory)
-    for name in (WEIGHTS_FILE, BACKBONE_CONFIG_FILE, MODEL_CONFIG_FILE):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path} is not a ctsl_hpc model directory: {name} is missing")
+    for file in (weights_file(path), path / BACKBONE_CONFIG_FILE, path / MODEL_CONFIG_FILE):
+        if not file.is_file():
+            raise FileNotFoundError(f"{path} is not a ctsl_hpc model directory: {file.name} is missing")
     cfg = build_section(ModelConfig, json.loads((path / MODEL_CONFIG_FILE).read_text()), "model")
     backbone_cfg = Wav2Vec2Config.from_json_file(path / BACKBONE_CONFIG_FILE)
     model = model_from_backbone_config(backbone_cfg, cfg)
-    model.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_weights(path))
     stats = WaveformStats.load(path / STATS_FILE) if (path / STATS_FILE).is_file() else None
     return model.eval(), stats, cfg

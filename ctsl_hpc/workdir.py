@@ -17,6 +17,7 @@ Layout (``Workdir`` attributes in brackets)::
     jobs/<key>.json        the job registry [job_file]
     tracking/              the MLflow journal and run ids (its files: ctsl_hpc.track.journal)
     slurm/<job id>/        submitit's scripts and logs [submitit]
+    code/<hash>/ctsl_hpc/  the package the sweep's jobs import (ctsl_hpc.code) [code]
     ray/<job id>/          a Ray allocation's rendezvous [ray]
     tune/, final/, best_config.yaml, trials.csv, tune_summary.png   the Ray Tune search
 
@@ -205,6 +206,7 @@ class Workdir:
     best_config = property(lambda self: self.root / "best_config.yaml")
     trials_csv = property(lambda self: self.root / "trials.csv")
     tune_summary_plot = property(lambda self: self.root / "tune_summary.png")
+    code = property(lambda self: self.root / "code")  # frozen copies of the package, one per content hash
     mlflow_db = property(lambda self: self.root / "mlflow.db")
     mlartifacts = property(lambda self: self.root / "mlartifacts")
 
@@ -226,6 +228,10 @@ class Workdir:
     def trial(self, trial_id: str) -> RunDir:
         """A Ray Tune trial's training run."""
         return RunDir(self.root / "tune" / "trials" / trial_id)
+
+    def code_snapshots(self) -> list[str]:
+        """The content hashes of the package copies the sweep's jobs imported (``code/<hash>``)."""
+        return sorted(p.name for p in self.code.iterdir() if not p.name.startswith(".")) if self.code.is_dir() else []
 
     def job_file(self, key: str) -> Path:
         """The registry record of job ``key`` (``teacher``, ``student/RM+TL``, ``eval``)."""

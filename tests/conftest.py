@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,3 +59,36 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     seed = int(np.random.SeedSequence().entropy % 2**32)
     print(f"{request.node.name}: rng seed {seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def fresh_venv(tmp_path):
+    """``fresh_venv(name)``: a new virtual environment without ctsl_hpc that reuses this one's installed
+    dependencies (a ``.pth`` line naming our site-packages: its own ``.pth`` files, such as this
+    checkout's editable install, are not read from there). Returns the new interpreter."""
+    import site
+    import subprocess
+    import sys
+    import sysconfig
+
+    def make(name: str = "venv") -> Path:
+        root = tmp_path / name
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
+        python = root / "bin" / "python"
+        purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+        ours = sysconfig.get_path("purelib") if sys.prefix != sys.base_prefix else site.getsitepackages()[0]
+        (Path(purelib) / "_ctsl_test_deps.pth").write_text(ours + "\n")
+        return python
+
+    return make
+
+
+def pip_install(python: Path, *args: str) -> None:
+    """``pip install ARGS`` into the environment of ``python`` (our pip drives it); the ctsl_hpc our
+    dependencies line shows (this checkout's) counts as not installed there."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--ignore-installed",
+                    "--no-build-isolation", *args], check=True, timeout=300)

@@ -5,7 +5,15 @@ import torch
 from transformers import Wav2Vec2Model
 
 from ctsl_hpc.config import load_config
-from ctsl_hpc.model import EmotionModel, build_model, load_model, pretrained_backbone, save_model, tiny_backbone_config
+from ctsl_hpc.model import (
+    WEIGHTS_FILE,
+    EmotionModel,
+    build_model,
+    load_model,
+    pretrained_backbone,
+    save_model,
+    tiny_backbone_config,
+)
 
 
 @pytest.fixture
@@ -88,7 +96,7 @@ def test_save_and_load_round_trip_gives_identical_predictions(model_cfg, tmp_pat
 
 
 def test_loading_a_non_model_directory_names_the_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.pt"):
+    with pytest.raises(FileNotFoundError, match=WEIGHTS_FILE):
         load_model(tmp_path)
 
 

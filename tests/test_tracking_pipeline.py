@@ -7,6 +7,7 @@ from mlflow import MlflowClient
 
 from ctsl_hpc.jobs import evaluate_job
 from ctsl_hpc.launch.__main__ import main
+from ctsl_hpc.model import WEIGHTS_FILE
 
 pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
@@ -39,7 +40,7 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
         assert sorted(m.step for m in history) == [1, 2], name
         for key in ("loss/ccc", "loss/total", "ccc/snr0/arousal", "ccc/clean/valence", "emb/snr0/rmse", "emb/snr5/infonce"):
             assert key in run.data.metrics, (name, key)
-        assert "model/model.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+        assert f"model/{WEIGHTS_FILE}" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
         assert run.info.status == "FINISHED", name
     tl = client.get_metric_history(runs["student/RM+TL+CL"].info.run_id, "loss/tl")
     assert all(m.value > 0 for m in tl)

@@ -9,21 +9,13 @@ Example:
     (3, 50.0)
 """
 
-from ctsl_hpc.config.loading import (
-    CONFIG_DIR,
-    DEMO_CONFIG,
-    SWEEP_CONFIG,
-    build_section,
-    config_from_dict,
-    flatten,
-    load_config,
-    parse_override,
-    shipped_file,
-)
+from ctsl_hpc.config.files import CONFIG_DIR, DEMO_CONFIG, SWEEP_CONFIG, shipped_file
+from ctsl_hpc.config.loading import build_section, config_from_dict, flatten, load_config, parse_override
 from ctsl_hpc.config.schema import (
     SLURM_STAGES,
     TRAINING_STAGES,
     ConfigError,
+    ContainerConfig,
     DataConfig,
     EvalConfig,
     ExperimentConfig,
@@ -41,7 +33,7 @@ from ctsl_hpc.config.schema import (
 from ctsl_hpc.config.validation import validate
 
 __all__ = [
-    "CONFIG_DIR", "DEMO_CONFIG", "SWEEP_CONFIG", "SLURM_STAGES", "TRAINING_STAGES", "ConfigError", "DataConfig", "EvalConfig",
+    "CONFIG_DIR", "DEMO_CONFIG", "SWEEP_CONFIG", "SLURM_STAGES", "TRAINING_STAGES", "ConfigError", "ContainerConfig", "DataConfig", "EvalConfig",
     "ExperimentConfig", "ModelConfig", "NoiseConfig", "SlurmConfig", "SlurmStageConfig", "StudentConfig",
     "SyntheticConfig", "TinyBackboneConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "build_section",
     "config_from_dict", "flatten", "load_config", "parse_override", "shipped_file", "validate",

@@ -20,19 +20,9 @@ from typing import Any, Literal
 
 import yaml
 
+from ctsl_hpc.config.files import DEMO_CONFIG, ConfigFile, shipped_file
 from ctsl_hpc.config.schema import ConfigError, ExperimentConfig
 from ctsl_hpc.config.validation import validate
-
-REPOSITORY = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPOSITORY / "configs"
-DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
-SWEEP_CONFIG = CONFIG_DIR / "sweep.yaml"  # what `sweep --tune` runs by default
-
-
-def shipped_file(path: str | Path) -> Path:
-    """``path`` as given when it exists, else relative to the repository (``configs/deepspeed/zero2.json``)."""
-    file = Path(path)
-    return file if file.is_absolute() or file.exists() else REPOSITORY / file
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -121,11 +111,9 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: ConfigFile) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     if loaded is None:
@@ -135,9 +123,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Load ``path`` (default: ``configs/demo.yaml``), apply dotted overrides, validate."""
-    values = _read_yaml(Path(path) if path else DEMO_CONFIG)
+def load_config(path: str | ConfigFile | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Load ``path`` (a file, or the name of a shipped config; default: the demo), apply dotted
+    overrides, validate."""
+    if path is None:
+        path = DEMO_CONFIG
+    elif isinstance(path, (str, Path)):
+        path = shipped_file(path)
+    values = _read_yaml(path)
     for text in overrides:
         values = _merge(values, parse_override(text))
     cfg = build_section(ExperimentConfig, values)

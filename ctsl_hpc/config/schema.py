@@ -149,6 +149,16 @@ class TuneConfig:
 
 
 @dataclass
+class ContainerConfig:
+    """A container every job of a stage runs in: Apptainer, or pyxis (``srun --container-image``)."""
+
+    runtime: Literal["apptainer", "pyxis"] | None = None  # None: no container
+    image: str | None = None  # Apptainer: a .sif file; pyxis: an image (docker://..., a .sqsh file)
+    mounts: list[str] = field(default_factory=list)  # host[:container] paths the jobs read and write
+    options: list[str] = field(default_factory=list)  # more `apptainer exec` / srun options
+
+
+@dataclass
 class SlurmStageConfig:
     """Per-stage Slurm overrides (teacher, students, eval, tune); ``None`` inherits the ``slurm.*`` default."""
 
@@ -166,6 +176,10 @@ class SlurmStageConfig:
     signal_delay_s: int | None = None
     max_requeues: int | None = None
     additional: dict[str, Any] | None = None  # extra sbatch options, merged over slurm.additional
+    setup: list[str] | None = None  # replaces slurm.setup for this stage
+    python: str | None = None
+    container: ContainerConfig | None = None
+    env: dict[str, str] | None = None  # merged over slurm.env
 
 
 SLURM_STAGES = ("teacher", "students", "eval", "tune")  # job stages, each with its own overrides (tune: the Ray allocation)
@@ -190,6 +204,10 @@ class SlurmConfig:
     signal_delay_s: int = 120
     max_requeues: int = 10
     additional: dict[str, Any] = field(default_factory=dict)  # e.g. {"exclusive": true, "reservation": "x"}
+    setup: list[str] = field(default_factory=list)  # shell lines before Python: module load, source venv/bin/activate
+    python: str | None = None  # the interpreter command; None: the one that submits (sys.executable)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+    env: dict[str, str] = field(default_factory=dict)  # exported in the job script, e.g. NCCL_SOCKET_IFNAME
     teacher: SlurmStageConfig = field(default_factory=SlurmStageConfig)
     students: SlurmStageConfig = field(default_factory=SlurmStageConfig)
     eval: SlurmStageConfig = field(default_factory=SlurmStageConfig)
@@ -205,6 +223,7 @@ class SlurmConfig:
             mine = getattr(override, f.name)
             values[f.name] = getattr(self, f.name) if mine is None else mine
         values["additional"] = {**self.additional, **(override.additional or {})}
+        values["env"] = {**self.env, **(override.env or {})}
         return SlurmStageConfig(**values)
 
 

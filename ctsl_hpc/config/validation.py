@@ -8,7 +8,16 @@ cannot say (positive sizes, known variant and corpus names, per-stage Slurm sett
 from __future__ import annotations
 
 from ctsl_hpc import variants
-from ctsl_hpc.config.schema import SLURM_STAGES, TRAINING_STAGES, ConfigError, ExperimentConfig, SlurmConfig, TuneConfig
+from ctsl_hpc.config.files import shipped_file
+from ctsl_hpc.config.schema import (
+    SLURM_STAGES,
+    TRAINING_STAGES,
+    ConfigError,
+    ExperimentConfig,
+    SlurmConfig,
+    SlurmStageConfig,
+    TuneConfig,
+)
 from ctsl_hpc.data.corpora import corpus_names, corpus_spec
 
 
@@ -74,6 +83,11 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(e.top_k >= 1, "eval.top_k", "must be at least 1")
     _require(0 < e.alpha < 1, "eval.alpha", "must be in (0, 1)")
     _require(e.batch_size >= 1, "eval.batch_size", "must be at least 1")
+    if t.engine == "deepspeed":
+        try:
+            shipped_file(t.deepspeed_config, ".json", "deepspeed")
+        except ConfigError as exc:
+            raise ConfigError(f"train.deepspeed_config: {exc}") from None
     _validate_tune(cfg.tune)
     _validate_slurm(cfg.slurm, t.engine)
     for condition in e.noisy_roots:
@@ -85,6 +99,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def _validate_slurm(slurm: SlurmConfig, engine: str) -> None:
+    _validate_job_environment(slurm, "slurm")  # the defaults first: an error names the key that was set
     for name in SLURM_STAGES:
         st, key = slurm.stage(name), f"slurm.{name}"
         _require(st.tasks_per_node is None or st.tasks_per_node >= 1, f"{key}.tasks_per_node", "must be at least 1")
@@ -101,6 +116,21 @@ def _validate_slurm(slurm: SlurmConfig, engine: str) -> None:
         _require(st.array_parallelism >= 1, f"{key}.array_parallelism", "must be at least 1")
         _require(0 <= st.signal_delay_s < st.time_min * 60, f"{key}.signal_delay_s", "must be in [0, time_min * 60)")
         _require(st.max_requeues >= 0, f"{key}.max_requeues", "must be >= 0")
+        _validate_job_environment(st, key)
+
+
+def _validate_job_environment(st: SlurmConfig | SlurmStageConfig, key: str) -> None:
+    """Setup lines, the interpreter, exported variables and the container: one line each, well formed."""
+    for i, line in enumerate(st.setup):
+        _require("\n" not in line and "\r" not in line, f"{key}.setup[{i}]", "must be one line (one shell line per entry)")
+    _require(st.python is None or (st.python.strip() and "\n" not in st.python), f"{key}.python",
+             "must be a one-line command such as 'python3' or '/shared/venv/bin/python'")
+    for name, value in st.env.items():
+        _require(name.isidentifier() and name.isascii(), f"{key}.env.{name}", "is not a shell variable name")
+        _require("\n" not in str(value), f"{key}.env.{name}", "must be one line")
+    container = st.container
+    if container.runtime is not None:
+        _require(bool(container.image), f"{key}.container.image", f"is required with container.runtime {container.runtime}")
 
 
 def _validate_tune(tune: TuneConfig) -> None:

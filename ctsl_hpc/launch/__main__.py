@@ -16,7 +16,7 @@ import time
 
 from ctsl_hpc.config import SWEEP_CONFIG, ConfigError, ExperimentConfig, load_config
 from ctsl_hpc.launch.backends import backend_names, make_backend
-from ctsl_hpc.launch.graph import stage_names, submit_sweep
+from ctsl_hpc.launch.graph import submit_sweep
 from ctsl_hpc.launch.manage import ManageError
 from ctsl_hpc.launch.registry import Registry
 from ctsl_hpc.launch.slurm_cli import SlurmError
@@ -68,6 +68,7 @@ def _sweep(cfg: ExperimentConfig, cluster: str) -> int:
         from ctsl_hpc.experiment import Experiment
 
         Experiment(cfg, workdir).data.check()
+    earlier = {r.code for r in Registry(workdir.root).all() if r.code}
     plan = submit_sweep(workdir, cfg, backend)
     if backend.blocking:
         print(workdir.report.table1_md.read_text())
@@ -80,6 +81,12 @@ def _sweep(cfg: ExperimentConfig, cluster: str) -> int:
         print(f"{stage.stage}: submitted {', '.join(submitted) or '-'}"
               + (f"; done {[t.name for t in stage.done]}" if stage.done else "")
               + (f"; still queued {sorted(stage.running.values())}" if stage.running else ""))
+    submitted = {records[t.key].code for stage in plan for t in stage.submit} - {""}
+    for code in sorted(submitted):
+        print(f"code {code}: the submitted jobs import {workdir.code / code}, also after every requeue")
+    if submitted and earlier and not submitted <= earlier:
+        print(f"the package changed since the earlier submissions (code {', '.join(sorted(earlier))}): the jobs "
+              f"submitted now run code {', '.join(sorted(submitted))}; finished stages keep their results")
     print(f"work directory: {workdir.root}")
     print(f"follow with: python -m ctsl_hpc.launch status --workdir {workdir.root}")
     return 0

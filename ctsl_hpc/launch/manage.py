@@ -38,6 +38,7 @@ class StatusRow:
     best_dev_ccc: float | None
     gpu_hours: float | None
     message: str = ""
+    code: str = ""
 
 
 def _backends(workdir: Workdir, cfg: ExperimentConfig, records: Sequence[JobRecord]) -> dict[str, Backend]:
@@ -73,14 +74,14 @@ def status_rows(workdir: Workdir, cfg: ExperimentConfig) -> list[StatusRow]:
             hours = sum(usage[j].gpu_hours for j in (*record.history, record.job_id) if j in usage)
         rows.append(StatusRow(
             task.stage, task.label, record.job_id or "", state, acct.elapsed_s if acct else None,
-            record.requeues, last, best, hours, record.message,
+            record.requeues, last, best, hours, record.message, record.code,
         ))
     return rows
 
 
 def format_status(rows: Sequence[StatusRow]) -> str:
     """The status rows as an aligned text table, GPU-hours totalled."""
-    header = ["stage", "variant", "job id", "state", "elapsed", "requeues", "last epoch", "best dev CCC", "GPU h"]
+    header = ["stage", "variant", "job id", "state", "elapsed", "requeues", "last epoch", "best dev CCC", "GPU h", "code"]
     lines = [header]
     for r in rows:
         elapsed = "" if r.elapsed_s is None else f"{r.elapsed_s // 3600:d}:{r.elapsed_s // 60 % 60:02d}:{r.elapsed_s % 60:02d}"
@@ -89,6 +90,7 @@ def format_status(rows: Sequence[StatusRow]) -> str:
             "" if r.last_epoch is None else str(r.last_epoch),
             "" if r.best_dev_ccc is None else f"{r.best_dev_ccc:.3f}",
             "" if r.gpu_hours is None else f"{r.gpu_hours:.3f}",
+            r.code,
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]

@@ -38,8 +38,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ctsl_hpc.code import snapshot
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.launch import slurm_env
+from ctsl_hpc.launch.slurm_job import log_code_origin
 from ctsl_hpc.logs import setup_logging
 from ctsl_hpc.processes import free_port, stop_process_group
 from ctsl_hpc.workdir import ReportFiles, Workdir, atomic_write_text
@@ -228,6 +230,7 @@ def tune_allocation(workdir: str, config: str | None = None, overrides: list[str
 
     setup_logging()
     slurm_env.export_run_tags()
+    log_code_origin()
     job = slurm_env.job_id() or "local"
     root = Workdir(workdir)
 
@@ -254,15 +257,11 @@ def tune_allocation(workdir: str, config: str | None = None, overrides: list[str
 
 def submit(cfg: ExperimentConfig, workdir: Workdir):
     """Submit the sweep (Ray cluster + Tune driver) as one Slurm allocation; returns the submitit job."""
-    import submitit
+    from ctsl_hpc.launch.backends.slurm import make_executor, stage_parameters
 
-    from ctsl_hpc.launch.backends.slurm import stage_parameters
-
-    executor = submitit.AutoExecutor(folder=workdir.submitit / "tune", cluster="slurm")
-    params = stage_parameters(cfg, "tune", requeue=True)
+    python, params = stage_parameters(cfg, "tune", code=snapshot(workdir.code), requeue=True)
     params["name"] = f"{cfg.name}-tune"
-    executor.update_parameters(**params)
-    job = executor.submit(tune_allocation, str(workdir.root))
+    job = make_executor(workdir.submitit / "tune", python, params).submit(tune_allocation, str(workdir.root))
     workdir.ray.mkdir(exist_ok=True)
     atomic_write_text(workdir.ray / "submitted", f"{job.job_id}\n")
     return job

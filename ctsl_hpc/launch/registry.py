@@ -43,6 +43,7 @@ class JobRecord:
     message: str = ""
     resources: dict[str, Any] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)  # earlier job ids of this key
+    code: str = ""  # the content hash of the package the job imports (ctsl_hpc.code); "" where it runs in place
     updated: float = 0.0
 
     @property

@@ -22,9 +22,10 @@ from typing import Any
 
 import submitit
 
+from ctsl_hpc.code import PACKAGE, package_hash
 from ctsl_hpc.launch import slurm_env
-from ctsl_hpc.launch.task import Task, run_task
 from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.task import Task, run_task
 from ctsl_hpc.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGTERM, flag)
         slurm_env.export_ranks()
         slurm_env.export_run_tags()
+        log_code_origin()
         env = submitit.JobEnvironment()
         registry, restarts = Registry(self._workdir), slurm_env.restart_count()
         if env.global_rank == 0:
@@ -112,6 +114,11 @@ class SlurmJob(submitit.helpers.Checkpointable):
             sys.exit(-1)
         _wait_for_rank0_to_leave()  # ranks > 0: submitit's handler returns there
         sys.exit(-1)
+
+
+def log_code_origin() -> None:
+    """Say which code this job runs: the package's content hash and where it is imported from."""
+    log.info("code %s: ctsl_hpc imported from %s", package_hash(), PACKAGE)
 
 
 def _job_setup() -> None:

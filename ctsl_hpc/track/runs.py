@@ -124,14 +124,19 @@ class Tracker:
             run.log_params(config.to_dict())
         return run
 
-    def child(self, key: str, tags: Mapping[str, str] | None = None, name: str | None = None) -> Run:
-        """Open the child run ``key`` (``"teacher"``, ``"student/RM+TL"``, ``"trial/0003"``)."""
+    def child(
+        self, key: str, tags: Mapping[str, str] | None = None, name: str | None = None, retag: bool = True
+    ) -> Run:
+        """Open the child run ``key`` (``"teacher"``, ``"student/RM+TL"``, ``"trial/0003"``).
+
+        A run that exists is reopened; ``retag=False`` keeps its tags (where it ran, its code) as they
+        are, for a job that only adds results to it (the evaluation)."""
         if not key or key == PARENT_KEY:
             raise ValueError(f"child run key {key!r} is empty or reserved")
         if not self._known(PARENT_KEY):
             raise RuntimeError(f"open the parent run before child {key!r} (Tracker.parent())")
         all_tags = dict(context_tags(), **(tags or {}))
-        return self._open(key, PARENT_KEY, name or key, all_tags)
+        return self._open(key, PARENT_KEY, name or key, all_tags, retag)
 
     def run_ids(self) -> dict[str, str]:
         """Key -> run id of every run created so far (runs still spooled are absent)."""
@@ -163,7 +168,7 @@ class Tracker:
                 rec.get("op") == "create" and rec.get("key") == key for rec in self._state.pending_records()
             )
 
-    def _open(self, key: str, parent: str | None, name: str, tags: dict[str, str]) -> Run:
+    def _open(self, key: str, parent: str | None, name: str, tags: dict[str, str], retag: bool = True) -> Run:
         existing = self._known(key)
         record = (
             {"op": "reopen", "key": key}
@@ -181,7 +186,7 @@ class Tracker:
         )
         self._record(record)
         run = Run(self, key)
-        if existing:
+        if existing and retag:
             run.set_tags(tags)
         return run
 

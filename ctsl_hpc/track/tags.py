@@ -12,13 +12,15 @@ import subprocess
 from pathlib import Path
 
 import ctsl_hpc
+from ctsl_hpc.code import package_hash
 
 RUN_TAGS_ENV = "CTSL_RUN_TAGS"  # JSON tags a launcher exports for every run of its job (and its Ray workers)
 
 
 def context_tags() -> dict[str, str]:
-    """Package version, git commit, host, and the tags the job's launcher exported in ``$CTSL_RUN_TAGS``."""
-    tags = {"ctsl.version": ctsl_hpc.__version__, "ctsl.host": socket.gethostname()}
+    """Package version, the content hash of the code running (:mod:`ctsl_hpc.code`), git commit, host, and
+    the tags the job's launcher exported in ``$CTSL_RUN_TAGS``."""
+    tags = {"ctsl.version": ctsl_hpc.__version__, "ctsl.code_hash": package_hash(), "ctsl.host": socket.gethostname()}
     package_dir = Path(ctsl_hpc.__file__).resolve().parent
     try:
         commit = subprocess.run(

@@ -21,6 +21,8 @@ from ctsl_hpc.workdir import RunDir
 
 MARKER = "COMPLETE"
 TRAINER_FILE = "trainer.pt"
+# what numpy.random.get_state() pickles to (an ndarray of the MT19937 keys)
+NUMPY_RNG_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np._core.multiarray._reconstruct]
 
 
 def rng_state() -> dict[str, Any]:
@@ -87,8 +89,16 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def load_state(path: Path, map_location: Any = "cpu") -> Any:
+    """A file this package saved with ``torch.save``, loaded tensors-only (``weights_only``): plain
+    containers, numbers and tensors, plus the numpy types of numpy's RNG state. Anything else in it
+    (a pickled object that would run code) is refused."""
+    with torch.serialization.safe_globals(NUMPY_RNG_GLOBALS):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / TRAINER_FILE, map_location="cpu", weights_only=False)
+    return load_state(checkpoint / TRAINER_FILE)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, protect: set[Path]) -> None:

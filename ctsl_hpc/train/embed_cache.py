@@ -10,20 +10,22 @@ every step) used when ``student.cache_teacher_embeddings`` is off.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from ctsl_hpc.data.batching import UtteranceSet
-from ctsl_hpc.model import WEIGHTS_FILE, EmotionModel
+from ctsl_hpc.model import EmotionModel, weights_file
 from ctsl_hpc.train.inference import predict
 from ctsl_hpc.train.objective import TeacherEmbedder
 from ctsl_hpc.workdir import atomic_write_bytes
 
 log = logging.getLogger(__name__)
+
+CACHE_TENSOR = "embeddings"
 
 
 def file_digest(path: Path) -> str:
@@ -37,7 +39,7 @@ def file_digest(path: Path) -> str:
 def cache_key(teacher_dir: Path, dataset: UtteranceSet) -> str:
     """Hash of the teacher's weights and of exactly what it embeds (files, crop, normalisation)."""
     payload = {
-        "teacher": file_digest(Path(teacher_dir) / WEIGHTS_FILE),
+        "teacher": file_digest(weights_file(teacher_dir)),
         "files": [str(u.path) for u in dataset.utterances],
         "sample_rate": dataset.sample_rate,
         "max_seconds": dataset.max_seconds,
@@ -50,16 +52,14 @@ def teacher_embeddings(
     teacher: EmotionModel, teacher_dir: Path, dataset: UtteranceSet, cache_dir: Path, batch_size: int
 ) -> torch.Tensor:
     """[N, D] clean embeddings of ``dataset`` by ``teacher``; computed once, then read from the cache."""
-    path = Path(cache_dir) / f"teacher-{cache_key(teacher_dir, dataset)}.pt"
+    path = Path(cache_dir) / f"teacher-{cache_key(teacher_dir, dataset)}.safetensors"
     if path.is_file():
-        return torch.load(path, weights_only=True)
+        return safetensors.torch.load(path.read_bytes())[CACHE_TENSOR]
     log.info("computing the teacher's clean embeddings of %d utterances -> %s", len(dataset), path)
     _, embeddings = predict(teacher, dataset, batch_size, use_noisy=False)
     table = torch.from_numpy(embeddings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(table, buffer)
-    atomic_write_bytes(path, buffer.getvalue())  # every rank of a multi-task job may write it
+    atomic_write_bytes(path, safetensors.torch.save({CACHE_TENSOR: table}))  # every rank of a job may write it
     return table
 
 

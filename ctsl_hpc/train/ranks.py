@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ctsl_hpc.processes import free_port
 
+
 @dataclass(frozen=True)
 class RankEnv:
     rank: int

@@ -19,12 +19,14 @@ from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.launch.backends import Backend, register
 from ctsl_hpc.launch.registry import Registry
 from ctsl_hpc.launch.task import Task
+from ctsl_hpc.model import load_weights
 from ctsl_hpc.workdir import Workdir
 
 CONDITIONS = {"clean", "snr10", "snr5", "snr0"}
 RUNNER = """
 import pickle, sys
 from ctsl_hpc.launch.task import run_task
+from ctsl_hpc.model import load_weights
 task, workdir = pickle.load(sys.stdin.buffer)
 run_task(task, workdir)
 """
@@ -47,8 +49,8 @@ def test_a_toy_variant_needs_one_entry_in_the_spec_table(tiny_overrides, tmp_pat
     _complete_table1(workdir, ["original", "RM", toy.name])
     history = json.loads(workdir.student(toy.name).history.read_text())
     assert all(epoch["losses"]["cl"] > 0 and epoch["losses"]["tl"] == 0 for epoch in history)  # its term, weighted
-    teacher = torch.load(workdir.teacher.summary().best_dir / "model.pt", weights_only=True)
-    student = torch.load(workdir.student(toy.name).summary().best_dir / "model.pt", weights_only=True)
+    teacher = load_weights(workdir.teacher.summary().best_dir)
+    student = load_weights(workdir.student(toy.name).summary().best_dir)
     backbone = [k for k in teacher if k.startswith("backbone.")]
     assert backbone and all(torch.equal(teacher[k], student[k]) for k in backbone)  # head only, as its spec says
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher if k.startswith("head."))

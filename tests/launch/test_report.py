@@ -10,6 +10,7 @@ from matplotlib.image import imread
 
 from ctsl_hpc.evaluate import report
 from ctsl_hpc.launch.__main__ import main
+from ctsl_hpc.model import WEIGHTS_FILE
 from ctsl_hpc.workdir import ReportFiles
 
 REBUILT = (ReportFiles.TABLE1_MD, ReportFiles.TABLE1_JSON, ReportFiles.TABLE2_MD, ReportFiles.CCC_PLOT, ReportFiles.PROJECTION_PLOT)
@@ -29,7 +30,7 @@ def test_report_rebuilds_tables_and_plots_without_any_model(swept, capsys):
     saved = {name: (out / name).read_bytes() for name in (ReportFiles.TABLE1_MD, ReportFiles.TABLE1_JSON, ReportFiles.TABLE2_MD)}
     for name in REBUILT:
         (out / name).unlink()
-    weights = list(swept.rglob("model.pt"))
+    weights = list(swept.rglob(WEIGHTS_FILE))
     assert weights
     for path in weights:  # nothing may be recomputed from a model
         path.unlink()

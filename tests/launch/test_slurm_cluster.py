@@ -27,6 +27,7 @@ from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.launch.backends.slurm import SlurmBackend
 from ctsl_hpc.launch.registry import Registry
 from ctsl_hpc.launch.slurm_cli import job_states
+from ctsl_hpc.model import load_weights
 from ctsl_hpc.train.checkpoint import complete_checkpoints
 from ctsl_hpc.workdir import Workdir
 from tests.launch.conftest import sweep_task
@@ -114,7 +115,7 @@ def test_scontrol_requeue_resumes_from_the_last_complete_checkpoint(sweeps: Swee
     assert len(resumed) == 1 and resumed[0] >= sweeps.teacher_epoch1_step, log[-3000:]
     rows = slurm_cluster.sacct_rows(record.job_id)
     assert [r["State"] for r in rows][-1] == "COMPLETED" and len(rows) == 2
-    weights = lambda work: torch.load(work / "teacher" / "epochs" / "epoch-002" / "model.pt")  # noqa: E731
+    weights = lambda work: load_weights(Workdir(work).teacher.epoch_dir(2))  # noqa: E731
     local, remote = weights(sweeps.local), weights(sweeps.slurm)
     assert all(torch.equal(local[k], remote[k]) for k in local)
 
@@ -174,9 +175,9 @@ def test_student_preempted_twice_mid_epoch_matches_an_uninterrupted_run(sweeps: 
         return json.loads(Workdir(work).student("RM").history.read_text())
 
     assert history(work) == history(sweeps.local)
-    for epoch in ("epoch-001", "epoch-002"):
-        ours = torch.load(work / "students" / "RM" / "epochs" / epoch / "model.pt")
-        reference = torch.load(sweeps.local / "students" / "RM" / "epochs" / epoch / "model.pt")
+    for epoch in (1, 2):
+        ours = load_weights(Workdir(work).student("RM").epoch_dir(epoch))
+        reference = load_weights(Workdir(sweeps.local).student("RM").epoch_dir(epoch))
         assert ours.keys() == reference.keys()
         assert all(torch.equal(ours[k], reference[k]) for k in ours), epoch
 

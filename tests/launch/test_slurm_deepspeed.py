@@ -30,7 +30,8 @@ from ctsl_hpc.config import ConfigError, ExperimentConfig, load_config
 from ctsl_hpc.experiment import Experiment, train_student, train_teacher
 from ctsl_hpc.launch.backends.slurm import SlurmBackend, executor_parameters, tasks_per_node
 from ctsl_hpc.launch.registry import Registry
-from ctsl_hpc.workdir import Workdir
+from ctsl_hpc.model import load_weights
+from ctsl_hpc.workdir import RunDir, Workdir
 from tests.launch.conftest import sweep_task
 
 EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
@@ -88,7 +89,7 @@ def copy_with_teacher(reference: Path, dest: Path, overrides: list[str]) -> tupl
 
 
 def epoch_weights(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "epochs" / f"epoch-{epoch:03d}" / "model.pt", weights_only=True)
+    return load_weights(RunDir(run_dir).epoch_dir(epoch))
 
 
 def history(run_dir: Path) -> list[dict]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-
 from unittest import mock
 
 import numpy as np

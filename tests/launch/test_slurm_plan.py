@@ -136,3 +136,35 @@ def test_gpu_example_config_runs_one_task_per_gpu_and_one_gpu_for_eval():
     params = executor_parameters("x", cfg.slurm.stage("students"), tasks_per_node(cfg, "students"))
     assert params["gpus_per_node"] == 4 and params["tasks_per_node"] == 4 and params["slurm_partition"] == "gpu"
     assert cfg.train.batch_size % params["tasks_per_node"] == 0
+
+
+def test_job_environment_exports_runs_setup_then_the_frozen_code_and_wraps_containers(tmp_path: Path):
+    from ctsl_hpc.launch.backends.slurm import job_environment
+
+    cfg = load_config(None, [
+        "slurm.setup=['module load cuda/12.4', 'source /shared/venv/bin/activate']", "slurm.env={NCCL_SOCKET_IFNAME: ib0}",
+        "slurm.students.setup=['conda activate ctsl']", "slurm.teacher.gpus_per_node=4",
+        "slurm.teacher.container={runtime: apptainer, image: /shared/ctsl.sif, mounts: [/shared, /scratch]}",
+        "slurm.eval.container={runtime: pyxis, image: 'nvcr.io#nvidia/pytorch:24.05-py3', mounts: ['/shared:/shared']}",
+    ])
+    python, setup, srun = job_environment(cfg.slurm.stage("students"), tmp_path / "code" / "abc")
+    assert setup == ["export NCCL_SOCKET_IFNAME=ib0", "conda activate ctsl",
+                     f"export PYTHONPATH={tmp_path}/code/abc${{PYTHONPATH:+:$PYTHONPATH}}"]
+    assert python is None and srun == []  # the interpreter that submits
+    python, setup, _ = job_environment(cfg.slurm.stage("teacher"), None)
+    assert setup[1:] == ["module load cuda/12.4", "source /shared/venv/bin/activate"]
+    assert python == "apptainer exec --nv --bind=/shared --bind=/scratch /shared/ctsl.sif python3"
+    python, _, srun = job_environment(cfg.slurm.stage("eval"), None)
+    assert python == "python3"
+    assert srun == ["--container-image=nvcr.io#nvidia/pytorch:24.05-py3", "--container-mounts=/shared:/shared"]
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ('slurm.setup=["one\\ntwo"]', "slurm.setup[0]"),
+    ("slurm.container={runtime: pyxis}", "slurm.container.image"),
+    ("slurm.env={'A-B': x}", "slurm.env.A-B"),
+    ("slurm.tune.python=''", "slurm.tune.python"),
+])
+def test_a_bad_job_environment_names_its_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
+        load_config(None, [override])

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from ctsl_hpc.config import load_config
+from ctsl_hpc.config import ConfigError, load_config
 from ctsl_hpc.data.batching import LengthBucketSampler, ShardedBatchSampler
-from ctsl_hpc.model import build_model
+from ctsl_hpc.model import build_model, load_weights
 from ctsl_hpc.processes import free_port
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.engines import OptimSettings
@@ -61,8 +61,9 @@ def test_deepspeed_json_holds_only_zero_settings(tmp_path):
     bad.write_text('{"train_batch_size": 64, "zero_optimization": {"stage": 2}}')
     with pytest.raises(ValueError, match="bad.json: train_batch_size come from the experiment config"):
         load_deepspeed_config(bad)
-    with pytest.raises(FileNotFoundError, match="train.deepspeed_config"):
+    with pytest.raises(ConfigError, match="train.deepspeed_config: config file .*missing.json does not exist"):
         load_deepspeed_config(tmp_path / "missing.json")
+    assert load_deepspeed_config("zero3") == load_deepspeed_config("configs/deepspeed/zero3.json")  # a shipped name
 
 
 def test_deepspeed_batch_sizes_and_precision_come_from_the_experiment():
@@ -165,7 +166,7 @@ def test_two_ranks_zero3_save_consolidated_epoch_weights(overrides, one_rank_zer
     zero3 = [*overrides, "train.engine=deepspeed", "train.deepspeed_config=configs/deepspeed/zero3.json"]
     two = launch(2, tmp_path / "z3", zero3)
     np.testing.assert_allclose(losses(two), losses(one_rank_zero2), rtol=1e-5)
-    saved = torch.load(tmp_path / "z3" / "epochs" / "epoch-002" / "model.pt", weights_only=True)
+    saved = load_weights(tmp_path / "z3" / "epochs" / "epoch-002")
     assert_same_weights(saved, one_rank_zero2["weights"], atol=2e-5)
 
 

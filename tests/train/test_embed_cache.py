@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from ctsl_hpc.config import load_config
@@ -15,7 +16,7 @@ from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.experiment import Experiment, train_student, train_teacher
 from ctsl_hpc.model import build_model, save_model
-from ctsl_hpc.train.embed_cache import cache_key, cached_teacher, live_teacher, teacher_embeddings
+from ctsl_hpc.train.embed_cache import CACHE_TENSOR, cache_key, cached_teacher, live_teacher, teacher_embeddings
 from ctsl_hpc.train.loop import fit, make_sampler
 from ctsl_hpc.train.objective import student_loss
 from ctsl_hpc.train.recipe import recipe
@@ -102,7 +103,7 @@ def test_cache_is_rebuilt_when_the_teacher_changes(setup, tmp_path):
     assert cache_key(teacher_dir, clean) != cache_key(other_dir, clean)
     first = teacher_embeddings(teacher, teacher_dir, clean, tmp_path, batch_size=8)
     second = teacher_embeddings(other, other_dir, clean, tmp_path, batch_size=8)
-    assert len(list(tmp_path.glob("teacher-*.pt"))) == 2
+    assert len(list(tmp_path.glob("teacher-*.safetensors"))) == 2
     assert not torch.allclose(first, second)
     # a changed crop is other data: another key as well
     cropped = UtteranceSet(clean.utterances, 16000, 1.5, stats=clean.stats, preload=True)
@@ -112,9 +113,9 @@ def test_cache_is_rebuilt_when_the_teacher_changes(setup, tmp_path):
 def test_second_call_loads_the_cache_instead_of_recomputing(setup, tmp_path):
     _, _, clean, teacher, teacher_dir, _ = setup
     teacher_embeddings(teacher, teacher_dir, clean, tmp_path, batch_size=8)
-    (path,) = tmp_path.glob("teacher-*.pt")
+    (path,) = tmp_path.glob("teacher-*.safetensors")
     marker = torch.randn(len(clean), teacher.embedding_dim)
-    torch.save(marker, path)  # what the second call returns proves it read the file
+    path.write_bytes(safetensors.torch.save({CACHE_TENSOR: marker}))  # what the second call returns proves it read the file
     assert torch.equal(teacher_embeddings(teacher, teacher_dir, clean, tmp_path, batch_size=8), marker)
 
 
@@ -124,7 +125,7 @@ def test_student_variants_share_one_cache_built_once(tiny_overrides, tmp_path):
     exp = Experiment.open(cfg)
     train_teacher(exp)
     train_student(exp, "RM+TL")
-    (cache,) = exp.workdir.cache.glob("teacher-*.pt")
+    (cache,) = exp.workdir.cache.glob("teacher-*.safetensors")
     built = cache.stat().st_mtime_ns, cache.stat().st_ino
     train_student(exp, "RM+CL")
     assert list(exp.workdir.cache.glob("teacher-*")) == [cache]

@@ -12,7 +12,7 @@ from ctsl_hpc.config import load_config
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
-from ctsl_hpc.model import build_model
+from ctsl_hpc.model import WEIGHTS_FILE, build_model
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.embed_cache import cached_teacher
 from ctsl_hpc.train.loop import TrainingInterrupted, fit
@@ -88,7 +88,7 @@ def test_every_epoch_writes_weights_history_and_a_marked_checkpoint(setup, tmp_p
     history = json.loads((tmp_path / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2] == [r.epoch for r in result.epochs]
     for record in result.epochs:
-        assert (tmp_path / "epochs" / f"epoch-{record.epoch:03d}" / "model.pt").is_file()
+        assert (RunDir(tmp_path).epoch_dir(record.epoch) / WEIGHTS_FILE).is_file()
     assert all((p / ckpt.MARKER).is_file() for p in ckpt.complete_checkpoints(tmp_path))
 
 

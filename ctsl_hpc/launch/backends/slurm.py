@@ -9,16 +9,18 @@ cancelled by Slurm if one of them fails (``--kill-on-invalid-dep=yes``). Each ta
 from __future__ import annotations
 
 import logging
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ctsl_hpc.code import package_hash, snapshot
 from ctsl_hpc.config import TRAINING_STAGES, ExperimentConfig, SlurmStageConfig
 from ctsl_hpc.launch import slurm_cli
 from ctsl_hpc.launch.backends.base import Backend, register
-from ctsl_hpc.launch.task import Task
 from ctsl_hpc.launch.registry import JobUsage
 from ctsl_hpc.launch.slurm_job import SlurmJob
+from ctsl_hpc.launch.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +56,64 @@ def executor_parameters(name: str, stage: SlurmStageConfig, tasks: int) -> dict[
     return params
 
 
-def stage_parameters(cfg: ExperimentConfig, stage: str, after: Sequence[str] = (), **additional: Any) -> dict[str, Any]:
-    """Everything submitit needs for ``stage``: resources, the dependency, extra sbatch options."""
+def job_environment(stage: SlurmStageConfig, code: Path | None) -> tuple[str | None, list[str], list[str]]:
+    """How a stage's job script starts Python: (interpreter command, setup lines, srun options).
+
+    Setup: ``slurm.env`` exported, the user's lines (``module load``, ``source .../activate``), then the
+    frozen code first on ``PYTHONPATH`` (``code``: a :func:`ctsl_hpc.code.snapshot` folder). A container
+    runs the interpreter inside it: Apptainer wraps the command (``--nv`` with GPUs, ``--bind`` per
+    mount), pyxis takes srun options; the environment, ``PYTHONPATH`` included, passes into both.
+    """
+    setup = [f"export {name}={shlex.quote(str(value))}" for name, value in stage.env.items()]
+    setup += stage.setup
+    if code is not None:
+        setup.append(f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}")
+    python, srun, container = stage.python, [], stage.container
+    if container.runtime == "apptainer":
+        gpus = ["--nv"] if stage.gpus_per_node else []
+        binds = [f"--bind={mount}" for mount in container.mounts]
+        python = shlex.join(["apptainer", "exec", *gpus, *binds, *container.options, container.image]) + " " + (python or "python3")
+    elif container.runtime == "pyxis":
+        srun = [f"--container-image={container.image}", *container.options]
+        if container.mounts:
+            srun.append(f"--container-mounts={','.join(container.mounts)}")
+        python = python or "python3"
+    return python, setup, srun
+
+
+def stage_parameters(
+    cfg: ExperimentConfig, stage: str, after: Sequence[str] = (), code: Path | None = None, **additional: Any
+) -> tuple[str | None, dict[str, Any]]:
+    """Everything submitit needs for ``stage``: the interpreter, and resources, job script set-up,
+    the dependency and extra sbatch options as ``update_parameters`` arguments."""
     resolved = cfg.slurm.stage(stage)
     params = executor_parameters(f"ctsl-{cfg.name}-{stage}", resolved, tasks_per_node(cfg, stage))
+    python, setup, srun = job_environment(resolved, code)
+    params.update(slurm_setup=setup, slurm_srun_args=srun)
     extra = {**additional, **resolved.additional}
     if after:
         extra.update(dependency=slurm_cli.dependency(after), kill_on_invalid_dep="yes")
     if extra:
         params["slurm_additional_parameters"] = extra
-    return params
+    return python, params
+
+
+def make_executor(folder: Path, python: str | None, params: dict[str, Any]):
+    """A submitit Slurm executor with these parameters (submitit wants ``srun`` on PATH)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_python=python)
+    executor.update_parameters(**params)
+    return executor
 
 
 @register
 class SlurmBackend(Backend):
-    """Submits through submitit to Slurm; returns as soon as sbatch accepted the jobs."""
+    """Submits through submitit to Slurm; returns as soon as sbatch accepted the jobs.
+
+    Every job imports a frozen copy of the package (:mod:`ctsl_hpc.code`), made when the first
+    stage is submitted: requeued jobs run the code they were submitted with.
+    """
 
     name = "slurm"
 
@@ -82,20 +127,25 @@ class SlurmBackend(Backend):
             self._max_array = slurm_cli.max_array_size()
         return self._max_array
 
+    @property
+    def code_hash(self) -> str:
+        """The content hash of the package this command submits."""
+        return package_hash()
+
     def check(self) -> None:
         slurm_cli.require_slurm()
         slurm_cli.check_partitions(self.cfg, ("teacher", "students", "eval"))
 
-    def parameters(self, stage: str, after: Sequence[str]) -> dict[str, Any]:
-        """The submitit parameters of ``stage`` (resources, dependency, extra sbatch options)."""
-        return stage_parameters(self.cfg, stage, after)
+    def parameters(self, stage: str, after: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
+        """The interpreter and submitit parameters of ``stage`` (resources, set-up, dependency, sbatch options)."""
+        return stage_parameters(self.cfg, stage, after, self.workdir.code / self.code_hash)
 
     def submit(self, stage: str, tasks: Sequence[Task], after: Sequence[str]) -> list[str]:
         import submitit
 
-        executor = submitit.AutoExecutor(folder=self.workdir.submitit / "%j", cluster="slurm")
-        params = self.parameters(stage, after)
-        executor.update_parameters(**params)
+        snapshot(self.workdir.code)
+        python, params = self.parameters(stage, after)
+        executor = make_executor(self.workdir.submitit / "%j", python, params)
         max_requeues = self.cfg.slurm.stage(stage).max_requeues
         ids: list[str] = []
         for chunk in slurm_cli.chunks(list(tasks), self.max_array):
@@ -108,7 +158,7 @@ class SlurmBackend(Backend):
                 self.registry.new_record(
                     task.key, task.stage, task.label or None, self.name, job.job_id, state="SUBMITTED",
                     max_requeues=max_requeues, stdout=str(job.paths.stdout), stderr=str(job.paths.stderr),
-                    resources=params,
+                    resources=params, code=self.code_hash,
                 )
                 ids.append(job.job_id)
                 log.info("submitted %s as job %s", task.key, job.job_id)
@@ -136,7 +186,7 @@ class SlurmBackend(Backend):
             arrays = [list(tasks)]
             lines.append(f"  (cluster not reachable, MaxArraySize unknown: {str(exc).splitlines()[0]})")
         shape = f"{len(arrays)} array(s) of {[len(a) for a in arrays]} task(s)" if len(tasks) > 1 else "1 job"
-        return lines + [
+        lines.append(
             f"  {shape}: partition={res.partition or '(default)'} account={res.account or '-'} qos={res.qos or '-'} "
             f"time={res.time_min} min nodes={res.nodes} tasks/node={tasks_per_node(self.cfg, stage)} "
             f"gpus/node={res.gpus_per_node} cpus/task={res.cpus_per_task} mem={res.mem_gb:g} GB "
@@ -144,4 +194,17 @@ class SlurmBackend(Backend):
             + (f" array_parallelism={res.array_parallelism}" if len(tasks) > 1 else "")
             + (f" additional={res.additional}" if res.additional else "")
             + (f" dependency=afterok on {waits_for}" if waits_for else "")
-        ]
+        )
+        return lines + self._script(stage, len(arrays[0]), waits_for)
+
+    def _script(self, stage: str, tasks: int, waits_for: str) -> list[str]:
+        """The stage's sbatch script exactly as submitit writes it (its first array when there are several)."""
+        python, params = self.parameters(stage, [f"<{waits_for}>"] if waits_for else [])
+        try:
+            executor = make_executor(self.workdir.submitit / "%j", python, params)._executor
+        except RuntimeError as exc:  # submitit builds scripts only where srun is
+            return [f"  (no sbatch script: {exc})"]
+        if tasks > 1:
+            executor.parameters["map_count"] = tasks
+        script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+        return ["  sbatch script:", *("    " + line for line in script.splitlines())]

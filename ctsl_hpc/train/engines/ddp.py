@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ctsl_hpc.train.checkpoint import load_state
 from ctsl_hpc.train.engines.plain import Engine, OptimSettings
 from ctsl_hpc.train.ranks import RankEnv, rank_env
 
@@ -91,7 +92,7 @@ class DistributedMixin:
         path = directory / RNG_FILE.format(rank=self.rank)
         if not path.is_file():  # saved by a different world size: keep the trainer's RNG state
             return
-        state = torch.load(path, weights_only=False)
+        state = load_state(path)
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])

@@ -14,6 +14,7 @@ import copy
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ctsl_hpc.config import shipped_file
+from ctsl_hpc.config import ConfigError, shipped_file
+from ctsl_hpc.train.checkpoint import load_state
 from ctsl_hpc.train.engines.ddp import DistributedMixin, init_process_group
 from ctsl_hpc.train.engines.plain import ENGINE_FILE, Engine, OptimSettings
 
@@ -44,12 +46,12 @@ FILLED_KEYS = (
 
 
 def load_deepspeed_config(path: str | os.PathLike) -> dict[str, Any]:
-    """The ZeRO part of a DeepSpeed config (``configs/deepspeed/*.json``), checked."""
-    file = shipped_file(path)
+    """The ZeRO part of a DeepSpeed config (a file, or a shipped one: ``zero2``, ``configs/deepspeed/zero3.json``), checked."""
     try:
+        file = shipped_file(path, ".json", "deepspeed")
         config = json.loads(file.read_text())
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"train.deepspeed_config: {path} does not exist") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"train.deepspeed_config: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"train.deepspeed_config: {file} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
@@ -61,6 +63,24 @@ def load_deepspeed_config(path: str | os.PathLike) -> dict[str, Any]:
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"{file}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
     return config
+
+
+def check_shards(folder: Path) -> None:
+    """Refuse DeepSpeed checkpoint files that hold anything but tensors, plain data and DeepSpeed's own
+    checkpoint classes, before DeepSpeed (which unpickles them without restriction) loads them."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    for shard in sorted(folder.glob("*.pt")):
+        try:
+            with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, fragment_address]):
+                torch.load(shard, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise pickle.UnpicklingError(
+                f"{shard} holds more than tensors and DeepSpeed's checkpoint data ({str(exc).splitlines()[0]}); "
+                "refusing to load it: a work directory must come from someone you trust"
+            ) from None
 
 
 def fill_deepspeed_config(zero: dict[str, Any], settings: OptimSettings, world_size: int, bf16: bool) -> dict[str, Any]:
@@ -171,7 +191,8 @@ class DeepSpeedEngine(DistributedMixin, Engine):
         """All ranks: resume from ``save``'s files (same world size: everything; else fp32 weights)."""
         if (directory / ENGINE_FILE).is_file() and not (directory / DS_META_FILE).is_file():
             raise ValueError(f"{directory} was written by the plain/ddp engine, not by deepspeed")
-        meta = torch.load(directory / DS_META_FILE, weights_only=False)
+        meta = load_state(directory / DS_META_FILE)
+        check_shards(directory / DS_TAG)
         if meta["world_size"] == self.world_size and meta["stage"] == self.stage:
             path, _ = self.ds.load_checkpoint(str(directory), tag=DS_TAG, load_lr_scheduler_states=False)
             if path is None:

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ctsl_hpc.train.checkpoint import load_state
+
 ENGINE_FILE = "engine.pt"
 FUSED_ADAM_DEVICES = ("cuda", "cpu")
 
@@ -136,7 +138,7 @@ class Engine:
         )
 
     def load(self, directory: Path) -> None:
-        state = torch.load(directory / ENGINE_FILE, map_location=self.device, weights_only=False)
+        state = load_state(directory / ENGINE_FILE, map_location=self.device)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
