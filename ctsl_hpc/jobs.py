@@ -14,11 +14,13 @@ they would race on the same files.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ctsl_hpc.workdir import StageSummary, atomic_write_json
+from ctsl_hpc.records import atomic_write_json
+from ctsl_hpc.workdir import StageSummary
 
 if TYPE_CHECKING:
     from ctsl_hpc.experiment import Experiment
@@ -29,13 +31,15 @@ StopRequest = Callable[[], bool]
 UsageMetrics = Callable[[Path], Mapping[str, float]]
 
 
-def _open(workdir: str | Path) -> Experiment:
-    """The work directory's experiment, with its inputs prepared once for all ranks of this job."""
+def _open(workdir: str | Path, check_inputs: bool = False) -> Experiment:
+    """The work directory's experiment (its umask applied); its inputs checked first where ``check_inputs``
+    (the teacher's job: nothing trains before every input was read), and prepared once for all ranks."""
     from ctsl_hpc.experiment import Experiment
     from ctsl_hpc.train.engines.ddp import init_process_group
     from ctsl_hpc.train.ranks import TorchEnvironment
 
     exp = Experiment.reopen(workdir)
+    os.umask(exp.cfg.umask)
     if TorchEnvironment.detect() and TorchEnvironment().world_size() > 1:
         import torch.distributed as dist
 
@@ -44,6 +48,8 @@ def _open(workdir: str | Path) -> Experiment:
             exp.data.check()
         dist.barrier()
         log.info("rank %d of %d ready", env.rank, env.world_size)
+    elif check_inputs:
+        exp.data.check()
     return exp
 
 
@@ -52,7 +58,7 @@ def _tracker(exp: Experiment, system_metrics: bool | None = None):
 
     tracker = open_tracker(exp.workdir.root, exp.cfg, system_metrics)
     if tracker is not None:
-        tracker.parent(config=exp.cfg)
+        tracker.parent(config=exp.cfg, tags={"ctsl.corpus_fingerprint": exp.data.fingerprint})
     return tracker
 
 
@@ -69,7 +75,7 @@ def teacher_job(workdir: str | Path, should_stop: StopRequest | None = None) -> 
     """Train (or resume, or reuse) the teacher."""
     from ctsl_hpc.experiment import never, run_key, train_teacher
 
-    exp = _open(workdir)
+    exp = _open(workdir, check_inputs=True)
     tracker = _tracker(exp)
     run = None if tracker is None else tracker.child(run_key("teacher"))
     summary = train_teacher(exp, sink=run, should_stop=should_stop or never)

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from ctsl_hpc.config import ModelConfig, build_section
+from ctsl_hpc.config import ConfigError, ModelConfig, build_section
 from ctsl_hpc.data.audio import WaveformStats
-from ctsl_hpc.workdir import atomic_write_bytes, atomic_write_text
+from ctsl_hpc.records import atomic_write_bytes, atomic_write_text
 
 WEIGHTS_FILE = "model.safetensors"
 LEGACY_WEIGHTS_FILE = "model.pt"  # a torch pickle, written before the safetensors format: read, never written
@@ -77,6 +77,29 @@ def pretrained_backbone(name_or_dir: str, num_layers: int) -> Wav2Vec2Model:
     config.num_hidden_layers = num_layers
     config.layerdrop = 0.0  # every rank must run the same layers (DDP/DeepSpeed collectives)
     return Wav2Vec2Model.from_pretrained(name_or_dir, config=config)
+
+
+def check_backbone(name: str) -> None:
+    """Fail early, naming ``model.backbone``, when the backbone cannot be loaded here.
+
+    ``tiny`` is built locally; a folder must hold a Hugging Face ``config.json``; a hub id must be in
+    the local Hugging Face cache when the hub is offline (``HF_HUB_OFFLINE=1``, as on compute nodes).
+    """
+    if name == "tiny":
+        return
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.backbone: {path} has no config.json: it is not a Hugging Face model folder")
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str) or not constants.HF_HUB_OFFLINE:
+        return
+    raise ConfigError(
+        f"model.backbone: {name!r} is no folder, and the Hugging Face hub is offline (HF_HUB_OFFLINE=1) with no cached "
+        f"copy: download it where the hub is reachable (huggingface-cli download {name}) or give the folder"
+    )
 
 
 class RegressionHead(nn.Sequential):
@@ -145,8 +168,8 @@ def save_model(model: EmotionModel, directory: str | os.PathLike, stats: Wavefor
     """Write a self-contained model directory that :func:`load_model` reads without the hub."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    model.backbone.config.to_json_file(out / BACKBONE_CONFIG_FILE)
-    (out / MODEL_CONFIG_FILE).write_text(json.dumps(asdict(model.cfg), indent=2))
+    atomic_write_text(out / BACKBONE_CONFIG_FILE, model.backbone.config.to_json_string())
+    atomic_write_text(out / MODEL_CONFIG_FILE, json.dumps(asdict(model.cfg), indent=2))
     if stats is not None:
         atomic_write_text(out / STATS_FILE, stats.to_json())
     weights = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}

@@ -15,6 +15,7 @@ Layout (``Workdir`` attributes in brackets)::
         history.json, DONE, checkpoints/step-00000042/, epochs/epoch-003/
     report/                Table 1 and 2, scores, plots [report: ReportFiles]
     jobs/<key>.json        the job registry [job_file]
+    LOCK                   who drives the work directory now [lock]
     tracking/              the MLflow journal and run ids (its files: ctsl_hpc.track.journal)
     slurm/<job id>/        submitit's scripts and logs [submitit]
     code/<hash>/ctsl_hpc/  the package the sweep's jobs import (ctsl_hpc.code) [code]
@@ -22,60 +23,33 @@ Layout (``Workdir`` attributes in brackets)::
     tune/, final/, best_config.yaml, trials.csv, tune_summary.png   the Ray Tune search
 
 The inside of a checkpoint (engine files), of a model directory (:mod:`ctsl_hpc.model`) and of the
-tracking folder belong to the modules that write them. Every record here is written atomically
-(:func:`atomic_write_text`): a reader never sees half a file. Torch-free: submitting stays fast.
+tracking folder belong to the modules that write them. Every record here is written atomically and
+read back with an error naming a torn file (:mod:`ctsl_hpc.records`). Torch-free: submitting stays fast.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, unquote
 
 import yaml
 
 from ctsl_hpc.config import ConfigError, ExperimentConfig, config_from_dict, flatten
+from ctsl_hpc.processes import pid_alive
+from ctsl_hpc.records import RecordError, atomic_write_json, atomic_write_text, read_json
 
-RUNTIME_KEYS = ("workdir", "slurm", "tracking")  # sections that may change on an existing sweep
+# what may change on an existing sweep: where and how it runs, not what it computes (a section or a dotted key)
+RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "data.on_bad_audio")
 
 
 class ConfigMismatch(ValueError):
     """The work directory was created for another experiment."""
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a uniquely named temporary file and a rename.
-
-    Readers see the old or the new content, never a part; every process (rank, array task) gets
-    its own temporary name, so concurrent writers of the same record cannot collide.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """:func:`atomic_write_bytes` of ``text`` (UTF-8)."""
-    return atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """:func:`atomic_write_text` of ``data`` as indented JSON."""
-    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- a training run
@@ -131,7 +105,8 @@ class RunDir:
         """The summary the finished run wrote, or None while it has not finished."""
         if not self.done.is_file():
             return None
-        saved = json.loads(self.done.read_text())
+        saved = read_json(self.done, "delete it and run the same command again: the run resumes from its newest "
+                                     "checkpoint and marks itself done anew")
         return StageSummary(self, int(saved["best_epoch"]), {int(k): float(v) for k, v in saved["dev_scores"].items()})
 
     def write_summary(self, best_epoch: int, dev_scores: Mapping[int, float]) -> StageSummary:
@@ -143,7 +118,7 @@ class RunDir:
         """(last finished epoch, best development CCC) from the run's history."""
         if not self.history.is_file():
             return None, None
-        epochs = json.loads(self.history.read_text())
+        epochs = read_json(self.history, "delete it: the run rewrites it from its newest checkpoint")
         if not epochs:
             return None, None
         return max(e["epoch"] for e in epochs), max(e["dev_score"] for e in epochs)
@@ -171,6 +146,66 @@ class ReportFiles:
     ccc_plot = property(lambda self: self.path / self.CCC_PLOT)
     projection_npz = property(lambda self: self.path / self.PROJECTION_NPZ)
     projection_plot = property(lambda self: self.path / self.PROJECTION_PLOT)
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+class WorkdirLocked(RuntimeError):
+    """Another process drives this work directory; the message names it."""
+
+
+class WorkdirLock:
+    """The exclusive lock of a work directory, held by the process that drives it.
+
+    The lock is a file made whole before it appears: the holder's host, pid, command and start time
+    go into a private temporary file that is then hard-linked to ``LOCK``. ``link`` fails when
+    ``LOCK`` exists, atomically, on local disks and on NFS (v3 and later); ``flock``/``fcntl`` locks
+    are not reliable on NFS. A lock whose holder is a dead process of this host is stale and is taken
+    over (moved aside by one rename, which only one contender wins); a lock of another host can't be
+    checked from here, so it is refused with the way out (delete the file once that process is gone).
+    """
+
+    def __init__(self, path: Path, command: str):
+        self.path, self.command = path, command
+
+    def __enter__(self) -> WorkdirLock:
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "command": self.command,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        staging = atomic_write_json(self.path.with_name(f".{self.path.name}.{me['host']}.{me['pid']}"), me)
+        try:
+            for _ in range(3):
+                try:
+                    os.link(staging, self.path)
+                    return self
+                except FileExistsError:
+                    self._take_over_if_stale(me["host"])
+            raise WorkdirLocked(f"{self.path.parent} is locked and the lock changed hands while taking it over: try again")
+        finally:
+            staging.unlink(missing_ok=True)
+
+    def _take_over_if_stale(self, host: str) -> None:
+        try:
+            holder = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        except (ValueError, UnicodeDecodeError):
+            holder = {}
+        alive = holder.get("host") != host or pid_alive(int(holder.get("pid", -1)))
+        if holder and alive:
+            raise WorkdirLocked(
+                f"{self.path.parent} is in use by `{holder.get('command')}` (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, since {holder.get('started')}): wait for it or stop it; if that process is "
+                f"gone, delete {self.path}"
+            )
+        try:  # stale: move it aside; of several contenders only one rename succeeds
+            os.rename(self.path, self.path.with_name(f".{self.path.name}.stale.{os.getpid()}"))
+        except FileNotFoundError:
+            return
+        self.path.with_name(f".{self.path.name}.stale.{os.getpid()}").unlink(missing_ok=True)
+
+    def __exit__(self, *_: object) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- the work directory
@@ -207,6 +242,9 @@ class Workdir:
     trials_csv = property(lambda self: self.root / "trials.csv")
     tune_summary_plot = property(lambda self: self.root / "tune_summary.png")
     code = property(lambda self: self.root / "code")  # frozen copies of the package, one per content hash
+    lock_file = property(lambda self: self.root / "LOCK")
+    audio_check = property(lambda self: self.root / "cache" / "audio-check.json")  # verdicts per audio file
+    fingerprint = property(lambda self: self.root / "data" / "fingerprint.json")  # the corpus's content hash
     mlflow_db = property(lambda self: self.root / "mlflow.db")
     mlartifacts = property(lambda self: self.root / "mlartifacts")
 
@@ -229,6 +267,11 @@ class Workdir:
         """A Ray Tune trial's training run."""
         return RunDir(self.root / "tune" / "trials" / trial_id)
 
+    def lock(self, command: str) -> WorkdirLock:
+        """``with workdir.lock("sweep"):`` hold the work directory while this process drives it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return WorkdirLock(self.lock_file, command)
+
     def code_snapshots(self) -> list[str]:
         """The content hashes of the package copies the sweep's jobs imported (``code/<hash>``)."""
         return sorted(p.name for p in self.code.iterdir() if not p.name.startswith(".")) if self.code.is_dir() else []
@@ -248,7 +291,7 @@ class Workdir:
         for name in self.SHARED_WITH_FINAL:
             link, target = final.root / name, self.root / name
             if not link.exists() and target.exists():
-                link.symlink_to(target, target_is_directory=True)
+                link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)  # moves along
         if self.waveform_stats.is_file() and not final.waveform_stats.exists():
             atomic_write_text(final.waveform_stats, self.waveform_stats.read_text())
         return final
@@ -259,7 +302,14 @@ class Workdir:
         """The configuration this work directory was created with."""
         if not self.config_file.is_file():
             raise ConfigError(f"{self.config_file} does not exist: --workdir must be a sweep's work directory")
-        return config_from_dict(yaml.safe_load(self.config_file.read_text()))
+        try:
+            values = yaml.safe_load(self.config_file.read_text())
+            if not isinstance(values, dict):
+                raise yaml.YAMLError("not a mapping")
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise RecordError(f"{self.config_file} is torn or unreadable ({str(exc).splitlines()[0]}): delete it and "
+                              "run the sweep command again, which writes it from that command's settings") from None
+        return config_from_dict(values)
 
     @classmethod
     def open(cls, cfg: ExperimentConfig, root: str | os.PathLike[str] | None = None) -> Workdir:
@@ -271,7 +321,7 @@ class Workdir:
             diff = experiment_differences(workdir.read_config(), cfg)
             if diff:
                 raise ConfigMismatch(
-                    f"{workdir.root} was created with another configuration (differs at: {', '.join(diff[:8])}); "
+                    f"{workdir.root} was created with another configuration (differs at: {', '.join(diff)}); "
                     "use a new --workdir or the same settings"
                 )
         atomic_write_text(workdir.config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -282,4 +332,4 @@ def experiment_differences(old: ExperimentConfig, new: ExperimentConfig) -> list
     """Dotted keys whose values differ, ignoring the runtime sections."""
     a, b = flatten(old.to_dict()), flatten(new.to_dict())
     changed = (k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    return sorted(k for k in changed if k.split(".")[0] not in RUNTIME_KEYS)
+    return sorted(k for k in changed if not any(k == r or k.startswith(f"{r}.") for r in RUNTIME_KEYS))

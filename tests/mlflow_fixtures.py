@@ -26,6 +26,7 @@ class MlflowServer:
     root: Path
     port: int = field(default_factory=free_port)
     proc: Popen | None = None
+    auth_config: Path | None = None  # MLflow's basic_auth.ini: the server then wants a user
 
     @property
     def url(self) -> str:
@@ -36,8 +37,10 @@ class MlflowServer:
         return f"sqlite:///{self.root / 'mlflow.db'}"
 
     def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         self.proc = serve(
-            self.backend_uri, self.root / "artifacts", "127.0.0.1", self.port, log_file=self.root / "server.log"
+            self.backend_uri, self.root / "artifacts", "127.0.0.1", self.port, log_file=self.root / "server.log",
+            auth_config=self.auth_config,
         )
         try:
             wait_until_healthy(self.url, timeout_s=60, proc=self.proc)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,12 +95,12 @@ def test_run_tree_with_params_tags_metrics_and_artifacts_reaches_the_server(
             for epoch, value in enumerate(values, start=1):
                 run.log_metrics({"loss/total": value, "dev/ccc_mean": 1 - value}, step=epoch)
             run.log_metrics({"ccc/snr0/valence": float(values[-1])}, step=3)
-            (tmp_path / key).mkdir(parents=True)
-            (tmp_path / key / "scores.csv").write_text("condition,ccc\nsnr0,0.1\n")
-            (tmp_path / key / "model").mkdir()
-            (tmp_path / key / "model" / "config.json").write_text("{}")
-            run.log_artifact(tmp_path / key / "scores.csv")
-            run.log_artifacts(tmp_path / key / "model", "model")
+            files = tmp_path / "work" / key
+            (files / "model").mkdir(parents=True)
+            (files / "scores.csv").write_text("condition,ccc\nsnr0,0.1\n")
+            (files / "model" / "config.json").write_text("{}")
+            run.log_artifact(files / "scores.csv")
+            run.log_artifacts(files / "model", "model")
             assert _wait_for_system_metrics(mlflow_server, run.run_id, timeout_s=20)
     parent.finish()
 
@@ -320,3 +322,87 @@ def test_a_line_torn_by_a_crash_is_set_aside_and_the_rest_of_the_spool_replays(t
     history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss/total"))
     assert history == [(step, pytest.approx(v)) for step, v in enumerate(values, start=1)]
     assert '"metr' in (tmp_path / "tracking" / "spool.rejected.jsonl").read_text()
+
+
+def _server(tmp_path: Path, name: str, auth_config: Path | None = None):
+    from tests.mlflow_fixtures import MlflowServer
+
+    server = MlflowServer(tmp_path / name, auth_config=auth_config)
+    server.start()
+    return server
+
+
+def test_a_hung_server_costs_training_one_short_wait_then_everything_arrives(tmp_path: Path, experiment: str):
+    server = _server(tmp_path, "hung")
+    tracker = Tracker(tmp_path / "work", server.url, experiment, system_metrics=False)
+    tracker.parent()
+    run = tracker.child("teacher")
+    os.killpg(server.proc.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        blocked = 0.0
+        for epoch in range(1, 11):  # ten epochs of a short training
+            started = time.monotonic()
+            run.log_metrics({"loss/total": 1.0 / epoch}, step=epoch)
+            blocked += time.monotonic() - started
+            time.sleep(0.5)  # the epoch's work
+        assert blocked < 5.0, f"training waited {blocked:.1f} s on a hung server"  # one 3 s try, then only the spool
+        assert tracker.pending() > 0
+    finally:
+        os.killpg(server.proc.pid, signal.SIGCONT)
+    assert tracker.flush(force=True)
+    steps, values = _history(server, tracker.run_ids()["teacher"], "loss/total")
+    assert steps == list(range(1, 11)) and values == pytest.approx([1.0 / e for e in range(1, 11)])
+    server.stop()
+
+
+def test_basic_auth_server_refuses_strangers_and_keeps_their_records_until_they_log_in(
+    tmp_path: Path, experiment: str, monkeypatch: pytest.MonkeyPatch
+):
+    password = uuid.uuid4().hex
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path / 'users.db'}\n"
+                   f"admin_username = admin\nadmin_password = {password}\n"
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    server = _server(tmp_path, "auth", auth_config=ini)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            server.api("experiments/search", max_results=1)
+        assert refused.value.code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        tracker = Tracker(tmp_path / "work", server.url, experiment, system_metrics=False, retry_interval_s=0)
+        tracker.parent()
+        tracker.child("teacher").log_metrics({"loss/total": 0.5}, step=1)
+        assert tracker.pending() > 0 and not tracker.run_ids()  # refused, kept: nothing dropped
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        assert replay_spool(tmp_path / "work", server.url) == 0
+        assert "teacher" in Tracker(tmp_path / "work", server.url, experiment, system_metrics=False).run_ids()
+    finally:
+        server.stop()
+
+
+def test_spool_replay_uploads_files_of_the_work_directory_only(mlflow_server: MlflowServer, tmp_path: Path, experiment: str):
+    work = tmp_path / "work"
+    tracker = Tracker(work, mlflow_server.url, experiment, system_metrics=False)
+    run = tracker.parent()
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not yours")
+    with pytest.raises(ValueError, match="outside the work directory"):
+        run.log_artifact(outside)
+    spool = work / "tracking" / "spool.jsonl"  # a tampered spool naming a file elsewhere
+    with spool.open("a") as handle:
+        handle.write(json.dumps({"op": "artifact", "key": "parent", "path": str(outside), "artifact_path": None}) + "\n")
+        handle.write(json.dumps({"op": "artifact", "key": "parent", "path": "../secret.txt", "artifact_path": None}) + "\n")
+    assert replay_spool(work, mlflow_server.url) == 0
+    assert _artifacts(mlflow_server, run.run_id) == set()
+    rejected = (work / "tracking" / "spool.rejected.jsonl").read_text()
+    assert rejected.count("secret.txt") == 2
+
+
+def test_the_tracking_server_listens_on_this_machine_only_unless_told(tmp_path: Path):
+    from ctsl_hpc.launch.__main__ import build_parser
+
+    args = build_parser().parse_args(["mlflow-server", "--backend-store-uri", "sqlite:///x.db", "--artifacts-destination", "a"])
+    assert args.host == "127.0.0.1" and args.auth_config is None
+    script = (REPO / "launch" / "mlflow-server.sh").read_text()
+    assert 'host="${CTSL_MLFLOW_HOST:-127.0.0.1}"' in script

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow import MlflowClient
 
 from ctsl_hpc.jobs import evaluate_job
 from ctsl_hpc.launch.__main__ import main
+from ctsl_hpc.workdir import Workdir
 from ctsl_hpc.model import WEIGHTS_FILE
 
 pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
@@ -30,6 +33,8 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
     assert set(runs) == {f"sweep {tmp_path.joinpath('w').name}", "teacher", *(f"student/{v}" for v in STUDENTS)}
     parent = runs.pop(f"sweep {tmp_path.joinpath('w').name}")
     assert parent.data.params["student.lambda_tl"] == "100.0"
+    fingerprint = json.loads(Workdir(tmp_path / "w").fingerprint.read_text())["fingerprint"]
+    assert parent.data.tags["ctsl.corpus_fingerprint"] == fingerprint  # what data this sweep saw
     assert parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
         "report/table1.md", "report/table1.json", "report/table2.md", "report/scores.csv", "report/ccc_vs_snr.png"

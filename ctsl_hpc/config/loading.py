@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -52,20 +53,25 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         _, item = typing.get_args(hint)
+        for k in value:
+            _require_printable(str(k), f"{key}.{k}")
         return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return build_section(hint, value, key)
+    if isinstance(value, str):
+        _require_printable(value, key)
     if hint is Any:
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+    if hint is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
         try:
-            return float(value)
+            number = float(value)  # YAML 1.1 reads "1e-4" as a string
         except ValueError:
             raise ConfigError(f"{key}: expected float, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if hint is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if hint in (int, float) and isinstance(value, bool):
@@ -73,6 +79,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _require_printable(text: str, key: str) -> None:
+    """No control characters: names, paths and sbatch values end up in job scripts."""
+    bad = sorted({repr(c) for c in text if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ConfigError(f"{key}: {text!r} holds control characters ({', '.join(bad)}); use one plain line")
 
 
 def build_section(cls: type, values: dict[str, Any], prefix: str = "") -> Any:

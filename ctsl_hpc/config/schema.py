@@ -231,6 +231,7 @@ class SlurmConfig:
 class ExperimentConfig:
     name: str = "ctsl"
     workdir: str = "runs/ctsl"
+    umask: int = 0o007  # octal with a leading zero (007, 022, 027): the group reads and writes, others nothing
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -7,6 +7,8 @@ cannot say (positive sizes, known variant and corpus names, per-stage Slurm sett
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ctsl_hpc import variants
 from ctsl_hpc.config.files import shipped_file
 from ctsl_hpc.config.schema import (
@@ -37,6 +39,10 @@ def validate(cfg: ExperimentConfig) -> None:
     """Check value ranges and cross-field rules; raise :class:`ConfigError` naming the key."""
     d, n, m, t, s, e = cfg.data, cfg.noise, cfg.model, cfg.train, cfg.student, cfg.eval
     _require(bool(cfg.name.strip()), "name", "must not be empty")
+    _require(0 <= cfg.umask <= 0o777, "umask", f"must be an octal mask such as 007 or 022, got {cfg.umask:o}")
+    for key, seed in (("seed", cfg.seed), ("train.seed", t.seed), ("synthetic.seed", cfg.synthetic.seed),
+                      ("tune.seed", cfg.tune.seed)):
+        _require(seed >= 0, key, f"must be >= 0 (numpy and torch take non-negative seeds), got {seed}")
     _require(d.sample_rate > 0, "data.sample_rate", "must be positive")
     _require(d.max_seconds > 0, "data.max_seconds", "must be positive")
     _require(0 <= d.min_seconds < d.max_seconds, "data.min_seconds", "must be in [0, max_seconds)")
@@ -51,6 +57,11 @@ def validate(cfg: ExperimentConfig) -> None:
                 f"noise.{split}",
                 "a noise folder is required for a real corpus (the demo pool is only for synthetic)",
             )
+    folders = {split: Path(getattr(n, split)).resolve() for split in ("train", "dev", "test") if getattr(n, split)}
+    for first, second in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        if first in folders and folders.get(second) == folders[first]:
+            _require(False, f"noise.{second}", f"is the same folder as noise.{first} ({folders[first]}): the noise "
+                     "pools must be disjoint")
     _require(n.minutes > 0, "noise.minutes", "must be positive")
     _require(m.num_layers >= 1, "model.num_layers", "must be at least 1")
     _require(m.head_layers >= 0, "model.head_layers", "must be >= 0")

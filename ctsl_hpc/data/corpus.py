@@ -67,8 +67,9 @@ def _group(utterances: list[Utterance], source: Path) -> dict[str, list[Utteranc
     by_split: dict[str, list[Utterance]] = {s: [] for s in SPLITS}
     for utt in utterances:
         by_split[utt.split].append(utt)
-    if not by_split["train"]:
-        raise CorpusError(f"{source}: no train rows")
+    empty = [split for split in SPLITS if not by_split[split]]
+    if empty:
+        raise CorpusError(f"{source}: no {' and no '.join(empty)} rows (every split is needed: train, dev, test)")
     return by_split
 
 

@@ -8,7 +8,6 @@ listed in its folder's ``SOURCES.csv``.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from ..records import atomic_write_csv
 from .audio import resample
 from .corpus import SPLITS
 
@@ -189,7 +189,4 @@ def build_noise_split(
         sf.write(folder / name, clip, SAMPLE_RATE, subtype="PCM_16")
         for src in dict.fromkeys(used):
             rows.append((name, kind, src.package, src.path, src.licence))
-    with open(folder / "SOURCES.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["clip", "kind", "package", "source", "licence"])
-        writer.writerows(rows)
+    atomic_write_csv(folder / "SOURCES.csv", ["clip", "kind", "package", "source", "licence"], rows)

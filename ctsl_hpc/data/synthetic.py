@@ -12,7 +12,6 @@ fillets-ng-data-cs), with train/dev/test pools cut from disjoint source files.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
+from ..records import atomic_write_csv, atomic_write_text
 from .audio import resample
 from .corpus import SPLITS
 from .demo_sources import APT_HINT, SAMPLE_RATE, DemoCorpusError, build_noise_split, collect_noise_sources
@@ -143,7 +143,7 @@ def build_demo_corpus(
         "noise_minutes": list(noise_minutes),
     }
     marker = out_dir / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == params:
+    if _built_with(marker) == params:
         return result
     _check_tools()
     marker.unlink(missing_ok=True)
@@ -162,7 +162,7 @@ def build_demo_corpus(
         for future in futures:
             future.result()
     _write_manifest(result.manifest, specs)
-    marker.write_text(json.dumps(params))
+    atomic_write_text(marker, json.dumps(params))
     log.info("demo corpus built in %s (%d utterances)", out_dir, n_utterances)
     return result
 
@@ -226,18 +226,16 @@ def _synthesise(spec: _Spec, audio_dir: Path, env: dict[str, str]) -> None:
 
 def _write_manifest(path: Path, specs: list[_Spec]) -> None:
     """Write the manifest, and next to it `prosody.csv` with each utterance's text, voice and TTS parameters."""
-    with open(path.parent / "prosody.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "text", "voice", *PROSODY])
-        for spec in specs:
-            writer.writerow(
-                [f"audio/utt_{spec.index:05d}.wav", spec.text, spec.voice, *(spec.params[k] for k in PROSODY)]
-            )
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "arousal", "dominance", "valence", "split", "speaker"])
-        for spec in specs:
-            labels = [f"{y:.4f}" for y in spec.labels()]
-            writer.writerow([f"audio/utt_{spec.index:05d}.wav", *labels, spec.split, spec.voice])
-    tmp.replace(path)
+    audio = [f"audio/utt_{spec.index:05d}.wav" for spec in specs]
+    atomic_write_csv(path.parent / "prosody.csv", ["path", "text", "voice", *PROSODY],
+                     ([a, s.text, s.voice, *(s.params[k] for k in PROSODY)] for a, s in zip(audio, specs)))
+    atomic_write_csv(path, ["path", "arousal", "dominance", "valence", "split", "speaker"],
+                     ([a, *(f"{y:.4f}" for y in s.labels()), s.split, s.voice] for a, s in zip(audio, specs)))
+
+
+def _built_with(marker: Path) -> dict[str, Any] | None:
+    """The parameters a finished build recorded (None: no build, or one cut short)."""
+    try:
+        return json.loads(marker.read_text()) if marker.is_file() else None
+    except json.JSONDecodeError:
+        return None

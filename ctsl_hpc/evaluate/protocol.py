@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from scipy import stats
 
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
+from ctsl_hpc.records import atomic_write_csv
 
 GroupMode = Literal["copies", "splits"]
 BASELINES: tuple[str, ...] = ("original", "RH", "RM")
@@ -232,17 +232,11 @@ class Scores:
         )
 
     def write_csv(self, path: str | Path) -> Path:
-        """Write the table to ``path`` atomically (temporary file, then rename)."""
+        """Write the table to ``path`` atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(SCORE_COLUMNS)
-            for r in self._rows.values():
-                writer.writerow([r.variant, r.model_epoch, r.condition, r.group, r.attribute, repr(r.ccc)])
-        os.replace(tmp, path)
-        return path
+        rows = ([r.variant, r.model_epoch, r.condition, r.group, r.attribute, repr(r.ccc)] for r in self._rows.values())
+        return atomic_write_csv(path, SCORE_COLUMNS, rows)
 
     @classmethod
     def read_csv(cls, path: str | Path) -> Scores:

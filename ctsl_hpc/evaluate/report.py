@@ -27,7 +27,8 @@ from matplotlib.figure import Figure
 from ctsl_hpc import variants
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
 from ctsl_hpc.evaluate.protocol import BASELINES, CellStats, Scores, significance
-from ctsl_hpc.workdir import ReportFiles, atomic_write_bytes, atomic_write_text
+from ctsl_hpc.records import atomic_write_bytes, atomic_write_text
+from ctsl_hpc.workdir import ReportFiles
 
 PAPER_CONDITION_ORDER: tuple[str, ...] = ("snr0", "snr5", "snr10", "clean")
 CONDITION_LABEL = {"snr0": "0 dB", "snr5": "5 dB", "snr10": "10 dB", "clean": "clean"}

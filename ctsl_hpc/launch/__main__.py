@@ -21,7 +21,8 @@ from ctsl_hpc.launch.manage import ManageError
 from ctsl_hpc.launch.registry import Registry
 from ctsl_hpc.launch.slurm_cli import SlurmError
 from ctsl_hpc.logs import setup_logging
-from ctsl_hpc.workdir import ConfigMismatch, Workdir
+from ctsl_hpc.records import RecordError
+from ctsl_hpc.workdir import ConfigMismatch, Workdir, WorkdirLocked
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -58,20 +59,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return _sweep(cfg, args.cluster)
 
 
-def _sweep(cfg: ExperimentConfig, cluster: str) -> int:
+def _sweep(cfg: ExperimentConfig, cluster: str, command: str = "sweep") -> int:
     """Run the sweep here (a blocking backend) or submit it; done stages are skipped."""
+    os.umask(cfg.umask)
     backend = make_backend(cluster, Workdir(cfg.workdir), cfg)
     backend.check()  # missing tools or an unknown partition stop here, before the work directory exists
     started = time.time()
-    workdir = Workdir.open(cfg)
-    if backend.blocking:  # the tasks run here: bad corpus, audio or noise fails now, before any training
-        from ctsl_hpc.experiment import Experiment
+    with Workdir(cfg.workdir).lock(command):
+        workdir = Workdir.open(cfg)
+        fingerprint = None
+        if backend.blocking:  # the tasks run here: bad corpus, audio or noise fails now, before any training
+            from ctsl_hpc.experiment import Experiment
 
-        Experiment(cfg, workdir).data.check()
-    earlier = {r.code for r in Registry(workdir.root).all() if r.code}
-    plan = submit_sweep(workdir, cfg, backend)
+            fingerprint = Experiment(cfg, workdir).data.check()
+        earlier = {r.code for r in Registry(workdir.root).all() if r.code}
+        plan = submit_sweep(workdir, cfg, backend)
     if backend.blocking:
         print(workdir.report.table1_md.read_text())
+        print(f"corpus fingerprint: {fingerprint}")
         print(f"work directory: {workdir.root}")
         print(f"report: {workdir.report.path} ({time.time() - started:.0f} s)")
         return 0
@@ -121,15 +126,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     workdir = Workdir(args.workdir)
     cfg = workdir.read_config()
     cfg.workdir = str(workdir.root)
-    return _sweep(cfg, args.cluster)
+    return _sweep(cfg, args.cluster, "resume")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ctsl_hpc.evaluate.report import build_report
 
     workdir = Workdir(args.workdir)
-    for path in build_report(workdir.report.path, alpha=workdir.read_config().eval.alpha):
-        print(path)
+    cfg = workdir.read_config()
+    os.umask(cfg.umask)
+    with workdir.lock("report"):
+        for path in build_report(workdir.report.path, alpha=cfg.eval.alpha):
+            print(path)
     return 0
 
 
@@ -137,7 +145,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from ctsl_hpc.track.replay import replay_spool
 
     workdir = Workdir(args.workdir)
-    left = replay_spool(workdir.root, workdir.read_config().tracking.uri)
+    cfg = workdir.read_config()
+    os.umask(cfg.umask)
+    with workdir.lock("sync"):
+        left = replay_spool(workdir.root, cfg.tracking.uri)
     if left:
         print(f"{left} spooled record(s) could not be sent yet (is the tracking server up?)", file=sys.stderr)
         return 1
@@ -148,7 +159,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
     from ctsl_hpc.track.server import run_server
 
-    return run_server(args.backend_store_uri, args.artifacts_destination, args.host, args.port)
+    return run_server(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.auth_config)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -219,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     server = commands.add_parser("mlflow-server", help="start an MLflow tracking server for a cluster")
     server.add_argument("--backend-store-uri", required=True, help="e.g. sqlite:////shared/mlflow.db or postgresql://...")
     server.add_argument("--artifacts-destination", required=True, help="a folder on shared storage")
-    server.add_argument("--host", default="0.0.0.0")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="the address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--auth-config", help="an MLflow basic_auth.ini: every client must log in (see README)")
     server.set_defaults(func=cmd_mlflow_server)
 
     predict = commands.add_parser("predict", help="arousal/dominance/valence (1..7) of audio files")
@@ -256,9 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     except SlurmError as exc:
         print(f"slurm error: {exc}", file=sys.stderr)
         return 2
-    except ManageError as exc:
+    except (ManageError, WorkdirLocked, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only storage, permissions: the path and why, nothing more
+        print(f"i/o error: {exc.strerror or exc}: {exc.filename or '(no path given)'}", file=sys.stderr)
+        return 3
     except Exception as exc:
         if isinstance(exc, _input_errors()):
             print(f"input error: {exc}", file=sys.stderr)

@@ -6,17 +6,18 @@ that ran each job (Slurm: ``sacct``/``squeue``), after the submitting process is
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.launch.backends import Backend, make_backend
 from ctsl_hpc.launch.graph import plan_sweep, stage_names, sweep_tasks
 from ctsl_hpc.launch.registry import ACTIVE, JobRecord, JobUsage, Registry
 from ctsl_hpc.launch.slurm_cli import SlurmError
+from ctsl_hpc.processes import pid_alive
 from ctsl_hpc.workdir import RunDir, Workdir
 
 
@@ -67,6 +68,9 @@ def status_rows(workdir: Workdir, cfg: ExperimentConfig) -> list[StatusRow]:
             continue
         acct = usage.get(record.job_id or "")
         state = live.get(record.job_id or "") or (acct.state if acct else record.state)
+        message = record.message
+        if state == "RUNNING" and record.pid and record.host == socket.gethostname() and not pid_alive(record.pid):
+            state, message = "FAILED", f"its process {record.pid} is gone (killed?): run the same command again"
         if record.state in ("FAILED", "STOPPED") and state in ("COMPLETING", "COMPLETED", "FAILED"):
             state = record.state  # the job's own account of how it ended beats the scheduler's exit code
         hours = None
@@ -74,7 +78,7 @@ def status_rows(workdir: Workdir, cfg: ExperimentConfig) -> list[StatusRow]:
             hours = sum(usage[j].gpu_hours for j in (*record.history, record.job_id) if j in usage)
         rows.append(StatusRow(
             task.stage, task.label, record.job_id or "", state, acct.elapsed_s if acct else None,
-            record.requeues, last, best, hours, record.message, record.code,
+            record.requeues, last, best, hours, message, record.code,
         ))
     return rows
 
@@ -131,15 +135,11 @@ def cancel(workdir: Workdir, cfg: ExperimentConfig, selector: str | None = None)
     return cancelled
 
 
-def log_paths(record: JobRecord) -> list[Path]:
-    """The job's stdout and stderr files (submitit writes Python logging to stderr)."""
-    return [Path(p) for p in (record.stdout, record.stderr) if p]
-
-
 def print_logs(workdir: Workdir, cfg: ExperimentConfig, selector: str, follow: bool, interval_s: float) -> None:
     """Print the selected jobs' log files; with ``follow``, keep printing until every job has ended."""
     records = resolve_keys(workdir, selector)
-    paths = [p for r in records for p in log_paths(r)]
+    registry = Registry(workdir.root)
+    paths = [p for r in records for p in registry.logs(r)]  # submitit writes Python logging to stderr
     if not paths:
         raise ManageError(f"{selector}: no log files recorded (local runs log to the terminal)")
     offsets = dict.fromkeys(paths, 0)

@@ -23,6 +23,7 @@ Entry points: :func:`submit` (submitit: one allocation with the ``slurm.tune`` s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,7 +45,8 @@ from ctsl_hpc.launch import slurm_env
 from ctsl_hpc.launch.slurm_job import log_code_origin
 from ctsl_hpc.logs import setup_logging
 from ctsl_hpc.processes import free_port, stop_process_group
-from ctsl_hpc.workdir import ReportFiles, Workdir, atomic_write_text
+from ctsl_hpc.records import atomic_write_text
+from ctsl_hpc.workdir import ReportFiles, Workdir
 
 log = logging.getLogger(__name__)
 
@@ -174,21 +176,19 @@ def run_in_allocation(driver: Callable[[str], int], rendezvous: Path, timeout_s:
     ports = RayPorts.pick()
     if rank == 0:
         done_file.unlink(missing_ok=True)
-        token_file.touch(mode=0o600)
-        token_file.write_text(secrets.token_hex(32))
+        with _private_umask():
+            atomic_write_text(token_file, secrets.token_hex(32))
         proc = start_node(None, ports, temp_dir, node_ip)
         address = f"{node_ip}:{ports.gcs}"
         try:
             _wait_for(lambda: _gcs_answers(address), "the Ray head", timeout_s, proc)
-            tmp = address_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"address": address, "job": job, "ports": asdict(ports)}))
-            tmp.replace(address_file)
+            atomic_write_text(address_file, json.dumps({"address": address, "job": job, "ports": asdict(ports)}))
             ray.init(address=address, include_dashboard=False)
             _wait_for(lambda: _alive_nodes() >= nodes, f"{nodes} Ray node(s)", timeout_s, proc)
             log.info("Ray cluster of %d node(s) at %s: %s", nodes, address, ray.cluster_resources())
             return driver(address)
         finally:
-            done_file.write_text("done\n")
+            atomic_write_text(done_file, "done\n")
             address_file.unlink(missing_ok=True)
             ray.shutdown()
             stop_node(proc)
@@ -201,6 +201,16 @@ def run_in_allocation(driver: Callable[[str], int], rendezvous: Path, timeout_s:
     finally:
         stop_node(proc)
     return 0
+
+
+@contextlib.contextmanager
+def _private_umask():
+    """Files made meanwhile are readable by their owner alone (the allocation's Ray token)."""
+    mask = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(mask)
 
 
 def _reload_ray_auth() -> None:
@@ -231,6 +241,7 @@ def tune_allocation(workdir: str, config: str | None = None, overrides: list[str
     setup_logging()
     slurm_env.export_run_tags()
     log_code_origin()
+    os.umask(Workdir(workdir).read_config().umask)
     job = slurm_env.job_id() or "local"
     root = Workdir(workdir)
 
@@ -271,16 +282,18 @@ def sweep_tune(cfg: ExperimentConfig, cluster: str = "local") -> int:
     """``sweep --tune``: run the search here (``local``) or submit its allocation (``slurm``)."""
     from ctsl_hpc.tune.driver import INTERRUPTED, run_sweep
 
-    if cluster == "slurm":
-        workdir = Workdir.open(cfg)
-        job = submit(cfg, workdir)
-        print(f"submitted the Ray Tune sweep as Slurm job {job.job_id} ({cfg.slurm.stage('tune').nodes} node(s))")
-        print(f"work directory: {workdir.root}; log: {job.paths.stdout}")
-        return 0
-    if cluster != "local":
+    if cluster not in ("local", "slurm"):
         raise ValueError(f"sweep --tune runs locally or on Slurm, not on {cluster!r}")
+    os.umask(cfg.umask)
     started = time.time()
-    result = run_sweep(cfg, address=os.environ.get("RAY_ADDRESS"))
+    with Workdir(cfg.workdir).lock("sweep --tune"):
+        if cluster == "slurm":
+            workdir = Workdir.open(cfg)
+            job = submit(cfg, workdir)
+            print(f"submitted the Ray Tune sweep as Slurm job {job.job_id} ({cfg.slurm.stage('tune').nodes} node(s))")
+            print(f"work directory: {workdir.root}; log: {job.paths.stdout}")
+            return 0
+        result = run_sweep(cfg, address=os.environ.get("RAY_ADDRESS"))
     if result is None:
         print("the search was stopped on request; run the same command again to continue")
         return INTERRUPTED

@@ -9,7 +9,7 @@ from any shell, after the submitter is gone.
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -17,7 +17,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from ctsl_hpc.workdir import Workdir, atomic_write_json
+from ctsl_hpc.records import atomic_write_json, read_json
+from ctsl_hpc.workdir import Workdir
 
 TERMINAL = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -44,6 +45,8 @@ class JobRecord:
     resources: dict[str, Any] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)  # earlier job ids of this key
     code: str = ""  # the content hash of the package the job imports (ctsl_hpc.code); "" where it runs in place
+    host: str = ""  # where a process-backed job (local) runs, and its pid: status tells a dead one
+    pid: int = 0
     updated: float = 0.0
 
     @property
@@ -79,7 +82,7 @@ class Registry:
         path = self.workdir.job_file(key)
         if not path.is_file():
             return None
-        values = json.loads(path.read_text())
+        values = read_json(path, "delete it: the next sweep or resume submits that job again unless its stage is done")
         known = {f.name for f in fields(JobRecord)}
         return JobRecord(**{k: v for k, v in values.items() if k in known})
 
@@ -111,8 +114,15 @@ class Registry:
     def _write(self, record: JobRecord) -> None:
         atomic_write_json(self.workdir.job_file(record.key), asdict(record))
 
+    def logs(self, record: JobRecord) -> list[Path]:
+        """The job's stdout and stderr files (kept relative to the work directory, which may move)."""
+        return [self.workdir.root / p for p in (record.stdout, record.stderr) if p]
+
     def new_record(self, key: str, stage: str, variant: str | None, backend: str, job_id: str, **fields: Any) -> JobRecord:
         """Register a fresh submission of ``key`` (keeping the ids of its earlier jobs)."""
+        for name in ("stdout", "stderr"):
+            if fields.get(name) and Path(fields[name]).is_absolute():
+                fields[name] = os.path.relpath(fields[name], self.workdir.root)
         old = self.get(key)
         history = [*old.history, old.job_id] if old and old.job_id and old.job_id != job_id else (old.history if old else [])
         return self.put(JobRecord(

@@ -24,7 +24,8 @@ from urllib.parse import quote
 
 from filelock import FileLock
 
-from ctsl_hpc.workdir import Workdir, atomic_write_json
+from ctsl_hpc.records import atomic_write_json, read_json, writing
+from ctsl_hpc.workdir import Workdir
 
 _log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Journal:
     """The files under ``<workdir>/tracking``; callers hold :attr:`lock` around every method."""
 
     def __init__(self, workdir: Path) -> None:
+        self.root = Workdir(workdir).root
         self.dir = Workdir(workdir).tracking
         (self.dir / "logged").mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(self.dir / "lock"))
@@ -45,10 +47,8 @@ class Journal:
     def load_runs(self) -> dict[str, Any]:
         if not self.runs_file.exists():
             return {"workdir_id": uuid.uuid4().hex, "runs": {}}
-        try:
-            return json.loads(self.runs_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{self.runs_file} is not valid JSON: {exc}") from exc
+        return read_json(self.runs_file, "it maps this work directory's runs to MLflow run ids; restore it, or move "
+                         "the tracking folder aside to log into new runs")
 
     def save_runs(self, runs: dict[str, Any]) -> None:
         atomic_write_json(self.runs_file, runs)
@@ -56,7 +56,7 @@ class Journal:
     # the journal
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record) + "\n"
-        with open(self.spool, "ab+") as handle:
+        with writing(self.spool), open(self.spool, "ab+") as handle:
             handle.seek(0, os.SEEK_END)
             if handle.tell() > 0:
                 handle.seek(-1, os.SEEK_END)
@@ -126,7 +126,7 @@ class Journal:
         return seen
 
     def add_logged(self, key: str, pairs: list[tuple[str, int]]) -> None:
-        with open(self._ledger(key), "a") as handle:
+        with writing(self._ledger(key)), open(self._ledger(key), "a") as handle:
             handle.write("".join(json.dumps([name, step]) + "\n" for name, step in pairs))
             handle.flush()
             os.fsync(handle.fileno())

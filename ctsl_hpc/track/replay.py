@@ -27,11 +27,13 @@ from ctsl_hpc.workdir import Workdir
 
 _log = logging.getLogger(__name__)
 
+# One try of at most 3 s per request: the spool is the retry (MLflow's defaults: 7 retries, 120 s each,
+# which a hung server turns into minutes of stalled training per call).
 HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
 }
 RUN_KEY_TAG = "ctsl.run_key"
 WORKDIR_TAG = "ctsl.workdir_id"
@@ -53,9 +55,10 @@ class _Rejected(Exception):
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """True for failures that may heal: no connection, timeouts, 5xx, a locked database."""
+    """True for failures that may heal: no connection, timeouts, 5xx, refused credentials (set them and
+    ``sync``), a locked database."""
     if isinstance(exc, MlflowException):
-        return exc.get_http_status_code() >= 500
+        return exc.get_http_status_code() >= 500 or exc.get_http_status_code() in (401, 403)
     if isinstance(exc, (requests.RequestException, ConnectionError, TimeoutError)):
         return True
     return type(exc).__name__ == "OperationalError"  # sqlalchemy: database locked / unreachable
@@ -113,7 +116,9 @@ class _Replayer:
             for i in range(0, len(metrics), _METRICS_PER_BATCH):
                 self.client.log_batch(run_id, metrics=metrics[i : i + _METRICS_PER_BATCH], synchronous=True)
         elif op == "artifact":
-            path = Path(rec["path"])
+            path = (self.state.root / rec["path"]).resolve()  # relative to the work directory (older spools: absolute)
+            if not path.is_relative_to(self.state.root):
+                raise _Rejected(f"artifact {rec['path']} lies outside the work directory {self.state.root}")
             if not path.exists():
                 raise _Rejected(f"artifact {path} no longer exists")
             if path.is_dir():

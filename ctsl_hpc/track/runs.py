@@ -9,11 +9,12 @@ and sent afterwards (:mod:`ctsl_hpc.track.replay`), so training never stops for 
 first value wins. A restarted job that logs an epoch it had already logged before the restart
 (e.g. it resumed from an older checkpoint) is skipped for that (name, step).
 
-**HTTP behaviour.** Unless already set in the environment, the tracker sets
-``MLFLOW_HTTP_REQUEST_MAX_RETRIES=1``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=1``,
-``MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=0`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` so an unreachable
-server is noticed in about a second instead of minutes (MLflow's defaults: 7 retries, 120 s).
-After a failure the tracker waits ``retry_interval_s`` before trying the server again.
+**A server that is down, slow or hung never stalls training for long.** Unless already set in the
+environment, a request is tried once with a 3 s timeout (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0``,
+``MLFLOW_HTTP_REQUEST_TIMEOUT=3``; MLflow's defaults are 7 retries of 120 s). After a failed send
+the tracker only spools for ``retry_interval_s`` (30 s), then twice as long after each further
+failure, up to 10 minutes: a hung server costs training at most 3 s per 30 s at first and then
+3 s per 10 minutes; everything waits in the spool and is sent once the server answers again.
 
 Example:
     >>> tracker = Tracker("runs/demo", None, "demo")            # doctest: +SKIP
@@ -42,6 +43,7 @@ from ctsl_hpc.workdir import Workdir
 _log = logging.getLogger(__name__)
 
 PARENT_KEY = "parent"
+MAX_RETRY_INTERVAL_S = 600.0  # the longest pause between two tries of an unresponsive server
 _PARAM_MAX_CHARS = 6000
 
 
@@ -94,6 +96,7 @@ class Tracker:
         self.system_metrics = system_metrics and importlib.util.find_spec("psutil") is not None
         self._state = Journal(self.workdir)
         self._failed_at: float | None = None
+        self._failures = 0
         self._artifact_location = None
         if self.uri.startswith("sqlite:") or "://" not in self.uri:
             self._artifact_location = Workdir(self.workdir).mlartifacts.as_uri()
@@ -152,11 +155,13 @@ class Tracker:
         """Send the spool now (unless the server failed less than ``retry_interval_s`` ago and not
         ``force``). True when nothing is left."""
         if not force and self._failed_at is not None:
-            if time.monotonic() - self._failed_at < self.retry_interval_s:
+            pause = min(self.retry_interval_s * 2 ** (self._failures - 1), MAX_RETRY_INTERVAL_S)
+            if time.monotonic() - self._failed_at < pause:
                 return False
         with self._state.lock:
             ok = self._replayer.flush()
         self._failed_at = None if ok else time.monotonic()
+        self._failures = 0 if ok else self._failures + 1
         return ok
 
     # -- internals used by Run
@@ -250,11 +255,16 @@ class Run:
             self._send({"op": "tags", "key": self.key, "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Upload a file (or directory) under ``artifact_path``; it must still exist at replay."""
+        """Upload a file (or directory) of the work directory under ``artifact_path``; it must still
+        exist at replay. The journal names it relative to the work directory, which may move."""
         path = Path(path).resolve()
         if not path.exists():
             raise FileNotFoundError(f"artifact {path} does not exist")
-        self._send({"op": "artifact", "key": self.key, "path": str(path), "artifact_path": artifact_path})
+        root = self.tracker.workdir
+        if not path.is_relative_to(root):
+            raise ValueError(f"artifact {path} lies outside the work directory {root}: only its files are uploaded")
+        record = {"op": "artifact", "key": self.key, "path": path.relative_to(root).as_posix(), "artifact_path": artifact_path}
+        self._send(record)
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         """Upload the contents of ``directory`` under ``artifact_path``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from ctsl_hpc.processes import stop_process_group
+from ctsl_hpc.records import atomic_write_text
 
 
 def serve(
@@ -22,14 +24,19 @@ def serve(
     *,
     allowed_hosts: list[str] | None = None,
     log_file: str | Path | None = None,
+    auth_config: str | Path | None = None,
 ) -> subprocess.Popen:
     """Start ``mlflow server`` (one worker, job execution off) in its own process group.
 
     ``backend_store_uri``: a database URI (``sqlite:////local/disk/mlflow.db``, ``postgresql://``,
     ``mysql://``); ``artifact_root``: a folder on shared storage (or any artifact URI), served through
-    the server. When ``host`` is not loopback, this node's names are allowed as Host headers besides
-    MLflow's defaults (localhost and private IPs), so jobs on other nodes can use
-    ``http://<node>:<port>``. Stop it with :func:`stop_server`.
+    the server. ``host``: 127.0.0.1 unless told otherwise; when it is not loopback, this node's names
+    are allowed as Host headers besides MLflow's defaults (localhost and private IPs), so jobs on other
+    nodes can use ``http://<node>:<port>``. ``auth_config``: an MLflow ``basic_auth.ini`` (users
+    database, admin user and password): the server then runs MLflow's basic-auth app, every request
+    needs a user (``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` in the clients'
+    environment), and its CSRF secret is ``$MLFLOW_FLASK_SERVER_SECRET_KEY`` or one kept next to the
+    ini file. Stop it with :func:`stop_server`.
     """
     if "://" not in str(artifact_root):
         Path(artifact_root).mkdir(parents=True, exist_ok=True)
@@ -48,12 +55,28 @@ def serve(
     if allowed_hosts:
         cmd += ["--allowed-hosts", ",".join(allowed_hosts)]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    if auth_config is not None:
+        cmd += ["--app-name", "basic-auth"]
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(Path(auth_config).resolve()),
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or _secret(auth_config))
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL
     try:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         if log_file:
             out.close()
+
+
+def _secret(auth_config: str | Path) -> str:
+    """The server's CSRF secret, made once and kept (owner-only) beside the auth config: restarts keep it."""
+    path = Path(auth_config).resolve().with_name("flask_secret_key")
+    if not path.is_file():
+        mask = os.umask(0o077)
+        try:
+            atomic_write_text(path, secrets.token_hex(32))
+        finally:
+            os.umask(mask)
+    return path.read_text().strip()
 
 
 def server_url(host: str, port: int) -> str:
@@ -85,10 +108,11 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
 
 
 def run_server(
-    backend_store_uri: str, artifact_root: str | Path, host: str = "0.0.0.0", port: int = 5000
+    backend_store_uri: str, artifact_root: str | Path, host: str = "127.0.0.1", port: int = 5000,
+    auth_config: str | Path | None = None,
 ) -> int:
     """Start :func:`serve`, print its URL once healthy, and block until it exits (Ctrl-C stops it)."""
-    proc = serve(backend_store_uri, artifact_root, host, port)
+    proc = serve(backend_store_uri, artifact_root, host, port, auth_config=auth_config)
     url = server_url(host, port)
     try:
         local = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else url

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ctsl_hpc.records import atomic_write_text, writing
 from ctsl_hpc.workdir import RunDir
 
 MARKER = "COMPLETE"
@@ -62,14 +63,16 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     barrier()
-    write_engine_state(tmp)
+    with writing(tmp):
+        write_engine_state(tmp)
     barrier()
     if is_main:
-        torch.save(trainer_state, tmp / TRAINER_FILE)
+        with writing(tmp / TRAINER_FILE):
+            torch.save(trainer_state, tmp / TRAINER_FILE)
         if final.exists():  # an earlier, identical save of this step (e.g. re-run after a crash)
             shutil.rmtree(final)
         tmp.rename(final)
-        (final / MARKER).write_text(f"{global_step}\n")
+        atomic_write_text(final / MARKER, f"{global_step}\n")
     barrier()
     return final
 

@@ -19,9 +19,9 @@ import torch
 
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.model import EmotionModel, weights_file
+from ctsl_hpc.records import atomic_write_bytes
 from ctsl_hpc.train.inference import predict
 from ctsl_hpc.train.objective import TeacherEmbedder
-from ctsl_hpc.workdir import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

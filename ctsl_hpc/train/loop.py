@@ -10,7 +10,6 @@ the newest complete checkpoint and reproduces the uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -30,12 +29,13 @@ from ctsl_hpc.data.batching import LengthBucketSampler, RandomBatchSampler, Shar
 from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.losses import ccc
 from ctsl_hpc.model import EmotionModel, save_model
+from ctsl_hpc.records import atomic_write_json, read_json
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.engines import OptimSettings, make_engine
 from ctsl_hpc.train.inference import predict
 from ctsl_hpc.train.objective import REPORTED, TeacherEmbedder, student_loss
 from ctsl_hpc.train.recipe import Recipe
-from ctsl_hpc.workdir import RunDir, atomic_write_json
+from ctsl_hpc.workdir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ def make_loader(dataset: UtteranceSet, sampler, train: TrainConfig, device: torc
 def _load_history(run: RunDir) -> FitResult:
     if not run.history.is_file():
         return FitResult()
-    return FitResult([EpochRecord.from_dict(r) for r in json.loads(run.history.read_text())])
+    records = read_json(run.history, "delete it: the run rewrites it from its newest checkpoint")
+    return FitResult([EpochRecord.from_dict(r) for r in records])
 
 
 def evaluate_dev(model: EmotionModel, dev_set: UtteranceSet, noisy: bool, batch_size: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.records import atomic_write_text
 from ctsl_hpc.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class PreemptionRelay:
 
     def request(self, reason: str = "stop requested") -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(f"{reason} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        atomic_write_text(self.path, f"{reason} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
 
     def requested(self) -> bool:
         return self.path.exists()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.records import atomic_write_csv, atomic_write_text
 from ctsl_hpc.tune.space import SEARCHED, overrides_for
-from ctsl_hpc.workdir import Workdir, atomic_write_text
+from ctsl_hpc.workdir import Workdir
 
 
 def best_of(results, metric: str) -> dict[str, Any]:
@@ -56,12 +55,7 @@ def write_summary(rows: list[dict[str, Any]], best: dict[str, Any], cfg: Experim
     best_path = workdir.best_config
     best_doc = dict(best, overrides=overrides_for(best["params"]), variant=cfg.tune.variant)
     atomic_write_text(best_path, yaml.safe_dump(best_doc, sort_keys=False))
-    csv_path = workdir.trials_csv
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(csv_path, table.getvalue())
+    csv_path = atomic_write_csv(workdir.trials_csv, list(rows[0]), (list(r.values()) for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
     for ax, key, label in zip(axes, SEARCHED, ("lambda_TL", "lambda_CL", "noise pool (minutes)"), strict=True):
         x = [r[key] for r in rows]

@@ -53,12 +53,12 @@ def _epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def _report(record: dict[str, Any], run: RunDir) -> None:
+def _report(record: dict[str, Any]) -> None:
     """Send one epoch to Tune with a checkpoint naming it (the weights stay in the trial's run folder)."""
     from ray import tune
 
     with tempfile.TemporaryDirectory(prefix="ctsl-tune-") as tmp:
-        state = {"epoch": int(record["epoch"]), "run_dir": str(run.path)}
+        state = {"epoch": int(record["epoch"])}
         (Path(tmp) / TRIAL_STATE).write_text(json.dumps(state))
         tune.report(_epoch_metrics(record), checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -83,7 +83,7 @@ def _catch_up(run: RunDir, reported: int) -> None:
         return
     for record in ckpt.load_trainer_state(latest)["history"]:
         if record["epoch"] > reported:
-            _report(record, run)
+            _report(record)
 
 
 def _trial_run(exp: Experiment, trial_id: str, params: dict[str, Any]):
@@ -117,5 +117,5 @@ def train_trial(params: dict[str, Any], shared: SharedInputs) -> None:
     _catch_up(run, _reported_epoch())
     fit_student(
         exp, tc.variant, run, sink=_trial_run(base, trial_id, params), should_stop=relay.requested,
-        on_epoch_end=lambda record, _checkpoint: _report(dataclasses.asdict(record), run),
+        on_epoch_end=lambda record, _checkpoint: _report(dataclasses.asdict(record)),
     )

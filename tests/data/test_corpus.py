@@ -58,7 +58,8 @@ def test_csv_manifest_resolves_relative_paths_and_groups_splits(manifest_corpus,
 def test_csv_manifest_without_speaker_column(tmp_path, rng, speech, write_wav):
     write_wav(tmp_path / "a.wav", speech(0.6))
     manifest = _write_csv(
-        tmp_path / "m.csv", ["path", "valence", "arousal", "dominance", "split"], [["a.wav", 2, 3, 4, "train"]]
+        tmp_path / "m.csv", ["path", "valence", "arousal", "dominance", "split"],
+        [["a.wav", 2, 3, 4, "train"], ["a.wav", 2, 3, 4, "dev"], ["a.wav", 2, 3, 4, "test"]],
     )
     (utt,) = load_csv_manifest(manifest)["train"]
     assert utt.labels == (3.0, 4.0, 2.0)  # (arousal, dominance, valence) whatever the column order
@@ -97,7 +98,7 @@ def test_csv_manifest_missing_column_and_missing_file_and_no_train_rows(tmp_path
         load_csv_manifest(broken)
     write_wav(tmp_path / "a.wav", speech(0.6))
     no_train = _write_csv(tmp_path / "t.csv", ["path", *ATTRIBUTES, "split"], [["a.wav", 1, 2, 3, "test"]])
-    with pytest.raises(CorpusError, match=r"t\.csv: no train rows"):
+    with pytest.raises(CorpusError, match=r"t\.csv: no train and no dev rows"):
         load_csv_manifest(no_train)
 
 
@@ -153,7 +154,7 @@ def test_msp_podcast_errors_name_file_line_and_field(tmp_path, rng, speech, writ
 def test_the_config_takes_corpus_names_and_required_keys_from_the_registry(tmp_path):
     with pytest.raises(ConfigError, match=r"data.corpus: 'tsv' is not one of \['synthetic', 'msp_podcast', 'csv'\]"):
         load_config(None, ["data.corpus=tsv"])
-    noise = [f"noise.{split}={tmp_path}" for split in ("train", "dev", "test")]
+    noise = [f"noise.{split}={tmp_path / split}" for split in ("train", "dev", "test")]
     with pytest.raises(ConfigError, match="data.root: is required when data.corpus is msp_podcast"):
         load_config(None, ["data.corpus=msp_podcast", *noise])
     with pytest.raises(ConfigError, match="data.manifest: is required when data.corpus is csv"):
@@ -165,7 +166,7 @@ def test_the_config_takes_corpus_names_and_required_keys_from_the_registry(tmp_p
 def test_a_new_corpus_is_one_registration(tmp_path, small_corpus):
     name = f"toy{np.random.default_rng().integers(10**6)}"
     register(CorpusSpec(name, lambda cfg, _dir: Corpus(load_csv_manifest(small_corpus.manifest)), own_noise=False))
-    noise = [f"noise.{split}={tmp_path}" for split in ("train", "dev", "test")]
+    noise = [f"noise.{split}={tmp_path / split}" for split in ("train", "dev", "test")]
     cfg = load_config(None, [f"data.corpus={name}", *noise])
     assert name in corpus_names()
     splits = corpus_spec(cfg.data.corpus).load(cfg, tmp_path).splits

@@ -26,7 +26,6 @@ CONDITIONS = {"clean", "snr10", "snr5", "snr0"}
 RUNNER = """
 import pickle, sys
 from ctsl_hpc.launch.task import run_task
-from ctsl_hpc.model import load_weights
 task, workdir = pickle.load(sys.stdin.buffer)
 run_task(task, workdir)
 """

@@ -86,7 +86,7 @@ def test_setup_lines_wrapper_and_frozen_code_survive_an_edited_and_broken_packag
                              workdir.root)
     student = Registry(workdir.root).get(key)
     assert student.requeues >= 1 and student.code == code_b
-    log = Path(student.stdout).read_text() + Path(student.stderr).read_text()
+    log = "".join(path.read_text() for path in Registry(workdir.root).logs(student))
     origin = f"code {code_b}: ctsl_hpc imported from {workdir.code / code_b / 'ctsl_hpc'}"
     assert log.count(origin) >= 2, log[-3000:]  # the first start and the restart after the preemption
 

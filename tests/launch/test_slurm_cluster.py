@@ -110,7 +110,7 @@ def test_slurm_sweep_returns_at_once_and_reproduces_the_local_table1(sweeps: Swe
 def test_scontrol_requeue_resumes_from_the_last_complete_checkpoint(sweeps: Sweeps, slurm_cluster):
     record = Registry(sweeps.slurm).get("teacher")
     assert record.requeues == 1
-    log = Path(record.stdout).read_text()
+    log = Registry(sweeps.slurm).logs(record)[0].read_text()
     resumed = [int(m.group(1)) for m in RESUMED.finditer(log)]
     assert len(resumed) == 1 and resumed[0] >= sweeps.teacher_epoch1_step, log[-3000:]
     rows = slurm_cluster.sacct_rows(record.job_id)
@@ -165,7 +165,7 @@ def test_student_preempted_twice_mid_epoch_matches_an_uninterrupted_run(sweeps: 
     slurm_cluster.wait_until(lambda: _state(work, key) == ("RUNNING", 2), 120, "student back after USR2", work)
     slurm_cluster.wait_until(lambda: _state(work, key)[0] == "COMPLETED", 240, "student finishes", work)
 
-    log = Path(Registry(work).get(key).stdout).read_text()
+    log = Registry(work).logs(Registry(work).get(key))[0].read_text()
     batches = [int(m.group(3)) for m in RESUMED.finditer(log)]
     assert len(batches) == 2 and all(b > 0 for b in batches), f"not resumed mid-epoch twice: {batches}"
     states = [r["State"] for r in slurm_cluster.wait_for_sacct(job, "COMPLETED")]

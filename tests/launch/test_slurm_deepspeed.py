@@ -173,7 +173,7 @@ def test_teacher_on_two_slurm_tasks_matches_one_rank(runs: Runs):
 @pytest.mark.slow
 def test_student_on_two_slurm_tasks_matches_one_rank(runs: Runs):
     assert_close_runs(runs.straight / "students" / "RM_TL", runs.reference / "students" / "RM_TL", epochs=2)
-    assert len(list((runs.straight / "cache").glob("teacher-*.pt"))) == 1
+    assert len(list((runs.straight / "cache").glob("teacher-*.safetensors"))) == 1
     assert not list((runs.straight / "cache").glob("*.tmp"))
 
 

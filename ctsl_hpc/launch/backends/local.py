@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 
 from ctsl_hpc.launch.backends.base import Backend, register
@@ -20,7 +21,8 @@ class LocalBackend(Backend):
         ids = []
         for task in tasks:
             job_id = f"local-{os.getpid()}"
-            self.registry.new_record(task.key, task.stage, task.label or None, self.name, job_id, state="RUNNING")
+            self.registry.new_record(task.key, task.stage, task.label or None, self.name, job_id, state="RUNNING",
+                                     host=socket.gethostname(), pid=os.getpid())
             run_task(task, self.workdir.root)
             ids.append(job_id)
         return ids

@@ -1,10 +1,8 @@
-"""The stages of one experiment, each a plain function of an :class:`Experiment` (config + work directory).
+"""The stages of one experiment, each a plain function of an :class:`Experiment`.
 
 prepare data -> train the teacher -> train each student -> evaluate every model -> report. Every
 training stage writes its outputs under the work directory and a ``DONE`` summary when finished,
-so running it again reuses what is done and resumes what is not. The orchestration layer (a local
-process, Slurm jobs, Ray trials) calls these functions; nothing here knows which one it runs under.
-Tracking reaches the stages as sinks (:class:`RunSink`): this module never imports MLflow.
+so running it again reuses what is done and resumes what is not.
 """
 
 from __future__ import annotations
@@ -12,142 +10,26 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
-from ctsl_hpc.config import ExperimentConfig
-from ctsl_hpc.data.audio import WaveformStats, compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
-from ctsl_hpc.data.corpora import corpus_spec
-from ctsl_hpc.data.corpus import SPLITS, Utterance
-from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.data.corpus import Utterance
 from ctsl_hpc.evaluate import report
 from ctsl_hpc.evaluate.embeddings import embedding_metrics
 from ctsl_hpc.evaluate.protocol import Scores, select_checkpoints, test_groups
 from ctsl_hpc.evaluate.scoring import score_models
+from ctsl_hpc.experiment.workspace import Experiment, RunSink, SinkFactory, StopRequest, never
 from ctsl_hpc.model import build_model, load_model
 from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
-from ctsl_hpc.train.loop import EpochRecord, FitResult, MetricsSink, TrainingInterrupted, fit
+from ctsl_hpc.train.loop import EpochRecord, FitResult, TrainingInterrupted, fit
 from ctsl_hpc.train.objective import TeacherEmbedder
 from ctsl_hpc.train.recipe import recipe
 from ctsl_hpc.variants import TEACHER
-from ctsl_hpc.workdir import RunDir, StageSummary, Workdir, atomic_write_text
+from ctsl_hpc.workdir import RunDir, StageSummary
 
 log = logging.getLogger(__name__)
-
-
-class RunSink(MetricsSink, Protocol):
-    """A tracked run: metrics plus artifacts (MLflow's child run in the tracking layer)."""
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
-
-    def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None: ...
-
-
-SinkFactory = Callable[[str], RunSink | None]
-StopRequest = Callable[[], bool]
-
-
-def never() -> bool:
-    """The default stop request: keep going."""
-    return False
-
-
-@dataclass
-class Experiment:
-    """A configuration and its work directory; the data is built on first use."""
-
-    cfg: ExperimentConfig
-    workdir: Workdir
-
-    @classmethod
-    def open(cls, cfg: ExperimentConfig, root: str | Path | None = None) -> Experiment:
-        """Create or reopen the work directory of ``cfg``; refuse one made for another experiment."""
-        return cls(cfg, Workdir.open(cfg, root))
-
-    @classmethod
-    def reopen(cls, root: str | Path) -> Experiment:
-        """The experiment a work directory was created for, with its saved configuration."""
-        workdir = Workdir(root)
-        return cls(workdir.read_config(), workdir)
-
-    @cached_property
-    def data(self) -> Data:
-        return Data(self)
-
-
-class Data:
-    """The corpus, waveform statistics, noise pools and datasets of an experiment (built lazily)."""
-
-    def __init__(self, exp: Experiment):
-        self.cfg, self.workdir = exp.cfg, exp.workdir
-        corpus = corpus_spec(self.cfg.data.corpus).load(self.cfg, self.workdir.synthetic_data)
-        self.splits: dict[str, list[Utterance]] = corpus.splits
-        noise = self.cfg.noise
-        self.noise_dirs = corpus.noise_dirs or {"train": noise.train, "dev": noise.dev, "test": noise.test}
-        self._pools: dict[str, NoisePool] = {}
-
-    def _set(
-        self, utterances: list[Utterance], stats: WaveformStats | None, noise: NoisePool | None = None,
-        snr: float | None = None,
-    ) -> UtteranceSet:
-        d = self.cfg.data
-        return UtteranceSet(
-            utterances,
-            sample_rate=d.sample_rate,
-            max_seconds=d.max_seconds,
-            min_seconds=d.min_seconds,
-            stats=stats,
-            preload=d.preload,
-            noise=noise,
-            snr_db=snr,
-            snr_mode=self.cfg.noise.snr_mode,
-            seed=self.cfg.seed,
-            on_bad_audio=d.on_bad_audio,
-        )
-
-    @cached_property
-    def stats(self) -> WaveformStats | None:
-        """Mean/std of the training waveforms (computed once, saved in the work directory)."""
-        if not self.cfg.data.normalize:
-            return None
-        path = self.workdir.waveform_stats
-        if path.is_file():
-            return WaveformStats.load(path)
-        raw = self._set(self.splits["train"], None)
-        stats = compute_stats(raw.raw_wave(i) for i in range(len(raw)))
-        atomic_write_text(path, stats.to_json())
-        return stats
-
-    def pool(self, split: str) -> NoisePool:
-        """The noise pool of ``split`` (read once, capped to ``noise.minutes``)."""
-        if split not in self._pools:
-            d = self.cfg.data
-            self._pools[split] = NoisePool.from_directory(
-                self.noise_dirs[split], d.sample_rate, self.cfg.noise.minutes, min_seconds=d.max_seconds
-            )
-        return self._pools[split]
-
-    def check(self) -> None:
-        """Open every noise pool and the waveform statistics: bad input fails before any training."""
-        for split in SPLITS:
-            self.pool(split)
-        _ = self.stats
-
-    def set_pool(self, split: str, pool: NoisePool) -> None:
-        """Use ``pool`` for ``split`` instead of reading the folder (a pool shared by tuning trials)."""
-        self._pools[split] = pool
-
-    def clean(self, split: str) -> UtteranceSet:
-        return self._set(self.splits[split], self.stats)
-
-    def noisy(self, split: str, snr_db: float) -> UtteranceSet:
-        """``split`` mixed with its own noise pool at ``snr_db`` (re-drawn per epoch for train)."""
-        return self._set(self.splits[split], self.stats, self.pool(split), snr_db)
 
 
 # ------------------------------------------------------------------------------ training

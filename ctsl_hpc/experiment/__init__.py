@@ -1,0 +1,26 @@
+"""The stages of one experiment, each a plain function of an :class:`Experiment` (config + work directory).
+
+prepare data -> train the teacher -> train each student -> evaluate every model -> report. Every
+training stage writes its outputs under the work directory and a ``DONE`` summary when finished,
+so running it again reuses what is done and resumes what is not. The orchestration layer (a local
+process, Slurm jobs, Ray trials) calls these functions; nothing here knows which one it runs under.
+Tracking reaches the stages as sinks (:class:`RunSink`): this module never imports MLflow.
+"""
+
+from ctsl_hpc.experiment.inputs import Data
+from ctsl_hpc.experiment.stages import (
+    evaluate,
+    fit_student,
+    run_key,
+    selected_models,
+    teacher_embedder,
+    teacher_summary,
+    train_student,
+    train_teacher,
+)
+from ctsl_hpc.experiment.workspace import Experiment, RunSink, SinkFactory, StopRequest, never
+
+__all__ = [
+    "Data", "Experiment", "RunSink", "SinkFactory", "StopRequest", "evaluate", "fit_student", "never", "run_key",
+    "selected_models", "teacher_embedder", "teacher_summary", "train_student", "train_teacher",
+]

@@ -1,0 +1,149 @@
+"""The inputs of an experiment: the corpus, its waveform statistics, the noise pools, the datasets,
+and the checks that stop bad input before any training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.data.audio import AudioError, WaveformStats, compute_stats
+from ctsl_hpc.data.audit import AudioVerdict, audit, fingerprint
+from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.data.corpora import corpus_spec
+from ctsl_hpc.data.corpus import SPLITS, CorpusError, Utterance
+from ctsl_hpc.data.noise import NoiseError, NoisePool
+from ctsl_hpc.model import check_backbone
+from ctsl_hpc.records import RecordError, atomic_write_json, atomic_write_text
+from ctsl_hpc.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+
+class Data:
+    """The corpus, waveform statistics, noise pools and datasets of an experiment (built lazily)."""
+
+    def __init__(self, cfg: ExperimentConfig, workdir: Workdir):
+        self.cfg, self.workdir = cfg, workdir
+        self._corpus = corpus_spec(cfg.data.corpus).load(cfg, workdir.synthetic_data)
+        noise = cfg.noise
+        self.noise_dirs = self._corpus.noise_dirs or {"train": noise.train, "dev": noise.dev, "test": noise.test}
+        self._pools: dict[str, NoisePool] = {}
+
+    @cached_property
+    def verdicts(self) -> dict[str, AudioVerdict]:
+        """Every file of every split, decoded as training reads it (cached in the work directory)."""
+        d = self.cfg.data
+        everything = [u for split in SPLITS for u in self._corpus.splits[split]]
+        return audit(everything, d.sample_rate, d.max_seconds, d.min_seconds, self.workdir.audio_check)
+
+    @cached_property
+    def splits(self) -> dict[str, list[Utterance]]:
+        """The usable utterances per split. A bad file stops the run naming it, or, with
+        ``data.on_bad_audio=skip``, is left out and counted; an empty split is refused."""
+        policy = self.cfg.data.on_bad_audio
+        usable: dict[str, list[Utterance]] = {}
+        for split in SPLITS:
+            utterances = self._corpus.splits[split]
+            bad = [self.verdicts[str(u.path)].problem for u in utterances if self.verdicts[str(u.path)].problem]
+            if bad and policy == "error":
+                raise AudioError(f"{bad[0]} (the {split} split has {len(bad)} unusable file(s); "
+                                 "data.on_bad_audio=skip leaves them out)")
+            if bad:
+                log.warning("the %s split: %d of %d utterance(s) left out for unusable audio (first: %s)",
+                            split, len(bad), len(utterances), bad[0])
+            usable[split] = [u for u in utterances if not self.verdicts[str(u.path)].problem]
+            if not usable[split]:
+                raise CorpusError(f"data.corpus {self.cfg.data.corpus!r}: the {split} split has no usable utterance "
+                                  f"({len(utterances)} listed)")
+        return usable
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The corpus's content hash (splits, labels, audio bytes), also saved in the work directory."""
+        value = fingerprint(self.splits, self.verdicts)
+        self.workdir.fingerprint.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.workdir.fingerprint, {"fingerprint": value, **{s: len(u) for s, u in self.splits.items()}})
+        return value
+
+    def _set(
+        self, utterances: list[Utterance], stats: WaveformStats | None, noise: NoisePool | None = None,
+        snr: float | None = None,
+    ) -> UtteranceSet:
+        d = self.cfg.data
+        return UtteranceSet(
+            utterances,
+            sample_rate=d.sample_rate,
+            max_seconds=d.max_seconds,
+            min_seconds=d.min_seconds,
+            stats=stats,
+            preload=d.preload,
+            noise=noise,
+            snr_db=snr,
+            snr_mode=self.cfg.noise.snr_mode,
+            seed=self.cfg.seed,
+            on_bad_audio=d.on_bad_audio,
+        )
+
+    @cached_property
+    def stats(self) -> WaveformStats | None:
+        """Mean/std of the training waveforms (computed once, saved in the work directory)."""
+        if not self.cfg.data.normalize:
+            return None
+        path = self.workdir.waveform_stats
+        if path.is_file():
+            try:
+                return WaveformStats.load(path)
+            except ValueError as exc:
+                raise RecordError(f"{exc}: delete it, it is computed again from the training set") from None
+        raw = self._set(self.splits["train"], None)
+        stats = compute_stats(raw.raw_wave(i) for i in range(len(raw)))
+        atomic_write_text(path, stats.to_json())
+        return stats
+
+    def pool(self, split: str) -> NoisePool:
+        """The noise pool of ``split`` (read once, capped to ``noise.minutes``)."""
+        if split not in self._pools:
+            d = self.cfg.data
+            self._pools[split] = NoisePool.from_directory(
+                self.noise_dirs[split], d.sample_rate, self.cfg.noise.minutes, min_seconds=d.max_seconds
+            )
+        return self._pools[split]
+
+    def check(self) -> str:
+        """Every input, before any training: each split's audio and labels, the noise pools (read in full,
+        disjoint), the waveform statistics and the backbone. Returns the corpus fingerprint."""
+        _require_disjoint({split: self.pool(split).sources for split in SPLITS})
+        _ = self.stats
+        check_backbone(self.cfg.model.backbone)
+        return self.fingerprint
+
+    def set_pool(self, split: str, pool: NoisePool) -> None:
+        """Use ``pool`` for ``split`` instead of reading the folder (a pool shared by tuning trials)."""
+        self._pools[split] = pool
+
+    def clean(self, split: str) -> UtteranceSet:
+        return self._set(self.splits[split], self.stats)
+
+    def noisy(self, split: str, snr_db: float) -> UtteranceSet:
+        """``split`` mixed with its own noise pool at ``snr_db`` (re-drawn per epoch for train)."""
+        return self._set(self.splits[split], self.stats, self.pool(split), snr_db)
+
+
+def _require_disjoint(sources: dict[str, Sequence[str]]) -> None:
+    """No noise file in two pools: not the same file, nor a copy of it (same bytes)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for split, files in sources.items():
+        for name in files:
+            path = Path(name)
+            if not path.is_file():
+                continue
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            other = seen.setdefault(digest, (split, name))
+            if other[0] != split:
+                raise NoiseError(f"noise.{split}: {name} is {other[1]} of noise.{other[0]} (or a copy of it): the "
+                                 "train, dev and test noise pools must not share files")
