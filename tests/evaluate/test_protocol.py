@@ -13,7 +13,7 @@ from scipy import stats
 
 from ctsl_hpc.evaluate import protocol
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
-from ctsl_hpc.evaluate.protocol import ScoreRow, Scores, select_checkpoints, significance, welch_greater
+from ctsl_hpc.evaluate.protocol import Scores, ScoreRow, select_checkpoints, significance, welch_greater
 
 # ----------------------------------------------------------------------------- select_checkpoints
 
