@@ -29,11 +29,11 @@ DIGEST_CHARS = 12  # MLflow stores at most 36
 def corpus_digest(splits: Mapping[str, Sequence[Utterance]]) -> str:
     """A content digest of the corpus manifest: every utterance's split, path (relative to the corpus
     folder), labels and speaker, in a fixed order. The audio bytes are not read (fast on 100k files)."""
-    utterances = [u for split in sorted(splits) for u in splits[split]]
-    root = os.path.commonpath([str(u.path.parent) for u in utterances]) if utterances else ""
+    utterances = [(split, u) for split, utts in splits.items() for u in utts]
+    root = os.path.commonpath([str(u.path.parent) for _, u in utterances]) if utterances else ""
     lines = sorted(
-        "\t".join([u.split, os.path.relpath(u.path, root), *(f"{y:.6g}" for y in u.labels), u.speaker or ""])
-        for u in utterances
+        "\t".join([split, os.path.relpath(u.path, root), *(f"{y:.6g}" for y in u.labels), u.speaker or ""])
+        for split, u in utterances
     )
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:DIGEST_CHARS]
 
