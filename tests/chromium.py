@@ -33,6 +33,7 @@ CHROMIUM_FLAGS = [
     "--disable-dev-shm-usage",
     "--remote-debugging-port=0",
 ]
+CLICKABLE = "button, a, [role=menuitem], [role=option], [role=tab]"
 
 
 class Page:
@@ -73,6 +74,22 @@ class Page:
                 return body
             await asyncio.sleep(0.25)
 
+    async def click(self, text: str | None = None, selector: str = CLICKABLE, index: int = 0) -> bool:
+        """Click (a real mouse press, as menus and selects need) the ``index``-th visible element
+        matching ``selector`` (and reading ``text``, when given); False when there is none."""
+        box = await self.evaluate(
+            "((selector, text, index) => { const hits = [...document.querySelectorAll(selector)].filter("
+            "(e) => e.offsetParent !== null && (text === null || e.textContent.trim() === text));"
+            " const e = hits[index]; if (!e) return null; e.scrollIntoView({block: 'center'});"
+            " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })"
+            f"({json.dumps(selector)}, {json.dumps(text)}, {int(index)})"
+        )
+        if box is None:
+            return False
+        for event in ("mouseMoved", "mousePressed", "mouseReleased"):
+            await self.call("Input.dispatchMouseEvent", type=event, x=box[0], y=box[1], button="left", clickCount=1)
+        return True
+
     async def screenshot(self, png: Path) -> Path:
         shot = await self.call("Page.captureScreenshot", format="png")
         png.write_bytes(base64.b64decode(shot["data"]))
@@ -98,9 +115,10 @@ def _start_browser(profile: Path, width: int, height: int) -> subprocess.Popen:
 @asynccontextmanager
 async def open_page(profile: Path, width: int = 1400, height: int = 900) -> AsyncIterator[Page]:
     """A fresh headless Chromium (its own profile folder) and its first page; the browser is stopped after."""
+    port_file = profile / "DevToolsActivePort"
+    port_file.unlink(missing_ok=True)  # a reused profile keeps the last browser's port
     proc = _start_browser(profile, width, height)
     try:
-        port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text().strip()):
             if proc.poll() is not None:
