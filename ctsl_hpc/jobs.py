@@ -158,7 +158,8 @@ def publish_models(tracker, exp: Experiment, variants: Sequence[str], runs: Mapp
         for epoch, model_dir in models[variant].items():
             artifact = f"models/{model_dir.name}"
             run.log_artifacts(model_dir, artifact)
-            tags = {EPOCH_TAG: epoch, SCORE_TAG: f"{scores[epoch]:.6f}", SWEEP_TAG: exp.workdir.root, "variant": variant}
+            tags = {EPOCH_TAG: epoch, SCORE_TAG: f"{scores[epoch]:.6f}", SWEEP_TAG: exp.workdir.root,
+                    "variant": variant}  # fmt: skip
             run.register_model(model_name(tracker.experiment, variant), artifact, tags, _model_description(variant))
         run.set_description(model_note(variant, exp.cfg, {e: scores[e] for e in models[variant]}, table1))
         run.finish("FINISHED")
@@ -172,7 +173,9 @@ def _model_description(variant: str) -> str:
     )
 
 
-def sweep_description(exp: Experiment, variants: Sequence[str], usage: Mapping[str, float], key_prefix: str = "") -> str:
+def sweep_description(
+    exp: Experiment, variants: Sequence[str], usage: Mapping[str, float], key_prefix: str = ""
+) -> str:
     """The sweep run's description: Table 1 of the report and a line per stage (status, GPU-hours)."""
     from ctsl_hpc.experiment import run_key
     from ctsl_hpc.track.notes import GPU_HOURS_PREFIX, stages, sweep_note

@@ -22,14 +22,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from PIL import Image  # noqa: E402  (matplotlib's dependency)
+from PIL import Image  # matplotlib's dependency
 
-from ctsl_hpc.data.synthetic import build_demo_corpus  # noqa: E402
-from ctsl_hpc.launch.__main__ import main  # noqa: E402
-from ctsl_hpc.track.server import TRAINING_VIEW, training_runs_url  # noqa: E402
-from tests.chromium import Page, open_page  # noqa: E402
-from tests.conftest import _tiny_overrides  # noqa: E402
-from tests.mlflow_fixtures import MlflowServer  # noqa: E402
+from ctsl_hpc.data.synthetic import build_demo_corpus
+from ctsl_hpc.launch.__main__ import main
+from ctsl_hpc.track.server import TRAINING_VIEW, training_runs_url
+from tests.chromium import Page, open_page
+from tests.conftest import _tiny_overrides
+from tests.mlflow_fixtures import MlflowServer
 
 OUT = REPO / "docs" / "img"
 EXPERIMENT = "demo"
@@ -105,7 +105,8 @@ def run() -> None:
             experiment = client.get_experiment_by_name(EXPERIMENT)
             parent = client.search_runs([experiment.experiment_id], "tags.`ctsl.run_key` = 'parent'")[0]
             runs_page = training_runs_url(server.url, EXPERIMENT)
-            run_page = f"{server.url}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}?{TRAINING_VIEW}"
+            runs = f"{server.url}/#/experiments/{experiment.experiment_id}/runs"
+            run_page = f"{runs}/{parent.info.run_id}?{TRAINING_VIEW}"
             profile = Path(tmp) / "chromium"
             profile.mkdir()
             for png in asyncio.run(screenshots(run_page, runs_page, profile)):

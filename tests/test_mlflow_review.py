@@ -114,10 +114,11 @@ def test_the_sweep_is_reviewed_in_the_browser(mlflow_server: MlflowServer, revie
     for variant in VARIANTS:  # Table 1's rows, rendered: each cell starts with the mean (markers may follow)
         expected = [f"{table1[variant][c][a]['mean']:.3f}" for c in PAPER_CONDITION_ORDER for a in ATTRIBUTES]
         assert len(rows[variant]) == len(expected), rows.get(variant)
-        assert all(cell.startswith(e) for cell, e in zip(rows[variant], expected, strict=True)), (rows[variant], expected)
+        cells = zip(rows[variant], expected, strict=True)
+        assert all(cell.startswith(mean) for cell, mean in cells), (rows[variant], expected)
     summary = workdir.student("RM+TL+CL").summary()
-    assert rows["student/RM+TL+CL"] == [f"done (best epoch {summary.best_epoch}, dev CCC "
-                                        f"{summary.dev_scores[summary.best_epoch]:.3f})", "—"]  # fmt: skip
+    status = f"done (best epoch {summary.best_epoch}, dev CCC {summary.dev_scores[summary.best_epoch]:.3f})"
+    assert rows["student/RM+TL+CL"] == [status, "—"]
     assert rows["eval"][0] == "report built"
     assert "lambda_tl = 100, lambda_cl = 10" in seen["student"] and f"{summary.best_epoch} (dev CCC" in seen["student"]
     for variant in VARIANTS:
@@ -145,6 +146,12 @@ def test_selected_models_are_registered_once_and_predict_reads_them_from_the_reg
     assert {v: sorted(x.version for x in found) for v, found in versions().items()} == {
         v: sorted(x.version for x in found) for v, found in registered.items()
     }
+    found = client.get_experiment_by_name(experiment)
+    parent = client.search_runs([found.experiment_id], "tags.`ctsl.run_key` = 'parent'")[0]
+    client.set_tag(parent.info.run_id, "mlflow.note.content", "stale")
+    assert main(["report", "--workdir", str(workdir.root)]) == 0  # a rebuilt report rewrites the description
+    note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    assert "| RM+TL+CL |" in note and "| eval | done | — |" in note
 
     audio = [str(u.path) for u in load_csv_manifest(small_corpus.manifest)["test"][:3]]
     folder = workdir.student("RM+TL+CL").summary().best_dir

@@ -65,9 +65,9 @@ def test_registry_inputs_and_descriptions_are_spooled_and_replayed_once(
         run.log_artifacts(folder, f"models/{folder.name}")
         tags = {EPOCH_TAG: epoch, SCORE_TAG: scores[epoch], "sweep": tmp_path / "w"}
         run.register_model(model_name(experiment, "RM"), f"models/{folder.name}", tags, "RM models")
-    run.set_description("**RM**: a student")
+    run.set_description("**RM**: a student\n" + "x" * 9000)  # longer than a tag may be: cut, not refused
     run.finish()
-    tracker.set_tags("parent", {NOTE_TAG: "# Table 1"})
+    tracker.run("parent").set_description("# Table 1")
     assert time.monotonic() - started < 30 and tracker.pending() >= 8 and tracker.run_ids() == {}
 
     journal = Journal(tmp_path / "w")
@@ -86,7 +86,9 @@ def test_registry_inputs_and_descriptions_are_spooled_and_replayed_once(
     assert sorted((d.dataset.name, d.dataset.digest) for d in student.inputs.dataset_inputs) == sorted(
         (d["name"], d["digest"]) for d in inputs
     )
-    assert student.data.tags[NOTE_TAG] == "**RM**: a student" and parent.data.tags[NOTE_TAG] == "# Table 1"
+    note = student.data.tags[NOTE_TAG]
+    assert note.startswith("**RM**: a student\nxxx") and len(note) <= 8000 and "cut" in note[-80:]
+    assert parent.data.tags[NOTE_TAG] == "# Table 1"
     assert student.data.tags[SOURCE_NAME] == "ctsl_hpc.launch sweep" and student.data.tags[SOURCE_TYPE] == "LOCAL"
     assert student.data.tags[COMMAND_TAG] == command[COMMAND_TAG]
 

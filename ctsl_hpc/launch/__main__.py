@@ -167,7 +167,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ctsl_hpc.predict import run_cli
 
     def predict(model: str) -> int:
-        return run_cli(model, args.inputs, args.out, args.json, args.window_s, args.hop_s, args.batch_size, args.skip_bad)
+        return run_cli(
+            model, args.inputs, args.out, args.json, args.window_s, args.hop_s, args.batch_size, args.skip_bad
+        )
 
     if not args.model.startswith("models:/"):
         return predict(args.model)

@@ -198,14 +198,14 @@ def describe_sweep(workdir: Workdir, cfg: ExperimentConfig) -> str:
     from ctsl_hpc.experiment import Experiment
     from ctsl_hpc.jobs import sweep_description
     from ctsl_hpc.track.replay import PARENT_KEY
-    from ctsl_hpc.track.runs import NOTE_TAG, open_tracker
+    from ctsl_hpc.track.runs import open_tracker
     from ctsl_hpc.variants import TEACHER
 
     tracker = open_tracker(workdir.root, cfg, system_metrics=False)
     if tracker is None or PARENT_KEY not in tracker.run_ids():
         return "tracking: no sweep run to describe"
     text = sweep_description(Experiment(cfg, workdir), [TEACHER, *cfg.student.variants], sweep_usage(workdir, cfg))
-    tracker.set_tags(PARENT_KEY, {NOTE_TAG: text})
+    tracker.run(PARENT_KEY).set_description(text)
     if tracker.pending():
         return "tracking: the sweep run's description is spooled (send it with: sync --workdir ...)"
     return "tracking: the sweep run's description holds the rebuilt Table 1"

@@ -86,13 +86,13 @@ def model_note(
     what = "student" if spec.student else "teacher (clean speech)"
     if spec.student:
         what += ", whole model" if spec.train_backbone else ", regression head only"
-    weights = ", ".join(f"{t.weight} = {getattr(cfg.student, t.weight):g}" for t in spec.terms) or "none (CCC loss only)"
+    weights = ", ".join(f"{t.weight} = {getattr(cfg.student, t.weight):g}" for t in spec.terms)
     epochs = ", ".join(f"{epoch} (dev CCC {score:.3f})" for epoch, score in selected.items())
     gain = zero_db_gain(table1, variant)
     lines = [
         f"**{variant}**: {what}",
         "",
-        f"- lambdas: {weights}",
+        f"- lambdas: {weights or 'none (CCC loss only)'}",
         f"- selected epochs (top {cfg.eval.top_k}, best first): {epochs}",
     ]
     if spec.student:

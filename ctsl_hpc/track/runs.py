@@ -44,6 +44,7 @@ _log = logging.getLogger(__name__)
 
 _PARAM_MAX_CHARS = 6000
 NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
+_NOTE_MAX_CHARS, _CUT = 8000, "\n\n… (cut: the whole report is in the run's artifacts)\n"
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -134,12 +135,11 @@ class Tracker:
         all_tags = dict(context_tags(), **(tags or {}))
         return self._open(key, PARENT_KEY, name or key, all_tags)
 
-    def set_tags(self, key: str, tags: Mapping[str, Any]) -> None:
-        """Set tags of the existing run ``key`` without reopening it (e.g. its description)."""
+    def run(self, key: str) -> Run:
+        """A handle on the existing run ``key`` that leaves its status alone (e.g. to rewrite its description)."""
         if not self._known(key):
             raise KeyError(f"no run {key!r} in {self.workdir}")
-        if tags:
-            self._record({"op": "tags", "key": key, "tags": {k: str(v) for k, v in tags.items()}})
+        return Run(self, key)
 
     def run_ids(self) -> dict[str, str]:
         """Key -> run id of every run created so far (runs still spooled are absent)."""
@@ -253,7 +253,10 @@ class Run:
             self._send({"op": "tags", "key": self.key, "tags": {k: str(v) for k, v in tags.items()}})
 
     def set_description(self, markdown: str) -> None:
-        """The run page's description (``mlflow.note.content``, rendered as markdown)."""
+        """The run page's description (``mlflow.note.content``, rendered as markdown; cut to the
+        store's 8000 characters of a tag)."""
+        if len(markdown) > _NOTE_MAX_CHARS:
+            markdown = markdown[: _NOTE_MAX_CHARS - len(_CUT)] + _CUT
         self.set_tags({NOTE_TAG: markdown})
 
     def log_inputs(self, datasets: Sequence[Mapping[str, Any]]) -> None:
