@@ -13,9 +13,10 @@ they would race on the same files.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StopRequest = Callable[[], bool]
+NOISY_SPLITS = ("train", "dev")  # the noise pools a student (or trial) trains and selects on
 UsageMetrics = Callable[[Path], Mapping[str, float]]
 
 
@@ -62,6 +64,14 @@ def _tracker(exp: Experiment, system_metrics: bool | None = None):
     return tracker
 
 
+def dataset_inputs(exp: Experiment, noise: Sequence[str] = ()) -> list[dict]:
+    """What a training run sees, as dataset inputs: the corpus and the noise pools of ``noise`` splits."""
+    from ctsl_hpc.track.datasets import corpus_input, pool_input
+
+    inputs = [corpus_input(exp.cfg, exp.data.splits, "train")]
+    return inputs + [pool_input(s, exp.data.pool(s), exp.data.noise_dirs[s], s) for s in noise]
+
+
 def _close(run, exp: Experiment, summary: StageSummary) -> None:
     """Attach the resolved config and the best model directory, and end the run."""
     if run is None:
@@ -78,6 +88,8 @@ def teacher_job(workdir: str | Path, should_stop: StopRequest | None = None) -> 
     exp = _open(workdir, check_inputs=True)
     tracker = _tracker(exp)
     run = None if tracker is None else tracker.child(run_key("teacher"))
+    if run is not None:
+        run.log_inputs(dataset_inputs(exp))
     summary = train_teacher(exp, sink=run, should_stop=should_stop or never)
     _close(run, exp, summary)
     return summary
@@ -90,6 +102,8 @@ def student_job(workdir: str | Path, variant: str, should_stop: StopRequest | No
     exp = _open(workdir)
     tracker = _tracker(exp)
     run = None if tracker is None else tracker.child(run_key(variant))
+    if run is not None:
+        run.log_inputs(dataset_inputs(exp, NOISY_SPLITS))
     summary = train_student(exp, variant, sink=run, should_stop=should_stop or never)
     _close(run, exp, summary)
     return summary
@@ -98,33 +112,83 @@ def student_job(workdir: str | Path, variant: str, should_stop: StopRequest | No
 def evaluate_job(
     workdir: str | Path, should_stop: StopRequest | None = None, usage: UsageMetrics | None = None
 ) -> Path:
-    """Score every model, write the report, attach it (and ``usage(workdir)``, e.g. GPU-hours) to the
-    parent run, end the run tree and mark the report complete. Scores are saved per variant: a
-    stopped evaluation resumes where it was."""
+    """Score every model, write the report, register the selected models, describe the runs, attach
+    the report (and ``usage(workdir)``, e.g. GPU-hours) to the parent run, end the run tree and mark
+    the report complete. Scores are saved per variant: a stopped evaluation resumes where it was."""
     from ctsl_hpc.experiment import evaluate, never
     from ctsl_hpc.variants import TEACHER
 
     exp = _open(workdir)
     tracker = _tracker(exp)
     variants = [TEACHER, *exp.cfg.student.variants]
-    reopened = []
+    reopened = {}
 
     def sink_for(key: str):
         run = None if tracker is None else tracker.child(key, retag=False)  # its tags tell where and how it trained
         if run is not None:
-            reopened.append(run)
+            reopened[key] = run
         return run
 
     report_dir = evaluate(exp, variants, sink_for=sink_for, should_stop=should_stop or never)
-    for run in reopened:  # reopened (RUNNING) for the test scores: end them again
-        run.finish("FINISHED")
     if tracker is not None:
+        publish_models(tracker, exp, variants, reopened)
+        metrics = dict(usage(exp.workdir.root)) if usage is not None else {}
         parent = tracker.parent()
         parent.set_tags({"ctsl.code_snapshots": ",".join(exp.workdir.code_snapshots())})  # every code its jobs ran
         parent.log_artifacts(report_dir, "report")
-        if usage is not None:
-            parent.log_metrics(usage(exp.workdir.root), step=0)
+        if metrics:
+            parent.log_metrics(metrics, step=0)
+        parent.set_description(sweep_description(exp, variants, metrics))
         parent.finish("FINISHED")
         tracker.flush()
     atomic_write_json(exp.workdir.report.done, {"variants": variants})
     return report_dir
+
+
+def publish_models(tracker, exp: Experiment, variants: Sequence[str], runs: Mapping, key_prefix: str = "") -> None:
+    """Per variant's run: the test noise it was scored on, its selected model directories registered
+    (``<experiment>-<variant>``, a version per selected epoch), its description; then end the run.
+    ``runs`` holds the runs already open (by key); the others are reopened."""
+    from ctsl_hpc.experiment import run_key, selected_models
+    from ctsl_hpc.track.datasets import pool_input
+    from ctsl_hpc.track.notes import model_note
+    from ctsl_hpc.track.registry import EPOCH_TAG, SCORE_TAG, SWEEP_TAG, model_name
+
+    models = selected_models(exp, list(variants))
+    table1 = json.loads(exp.workdir.report.table1_json.read_text())
+    test_noise = pool_input("test", exp.data.pool("test"), exp.data.noise_dirs["test"], "test")
+    for variant in variants:
+        key = key_prefix + run_key(variant)
+        run = runs.get(key) or tracker.child(key)
+        scores = exp.workdir.run(variant).summary().dev_scores
+        run.log_inputs([test_noise])
+        for epoch, model_dir in models[variant].items():
+            artifact = f"models/{model_dir.name}"
+            run.log_artifacts(model_dir, artifact)
+            tags = {EPOCH_TAG: epoch, SCORE_TAG: f"{scores[epoch]:.6f}", SWEEP_TAG: exp.workdir.root,
+                    "variant": variant}  # fmt: skip
+            run.register_model(model_name(tracker.experiment, variant), artifact, tags, _model_description(variant))
+        run.set_description(model_note(variant, exp.cfg, {e: scores[e] for e in models[variant]}, table1))
+        run.finish("FINISHED")
+
+
+def _model_description(variant: str) -> str:
+    return (
+        f"The {variant} models of this experiment's sweeps: each version is a ctsl_hpc model directory "
+        "(ctsl_hpc.model.load_model). Alias `best`: the highest development CCC. "
+        "Predict: `python -m ctsl_hpc.launch predict --model models:/<this name>@best <audio files>`."
+    )
+
+
+def sweep_description(
+    exp: Experiment, variants: Sequence[str], usage: Mapping[str, float], key_prefix: str = ""
+) -> str:
+    """The sweep run's description: Table 1 of the report and a line per stage (status, GPU-hours)."""
+    from ctsl_hpc.experiment import run_key
+    from ctsl_hpc.track.notes import GPU_HOURS_PREFIX, stages, sweep_note
+
+    files = exp.workdir.report
+    runs = {key_prefix + run_key(v): exp.workdir.run(v) for v in variants}
+    title = f"{exp.cfg.name}: sweep {exp.workdir.root.name}"
+    total = usage.get(f"{GPU_HOURS_PREFIX}total")
+    return sweep_note(title, files.table1_md.read_text(), stages(runs, files, usage), total)

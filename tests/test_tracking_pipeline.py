@@ -62,3 +62,4 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
     evaluate_job(tmp_path / "w", usage=lambda workdir: {"gpu_hours/total": 1.5})
     parent = client.get_run(parent.info.run_id)
     assert parent.data.metrics["gpu_hours/total"] == 1.5 and parent.info.status == "FINISHED"
+    assert "GPU-hours of the sweep: 1.500" in parent.data.tags["mlflow.note.content"]

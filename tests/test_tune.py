@@ -175,6 +175,9 @@ def test_killed_sweep_resumes_with_one_mlflow_run_per_trial(resumed_sweep):
             steps = sorted(m.step for m in history)
             assert steps == list(range(1, epochs[key.removeprefix("trial/")] + 1)), (key, steps)
             assert run.info.status == "FINISHED"
+            seen = {d.dataset.name: json.loads(d.dataset.profile) for d in run.inputs.dataset_inputs}
+            assert set(seen) == {"csv corpus", "train noise", "dev noise"}, key
+            assert seen["train noise"]["minutes"] == pytest.approx(float(run.data.params["noise_minutes"]), abs=1e-3)
 
 
 @pytest.mark.slow
@@ -192,3 +195,20 @@ def test_best_config_is_written_and_its_students_reach_table1(resumed_sweep):
     assert list(table1) == ["original", "RM+TL+CL"]
     assert Workdir(workdir).tune_summary_plot.stat().st_size > 0
     assert "RM+TL+CL" in stdout and str(Workdir(workdir).best_config) in stdout
+
+
+@pytest.mark.slow
+def test_the_final_students_are_described_and_registered(resumed_sweep):
+    from mlflow import MlflowClient
+
+    workdir, _, _ = resumed_sweep
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = {r.data.tags["ctsl.run_key"]: r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], max_results=1000)}  # fmt: skip
+    assert "| RM+TL+CL |" in runs["parent"].data.tags["mlflow.note.content"]
+    assert "0 dB gain over original" in runs["final/student/RM+TL+CL"].data.tags["mlflow.note.content"]
+    final = Workdir(Workdir(workdir).final)
+    versions = {m.name: client.search_model_versions(f"name = '{m.name}'") for m in client.search_registered_models()}
+    student = next(v for name, v in versions.items() if name.endswith("-RM+TL+CL"))
+    assert {v.tags["sweep"] for v in student} == {str(final.root)}
+    assert {v.run_id for v in student} == {runs["final/student/RM+TL+CL"].info.run_id}

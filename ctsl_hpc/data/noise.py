@@ -66,17 +66,26 @@ def noise_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 class NoisePool:
-    """A single concatenated noise signal from which random segments are cut."""
+    """A single concatenated noise signal from which random segments are cut.
 
-    def __init__(self, signal: np.ndarray, sample_rate: int, sources: Sequence[str] = ()) -> None:
+    ``sources`` names the files (or arrays) it was read from, in order; ``ends`` the sample where
+    each one ends in the signal (given with ``sources``, or empty).
+    """
+
+    def __init__(
+        self, signal: np.ndarray, sample_rate: int, sources: Sequence[str] = (), ends: Sequence[int] = ()
+    ) -> None:
         signal = np.ascontiguousarray(signal, dtype=np.float32)
         if signal.ndim != 1 or signal.shape[0] == 0:
             raise NoiseError("noise pool is empty")
         if not np.any(signal):
             raise NoiseError("noise pool has zero energy")
+        if len(ends) and len(ends) != len(sources):
+            raise ValueError(f"noise pool: {len(ends)} source ends for {len(sources)} sources")
         self.signal = signal
         self.sample_rate = int(sample_rate)
         self.sources = tuple(sources)
+        self.ends = tuple(int(e) for e in ends)
 
     @property
     def seconds(self) -> float:
@@ -88,10 +97,20 @@ class NoisePool:
         """An in-memory pool: the arrays concatenated in order, capped to `minutes` of audio."""
         if not arrays:
             raise NoiseError("noise pool: no arrays given")
-        signal = np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in arrays])
-        if minutes is not None:
-            signal = signal[: int(round(minutes * 60 * sample_rate))]
-        return cls(signal, sample_rate, sources=[f"array[{i}]" for i in range(len(arrays))])
+        parts = [np.asarray(a, dtype=np.float32).ravel() for a in arrays]
+        pool = cls(np.concatenate(parts), sample_rate, [f"array[{i}]" for i in range(len(parts))],
+                   np.cumsum([p.shape[0] for p in parts]))  # fmt: skip
+        return pool if minutes is None else pool.head(minutes)
+
+    def head(self, minutes: float) -> NoisePool:
+        """The pool's first ``minutes`` of audio, with the sources that reach into them."""
+        cap = int(round(minutes * 60 * self.sample_rate))
+        if cap >= self.signal.shape[0]:
+            return self
+        if not self.ends:
+            return NoisePool(self.signal[:cap], self.sample_rate)
+        kept = next(i for i, end in enumerate(self.ends) if end >= cap) + 1
+        return NoisePool(self.signal[:cap], self.sample_rate, self.sources[:kept], [*self.ends[: kept - 1], cap])
 
     @classmethod
     def from_directory(
@@ -115,6 +134,7 @@ class NoisePool:
         cap = None if minutes is None else int(round(minutes * 60 * sample_rate))
         parts: list[np.ndarray] = []
         used: list[str] = []
+        ends: list[int] = []
         total = 0
         for path in files:
             remaining = None if cap is None else (cap - total) / sample_rate
@@ -125,9 +145,10 @@ class NoisePool:
             parts.append(wave)
             used.append(str(path))
             total += wave.shape[0]
+            ends.append(total)
             if cap is not None and total >= cap:
                 break
-        pool = cls(np.concatenate(parts), sample_rate, sources=used)
+        pool = cls(np.concatenate(parts), sample_rate, used, ends)
         if pool.seconds < min_seconds:
             raise NoiseError(
                 f"{folder}: noise pool holds {pool.seconds:.2f} s, fewer than the {min_seconds:g} s needed"

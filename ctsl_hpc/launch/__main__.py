@@ -22,6 +22,7 @@ from ctsl_hpc.launch.registry import Registry
 from ctsl_hpc.launch.slurm_cli import SlurmError
 from ctsl_hpc.logs import setup_logging
 from ctsl_hpc.records import RecordError
+from ctsl_hpc.track.tags import command_tags, exported_run_tags
 from ctsl_hpc.workdir import ConfigMismatch, Workdir, WorkdirLocked
 
 
@@ -79,6 +80,7 @@ def _sweep(cfg: ExperimentConfig, cluster: str, command: str = "sweep") -> int:
         print(f"corpus fingerprint: {fingerprint}")
         print(f"work directory: {workdir.root}")
         print(f"report: {workdir.report.path} ({time.time() - started:.0f} s)")
+        _print_runs_page(cfg)
         return 0
     records = {r.key: r for r in Registry(workdir.root).all()}
     for stage in plan:
@@ -95,6 +97,18 @@ def _sweep(cfg: ExperimentConfig, cluster: str, command: str = "sweep") -> int:
     print(f"work directory: {workdir.root}")
     print(f"follow with: python -m ctsl_hpc.launch status --workdir {workdir.root}")
     return 0
+
+
+def _print_runs_page(cfg: ExperimentConfig) -> None:
+    """Where to review the sweep in MLflow (on a tracking server)."""
+    if not cfg.tracking.enabled:
+        return
+    from ctsl_hpc.track.replay import resolve_uri
+    from ctsl_hpc.track.server import training_runs_url
+
+    url = training_runs_url(resolve_uri(cfg.workdir, cfg.tracking.uri), cfg.tracking.experiment or cfg.name)
+    if url:
+        print(f"review in MLflow: {url}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -131,6 +145,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ctsl_hpc.evaluate.report import build_report
+    from ctsl_hpc.launch.manage import describe_sweep
 
     workdir = Workdir(args.workdir)
     cfg = workdir.read_config()
@@ -138,6 +153,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     with workdir.lock("report"):
         for path in build_report(workdir.report.path, alpha=cfg.eval.alpha):
             print(path)
+        print(describe_sweep(workdir, cfg))
     return 0
 
 
@@ -163,11 +179,28 @@ def cmd_mlflow_server(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import tempfile
+
     from ctsl_hpc.predict import run_cli
 
-    return run_cli(
-        args.model, args.inputs, args.out, args.json, args.window_s, args.hop_s, args.batch_size, args.skip_bad
-    )
+    def predict(model: str) -> int:
+        return run_cli(
+            model, args.inputs, args.out, args.json, args.window_s, args.hop_s, args.batch_size, args.skip_bad
+        )
+
+    if not args.model.startswith("models:/"):
+        return predict(args.model)
+    from mlflow.exceptions import MlflowException
+
+    from ctsl_hpc.track.registry import fetch_model
+
+    with tempfile.TemporaryDirectory(prefix="ctsl-model-") as tmp:  # the registry's copy, for this call only
+        try:
+            model_dir = fetch_model(args.model, tmp, args.tracking_uri)
+        except MlflowException as exc:
+            print(f"error: {args.model}: {exc.message}", file=sys.stderr)
+            return 1
+        return predict(str(model_dir))
 
 
 def cmd_ray_node(args: argparse.Namespace) -> int:
@@ -237,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.set_defaults(func=cmd_mlflow_server)
 
     predict = commands.add_parser("predict", help="arousal/dominance/valence (1..7) of audio files")
-    predict.add_argument("--model", required=True, help="a saved model directory (or a finished training stage)")
+    predict.add_argument("--model", required=True, help="a saved model directory (or a finished training stage), "
+                         "or a registered model: models:/<experiment>-<variant>@best (or .../<version>)")
+    predict.add_argument("--tracking-uri", help="where models:/ URIs are looked up (default: $MLFLOW_TRACKING_URI)")
     predict.add_argument("inputs", nargs="+", help="audio files, folders (recursive) or CSVs with a path column")
     predict.add_argument("--out", default="predictions.csv", help="CSV output (default: predictions.csv)")
     predict.add_argument("--json", help="also write the predictions as JSON here")
@@ -259,10 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow configures its logger at import
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    # the runs this command opens, and those of the jobs it submits, name it (a ray-node keeps its sweep's)
+    command = {} if args.command == "ray-node" else command_tags(parser.prog, argv)
     try:
-        return args.func(args)
+        with exported_run_tags(command):
+            return args.func(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -181,3 +181,33 @@ def dry_run_lines(workdir: Workdir, cfg: ExperimentConfig, backend: Backend) -> 
         if stage.submit or stage.running:
             waits = f"the {stage.stage} job(s)"
     return lines
+
+
+def sweep_usage(workdir: Workdir, cfg: ExperimentConfig) -> dict[str, float]:
+    """The usage metrics (``gpu_hours/<key>``, ``gpu_hours/total``) of the backends that ran the sweep's jobs."""
+    metrics: dict[str, float] = {}
+    for backend in _backends(workdir, cfg, Registry(workdir.root).all()).values():
+        usage = backend.usage_metrics
+        try:
+            metrics.update(usage(workdir.root) if usage is not None else {})
+        except SlurmError:  # the scheduler's tools are not on this machine
+            continue
+    return metrics
+
+
+def describe_sweep(workdir: Workdir, cfg: ExperimentConfig) -> str:
+    """Put the rebuilt report's Table 1 and the stages into the sweep run's description; what happened."""
+    from ctsl_hpc.experiment import Experiment
+    from ctsl_hpc.jobs import sweep_description
+    from ctsl_hpc.track.replay import PARENT_KEY
+    from ctsl_hpc.track.runs import open_tracker
+    from ctsl_hpc.variants import TEACHER
+
+    tracker = open_tracker(workdir.root, cfg, system_metrics=False)
+    if tracker is None or PARENT_KEY not in tracker.run_ids():
+        return "tracking: no sweep run to describe"
+    text = sweep_description(Experiment(cfg, workdir), [TEACHER, *cfg.student.variants], sweep_usage(workdir, cfg))
+    tracker.run(PARENT_KEY).set_description(text)
+    if tracker.pending():
+        return "tracking: the sweep run's description is spooled (send it with: sync --workdir ...)"
+    return "tracking: the sweep run's description holds the rebuilt Table 1"

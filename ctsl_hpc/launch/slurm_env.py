@@ -9,13 +9,12 @@ is all the core reads. ``CUDA_VISIBLE_DEVICES`` is left alone: every rank picks 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 
 from submitit.slurm.slurm import SlurmJobEnvironment
 
-from ctsl_hpc.track.tags import RUN_TAGS_ENV
+from ctsl_hpc.track.tags import SOURCE_TYPE, add_run_tags
 from ctsl_hpc.train.ranks import ClusterEnvironment
 
 _TAGS = {
@@ -98,5 +97,6 @@ def job_tags() -> dict[str, str]:
 
 
 def export_run_tags() -> None:
-    """Hand :func:`job_tags` to every MLflow run this job (and its Ray workers) opens."""
-    os.environ[RUN_TAGS_ENV] = json.dumps(job_tags())
+    """Hand :func:`job_tags` (and the source type ``JOB``) to every MLflow run this job (and its Ray
+    workers) opens, besides the tags the submitting command exported (its command line)."""
+    add_run_tags({**job_tags(), SOURCE_TYPE: "JOB"})

@@ -4,7 +4,8 @@ If the server is unreachable or answers 5xx, records stay in the spool and are r
 next successful call, or by :func:`replay_spool`. Replayed records carry the timestamp of their
 original call, so sending a record twice (a crash between the send and the journal cut) stores one
 row: the SQL store ignores an identical (key, value, timestamp, step). Run creation is made
-idempotent with the ``ctsl.run_key`` and ``ctsl.workdir_id`` tags.
+idempotent with the ``ctsl.run_key`` and ``ctsl.workdir_id`` tags; dataset inputs are deduplicated
+by the store, model versions by :func:`~ctsl_hpc.track.registry.register_version`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 import requests
 from filelock import FileLock
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from ctsl_hpc.track.datasets import CONTEXT_TAG
 from ctsl_hpc.track.journal import Journal
+from ctsl_hpc.track.registry import SWEEP_RUN_TAG, register_version
 from ctsl_hpc.workdir import Workdir
 
 _log = logging.getLogger(__name__)
@@ -37,6 +40,9 @@ HTTP_DEFAULTS = {
 }
 RUN_KEY_TAG = "ctsl.run_key"
 WORKDIR_TAG = "ctsl.workdir_id"
+PARENT_KEY = "parent"  # the sweep's run
+# MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI overview)
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 
@@ -125,6 +131,11 @@ class _Replayer:
                 self.client.log_artifacts(run_id, str(path), rec.get("artifact_path"))
             else:
                 self.client.log_artifact(run_id, str(path), rec.get("artifact_path"))
+        elif op == "inputs":
+            self.client.log_inputs(run_id, datasets=[_dataset_input(d) for d in rec["inputs"]])
+        elif op == "register":
+            record = dict(rec, tags={**rec["tags"], SWEEP_RUN_TAG: self._run_id(PARENT_KEY)})
+            register_version(self.client, run_id, record)
         elif op == "finish":
             self.client.set_terminated(run_id, rec["status"], end_time=rec["ts"])
         else:
@@ -135,13 +146,16 @@ class _Replayer:
             found = self.client.get_experiment_by_name(name)
             if found is None:
                 try:
-                    self._experiments[name] = self.client.create_experiment(name, artifact_location)
+                    self._experiments[name] = self.client.create_experiment(name, artifact_location, EXPERIMENT_TAGS)
                 except MlflowException as exc:
                     if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # another process won the race
                         raise
                     self._experiments[name] = self.client.get_experiment_by_name(name).experiment_id
             else:
                 self._experiments[name] = found.experiment_id
+                for tag, value in EXPERIMENT_TAGS.items():
+                    if tag not in found.tags:  # made before this tag existed: a value set since stays
+                        self.client.set_experiment_tag(found.experiment_id, tag, value)
         return self._experiments[name]
 
     def _create(self, rec: dict[str, Any]) -> None:
@@ -169,6 +183,14 @@ class _Replayer:
             run_id = run.info.run_id
         runs["runs"][key] = run_id
         self.state.save_runs(runs)
+
+
+def _dataset_input(record: dict[str, Any]) -> DatasetInput:
+    """A :mod:`ctsl_hpc.track.datasets` record as MLflow's dataset input."""
+    dataset = Dataset(
+        record["name"], record["digest"], record["source_type"], record["source"], profile=record.get("profile")
+    )
+    return DatasetInput(dataset, [InputTag(CONTEXT_TAG, record["context"])])
 
 
 def replay_spool(workdir: str | Path, uri: str | None = None) -> int:

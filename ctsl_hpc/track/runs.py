@@ -29,22 +29,24 @@ import importlib.util
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.config import flatten as flatten_values
 from ctsl_hpc.track.journal import Journal
-from ctsl_hpc.track.replay import _http_defaults, _Replayer, _schema_lock, resolve_uri
+from ctsl_hpc.track.registry import EPOCH_TAG
+from ctsl_hpc.track.replay import PARENT_KEY, _http_defaults, _Replayer, _schema_lock, resolve_uri
 from ctsl_hpc.track.tags import context_tags
 from ctsl_hpc.workdir import Workdir
 
 _log = logging.getLogger(__name__)
 
-PARENT_KEY = "parent"
 MAX_RETRY_INTERVAL_S = 600.0  # the longest pause between two tries of an unresponsive server
 _PARAM_MAX_CHARS = 6000
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI
+_NOTE_MAX_CHARS, _CUT = 8000, "\n\n… (cut: the whole report is in the run's artifacts)\n"
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -140,6 +142,12 @@ class Tracker:
             raise RuntimeError(f"open the parent run before child {key!r} (Tracker.parent())")
         all_tags = dict(context_tags(), **(tags or {}))
         return self._open(key, PARENT_KEY, name or key, all_tags, retag)
+
+    def run(self, key: str) -> Run:
+        """A handle on the existing run ``key`` that leaves its status alone (e.g. to rewrite its description)."""
+        if not self._known(key):
+            raise KeyError(f"no run {key!r} in {self.workdir}")
+        return Run(self, key)
 
     def run_ids(self) -> dict[str, str]:
         """Key -> run id of every run created so far (runs still spooled are absent)."""
@@ -253,6 +261,30 @@ class Run:
         """Set (or overwrite) run tags."""
         if tags:
             self._send({"op": "tags", "key": self.key, "tags": {k: str(v) for k, v in tags.items()}})
+
+    def set_description(self, markdown: str) -> None:
+        """The run page's description (``mlflow.note.content``, rendered as markdown; cut to the
+        store's 8000 characters of a tag)."""
+        if len(markdown) > _NOTE_MAX_CHARS:
+            markdown = markdown[: _NOTE_MAX_CHARS - len(_CUT)] + _CUT
+        self.set_tags({NOTE_TAG: markdown})
+
+    def log_inputs(self, datasets: Sequence[Mapping[str, Any]]) -> None:
+        """Record what the run saw: :mod:`ctsl_hpc.track.datasets` records (the store keeps each once)."""
+        if datasets:
+            self._send({"op": "inputs", "key": self.key, "inputs": [dict(d) for d in datasets]})
+
+    def register_model(self, name: str, artifact_path: str, tags: Mapping[str, Any], description: str = "") -> None:
+        """A version of registered model ``name`` from this run's artifact ``artifact_path`` (a model
+        directory logged before), tagged with ``tags`` (``epoch`` and ``dev_ccc_mean`` required);
+        registered once per run and epoch (:mod:`ctsl_hpc.track.registry`)."""
+        tags = {k: str(v) for k, v in tags.items()}
+        if EPOCH_TAG not in tags:
+            raise ValueError(f"model version tags need {EPOCH_TAG!r}: {tags}")
+        self._send({
+            "op": "register", "key": self.key, "model": name, "artifact_path": artifact_path, "tags": tags,
+            "description": description,
+        })  # fmt: skip
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file (or directory) of the work directory under ``artifact_path``; it must still

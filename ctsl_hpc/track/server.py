@@ -123,3 +123,26 @@ def run_server(
         return 0
     finally:
         stop_server(proc)
+
+
+# MLflow 3.17's UI opens an experiment on the view its sidebar switch (GenAI / Model training) names,
+# from this URL parameter or the browser's last choice; the experiment tag mlflow.experimentKind is
+# not read for it. Links to an experiment's runs carry the parameter.
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def training_runs_url(tracking_uri: str, experiment: str) -> str | None:
+    """The experiment's training-runs page on an HTTP tracking server; None for another store, an
+    unknown experiment or an unreachable server."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = MlflowClient(tracking_uri).get_experiment_by_name(experiment)
+    except (MlflowException, OSError):
+        return None
+    if found is None:
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{found.experiment_id}/runs?{TRAINING_VIEW}"

@@ -162,7 +162,7 @@ def prepare_shared(exp: Experiment, should_stop: Callable[[], bool] = never) -> 
             "the training noise folder holds %.2f min: tune.noise_minutes choices %s all use the whole pool",
             train_pool.seconds / 60, short,
         )
-    return SharedInputs(str(exp.workdir.root), train_pool.signal, exp.data.pool("dev").signal, d.sample_rate)
+    return SharedInputs(str(exp.workdir.root), train_pool, exp.data.pool("dev"))
 
 
 @dataclass

@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ctsl_hpc.experiment import Experiment, evaluate, train_student
+from ctsl_hpc import jobs
+from ctsl_hpc.experiment import Experiment, evaluate, run_key, train_student
 from ctsl_hpc.tune.space import apply_params
 from ctsl_hpc.variants import TEACHER
+
+FINAL_PREFIX = "final/"  # the final runs' keys in the search's run tree
 
 
 def final_experiment(exp: Experiment, best: dict[str, Any]) -> Experiment:
@@ -24,16 +27,24 @@ def final_experiment(exp: Experiment, best: dict[str, Any]) -> Experiment:
 
 
 def train_and_evaluate_final(exp: Experiment, best: dict[str, Any], tracker) -> Path:
-    """Train the final students with the best setting and run the full evaluation protocol."""
+    """Train the final students with the best setting, run the full evaluation protocol, register the
+    selected models and describe the runs (the sweep's run: the final Table 1)."""
     final = final_experiment(exp, best)
 
     def sink(key: str):
-        return None if tracker is None else tracker.child(f"final/{key}")
+        return None if tracker is None else tracker.child(FINAL_PREFIX + key)
 
     variants = final.cfg.student.variants
     for variant in variants:
-        run = sink(f"student/{variant}")
+        run = sink(run_key(variant))
+        if run is not None:
+            run.log_inputs(jobs.dataset_inputs(final, jobs.NOISY_SPLITS))
         train_student(final, variant, sink=run)
         if run is not None:
             run.finish("FINISHED")
-    return evaluate(final, [TEACHER, *variants], sink_for=sink)
+    everything = [TEACHER, *variants]
+    report_dir = evaluate(final, everything, sink_for=sink)
+    if tracker is not None:
+        jobs.publish_models(tracker, final, everything, {}, key_prefix=FINAL_PREFIX)
+        tracker.parent().set_description(jobs.sweep_description(final, everything, {}, key_prefix=FINAL_PREFIX))
+    return report_dir

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.experiment import Experiment, fit_student
+from ctsl_hpc.jobs import NOISY_SPLITS, dataset_inputs
 from ctsl_hpc.track.runs import open_tracker
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
 from ctsl_hpc.tune.space import SEARCHED, apply_params
@@ -36,9 +35,8 @@ class SharedInputs:
     """What every trial reads, put once into Ray's object store (fetched once per node)."""
 
     workdir: str
-    train_noise: np.ndarray  # the training pool, read up to the largest noise_minutes choice
-    dev_noise: np.ndarray  # the development pool of the base config (the same for every trial)
-    sample_rate: int
+    train_pool: NoisePool  # the training pool, read up to the largest noise_minutes choice
+    dev_pool: NoisePool  # the development pool of the base config (the same for every trial)
 
 
 def trial_key(trial_id: str) -> str:
@@ -86,12 +84,14 @@ def _catch_up(run: RunDir, reported: int) -> None:
             _report(record)
 
 
-def _trial_run(exp: Experiment, trial_id: str, params: dict[str, Any]):
-    tracker = open_tracker(exp.workdir.root, exp.cfg)
+def _trial_run(base: Experiment, trial: Experiment, trial_id: str, params: dict[str, Any]):
+    """The trial's MLflow run (on the base config's tracker) with its params and the data it trains on."""
+    tracker = open_tracker(base.workdir.root, base.cfg)
     if tracker is None:
         return None
-    run = tracker.child(trial_key(trial_id), tags={"tune.trial_id": trial_id, "tune.variant": exp.cfg.tune.variant})
+    run = tracker.child(trial_key(trial_id), tags={"tune.trial_id": trial_id, "tune.variant": base.cfg.tune.variant})
     run.log_params({k: params[k] for k in SEARCHED})
+    run.log_inputs(dataset_inputs(trial, NOISY_SPLITS))
     return run
 
 
@@ -111,11 +111,10 @@ def train_trial(params: dict[str, Any], shared: SharedInputs) -> None:
     tc = base.cfg.tune
     torch.set_num_threads(max(1, int(tc.cpus_per_trial)))
     exp = Experiment(apply_params(base.cfg, params, epochs=tc.max_t), base.workdir)  # same data, teacher, cache
-    cap = int(round(float(params["noise_minutes"]) * 60 * shared.sample_rate))
-    exp.data.set_pool("train", NoisePool(shared.train_noise[:cap], shared.sample_rate))
-    exp.data.set_pool("dev", NoisePool(shared.dev_noise, shared.sample_rate))
+    exp.data.set_pool("train", shared.train_pool.head(float(params["noise_minutes"])))
+    exp.data.set_pool("dev", shared.dev_pool)
     _catch_up(run, _reported_epoch())
     fit_student(
-        exp, tc.variant, run, sink=_trial_run(base, trial_id, params), should_stop=relay.requested,
+        exp, tc.variant, run, sink=_trial_run(base, exp, trial_id, params), should_stop=relay.requested,
         on_epoch_end=lambda record, _checkpoint: _report(dataclasses.asdict(record)),
     )

@@ -126,3 +126,15 @@ def test_loading_and_mixing_run_far_faster_than_real_time(tmp_path, speech, writ
             audio_seconds += clean.size / 16000
     cpu = time.process_time() - start
     assert audio_seconds / cpu > 500
+
+
+def test_head_of_a_pool_equals_the_pool_read_with_that_cap(tmp_path, speech, write_wav):
+    for name in ["a.wav", "b.wav", "c.wav"]:
+        write_wav(tmp_path / "noise" / name, speech(1.0, 16000), 16000)
+    pool = NoisePool.from_directory(tmp_path / "noise", 16000)
+    assert pool.ends == (16000, 32000, 48000)
+    for minutes in (0.5 / 60, 1.0 / 60, 1.5 / 60, 5.0):
+        capped = NoisePool.from_directory(tmp_path / "noise", 16000, minutes=minutes)
+        head = pool.head(minutes)
+        np.testing.assert_array_equal(head.signal, capped.signal)
+        assert (head.sources, head.ends) == (capped.sources, capped.ends), minutes

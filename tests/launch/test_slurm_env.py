@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ctsl_hpc.launch import slurm_env
-from ctsl_hpc.track.tags import RUN_TAGS_ENV, context_tags
+from ctsl_hpc.track.tags import RUN_TAGS_ENV, SOURCE_TYPE, command_tags, context_tags
 from ctsl_hpc.train.ranks import rank_env
 
 TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -61,3 +61,13 @@ def test_job_ids_reach_every_run_as_tags(monkeypatch):
     slurm_env.export_run_tags()
     assert json.loads(os.environ[RUN_TAGS_ENV])["slurm.job_id"] == "4242"
     assert context_tags()["slurm.array_task_id"] == "3"
+
+
+def test_a_job_keeps_the_command_its_submitter_exported_and_says_it_is_a_job(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    submitted = command_tags("python -m ctsl_hpc.launch", ["sweep", "--cluster", "slurm", "x=1"])
+    monkeypatch.setenv(RUN_TAGS_ENV, json.dumps(submitted))  # inherited from the sbatch environment
+    slurm_env.export_run_tags()
+    tags = context_tags()
+    assert {k: tags[k] for k in submitted} == submitted
+    assert tags[SOURCE_TYPE] == "JOB" and tags["slurm.job_id"] == "77"
