@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,7 +48,7 @@ def _open(workdir: str | Path, check_inputs: bool = False) -> Experiment:
         if env.rank == 0:
             exp.data.check()
         dist.barrier()
-        log.info("rank %d of %d ready", env.rank, env.world_size)
+        log.info("rank %d of %d ready on %s", env.rank, env.world_size, socket.gethostname())
     elif check_inputs:
         exp.data.check()
     return exp
