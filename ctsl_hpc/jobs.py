@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +50,7 @@ def _open(workdir: str | Path, check_inputs: bool = False) -> Experiment:
         if env.rank == 0:
             exp.data.check()
         dist.barrier()
-        log.info("rank %d of %d ready", env.rank, env.world_size)
+        log.info("rank %d of %d ready on %s", env.rank, env.world_size, socket.gethostname())
     elif check_inputs:
         exp.data.check()
     return exp

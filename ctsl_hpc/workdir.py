@@ -12,7 +12,7 @@ Layout (``Workdir`` attributes in brackets)::
     data/synthetic/        the demo corpus, when built [synthetic_data]
     cache/                 the teacher's clean embeddings [cache]
     teacher/, students/RM_TL/, tune/trials/<id>/   one RunDir per training run
-        history.json, DONE, checkpoints/step-00000042/, epochs/epoch-003/
+        history.json, starts.json, DONE, checkpoints/step-00000042/, epochs/epoch-003/
     report/                Table 1 and 2, scores, plots [report: ReportFiles]
     jobs/<key>.json        the job registry [job_file]
     LOCK                   who drives the work directory now [lock]
@@ -45,7 +45,7 @@ from ctsl_hpc.processes import pid_alive
 from ctsl_hpc.records import RecordError, atomic_write_json, atomic_write_text, read_json
 
 # what may change on an existing sweep: where and how it runs, not what it computes (a section or a dotted key)
-RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "data.on_bad_audio")
+RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "data.on_bad_audio", "tune.max_failures")
 
 
 class ConfigMismatch(ValueError):
@@ -83,6 +83,22 @@ class RunDir:
     def done(self) -> Path:
         """The marker of a finished run; it holds the :class:`StageSummary`."""
         return self.path / "DONE"
+
+    @property
+    def starts_file(self) -> Path:
+        """One record per (re)start of the run: the host of each rank and the step it resumed from."""
+        return self.path / "starts.json"
+
+    def starts(self) -> list[dict]:
+        """The records :meth:`record_start` wrote, oldest first."""
+        if not self.starts_file.is_file():
+            return []
+        return read_json(self.starts_file, "delete it: it only records where earlier starts ran")
+
+    def record_start(self, hosts: list[str], resumed_step: int | None) -> None:
+        """Append a start: ``hosts[r]`` is rank r's host; ``resumed_step`` None for a fresh start."""
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "hosts": hosts, "resumed_step": resumed_step}
+        atomic_write_json(self.starts_file, [*self.starts(), entry])
 
     @property
     def checkpoints(self) -> Path:

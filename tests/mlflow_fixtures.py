@@ -1,4 +1,5 @@
-"""A real ``mlflow server`` for tests: 127.0.0.1, a free port, one worker, SQLite + artifacts in tmp.
+"""A real ``mlflow server`` for tests: 127.0.0.1 (or another address of this host), a free port, one
+worker, SQLite + artifacts in tmp.
 
 Import the fixture from ``tests/conftest.py``: ``from tests.mlflow_fixtures import mlflow_server``.
 """
@@ -27,10 +28,11 @@ class MlflowServer:
     port: int = field(default_factory=free_port)
     proc: Popen | None = None
     auth_config: Path | None = None  # MLflow's basic_auth.ini: the server then wants a user
+    host: str = "127.0.0.1"  # e.g. the dev cluster's bridge, for jobs on its nodes
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def backend_uri(self) -> str:
@@ -39,7 +41,7 @@ class MlflowServer:
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.proc = serve(
-            self.backend_uri, self.root / "artifacts", "127.0.0.1", self.port, log_file=self.root / "server.log",
+            self.backend_uri, self.root / "artifacts", self.host, self.port, log_file=self.root / "server.log",
             auth_config=self.auth_config,
         )
         try:

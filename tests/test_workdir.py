@@ -31,3 +31,20 @@ def test_a_stage_summary_names_no_path_so_a_moved_run_still_finds_its_best_model
     summary = RunDir(tmp_path / "b").summary()
     assert summary.dev_scores == scores and summary.best_dir == tmp_path / "b" / "epochs" / f"epoch-{best:03d}"
     assert str(tmp_path) not in RunDir(tmp_path / "b").done.read_text()
+
+
+def test_each_start_of_a_run_records_its_ranks_hosts_and_status_shows_them(tmp_path, rng):
+    from ctsl_hpc.launch.manage import StatusRow, format_status
+
+    run = RunDir(tmp_path / "teacher")
+    run.path.mkdir()
+    assert run.starts() == []
+    hosts = [f"node{int(i)}" for i in rng.integers(1, 9, size=3)]
+    run.record_start(hosts, None)
+    run.record_start(hosts[:1], 42)  # resumed on fewer nodes
+    starts = run.starts()
+    assert [(s["hosts"], s["resumed_step"]) for s in starts] == [(hosts, None), (hosts[:1], 42)]
+    row = StatusRow("teacher", "", "7", "RUNNING", 60, 1, 2, 0.5, None, nodes="node[1-2]")
+    header, line = format_status([row]).splitlines()[:2]
+    assert header.split()[:5] == ["stage", "variant", "job", "id", "state"] and "nodes" in header
+    assert line.split()[:4] == ["teacher", "7", "RUNNING", "node[1-2]"]

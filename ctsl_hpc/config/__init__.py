@@ -30,11 +30,11 @@ from ctsl_hpc.config.schema import (
     TrainConfig,
     TuneConfig,
 )
-from ctsl_hpc.config.validation import validate
+from ctsl_hpc.config.validation import check_training_ranks, validate
 
 __all__ = [
     "CONFIG_DIR", "DEMO_CONFIG", "SWEEP_CONFIG", "SLURM_STAGES", "TRAINING_STAGES", "ConfigError", "ContainerConfig", "DataConfig", "EvalConfig",
     "ExperimentConfig", "ModelConfig", "NoiseConfig", "SlurmConfig", "SlurmStageConfig", "StudentConfig",
     "SyntheticConfig", "TinyBackboneConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "build_section",
-    "config_from_dict", "flatten", "load_config", "parse_override", "shipped_file", "validate",
+    "check_training_ranks", "config_from_dict", "flatten", "load_config", "parse_override", "shipped_file", "validate",
 ]

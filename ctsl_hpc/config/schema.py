@@ -144,6 +144,7 @@ class TuneConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     storage_path: str | None = None  # default: <workdir>/tune (shared storage on a cluster)
+    max_failures: int = 2  # retries of a trial whose process or node died, from its newest checkpoint
     final_variants: list[str] | None = None  # students trained with the best config; default student.variants
     seed: int = 0
 
@@ -224,7 +225,20 @@ class SlurmConfig:
             values[f.name] = getattr(self, f.name) if mine is None else mine
         values["additional"] = {**self.additional, **(override.additional or {})}
         values["env"] = {**self.env, **(override.env or {})}
+        if name == "eval" and override.nodes is None:
+            values["nodes"] = 1  # one process: a multi-node default is for training and the Tune allocation
         return SlurmStageConfig(**values)
+
+    def ranks_per_node(self, name: str, engine: str) -> int:
+        """Processes per node of stage ``name``: for the training stages of a distributed engine
+        ``tasks_per_node``, else one per GPU (one without GPUs); one otherwise (evaluation is one
+        process, the Tune allocation one Ray node per node)."""
+        resolved = self.stage(name)
+        if name not in TRAINING_STAGES or engine not in ("ddp", "deepspeed"):
+            return 1
+        if resolved.tasks_per_node is not None:
+            return resolved.tasks_per_node
+        return max(1, resolved.gpus_per_node)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ctsl_hpc.config.schema import (
     ExperimentConfig,
     SlurmConfig,
     SlurmStageConfig,
+    TrainConfig,
     TuneConfig,
 )
 from ctsl_hpc.data.corpora import corpus_names, corpus_spec
@@ -100,7 +101,7 @@ def validate(cfg: ExperimentConfig) -> None:
         except ConfigError as exc:
             raise ConfigError(f"train.deepspeed_config: {exc}") from None
     _validate_tune(cfg.tune)
-    _validate_slurm(cfg.slurm, t.engine)
+    _validate_slurm(cfg.slurm, t)
     for condition in e.noisy_roots:
         _require(
             condition in ("snr10", "snr5", "snr0"),
@@ -109,18 +110,38 @@ def validate(cfg: ExperimentConfig) -> None:
         )
 
 
-def _validate_slurm(slurm: SlurmConfig, engine: str) -> None:
+def check_training_ranks(cfg: ExperimentConfig) -> None:
+    """The training stages' jobs as Slurm would run them: several nodes need a distributed engine, and
+    the global batch must divide by the ranks (nodes x tasks per node). Checked by the Slurm backend
+    before it submits the stages (not at load: ``sweep --tune`` trains inside its own allocation, whose
+    ``slurm.nodes`` are Ray nodes)."""
+    slurm, engine = cfg.slurm, cfg.train.engine
+    for name in TRAINING_STAGES:
+        st, key = slurm.stage(name), f"slurm.{name}"
+        _require(engine in ("ddp", "deepspeed") or st.nodes == 1, f"{key}.nodes",
+                 f"several nodes need train.engine ddp or deepspeed (train.engine is {engine!r})")
+        per_node = slurm.ranks_per_node(name, engine)
+        ranks = st.nodes * per_node
+        _require(cfg.train.batch_size % ranks == 0, f"{key}.nodes",
+                 f"train.batch_size={cfg.train.batch_size} is the global batch: it must divide by the ranks, nodes x "
+                 f"tasks per node = {st.nodes} x {per_node} = {ranks}")
+
+
+def _validate_slurm(slurm: SlurmConfig, train: TrainConfig) -> None:
     _validate_job_environment(slurm, "slurm")  # the defaults first: an error names the key that was set
+    engine = train.engine
     for name in SLURM_STAGES:
         st, key = slurm.stage(name), f"slurm.{name}"
         _require(st.tasks_per_node is None or st.tasks_per_node >= 1, f"{key}.tasks_per_node", "must be at least 1")
+        _require(st.nodes >= 1, f"{key}.nodes", "must be at least 1")
         if name in TRAINING_STAGES:
             _require(
                 engine in ("ddp", "deepspeed") or st.tasks_per_node in (None, 1),
                 f"{key}.tasks_per_node", f"several tasks need train.engine ddp or deepspeed (train.engine is {engine!r})",
             )
+        if name == "eval":
+            _require(st.nodes == 1, f"{key}.nodes", "evaluation is one process: it runs on 1 node")
         _require(st.time_min >= 1, f"{key}.time_min", "must be at least 1 minute")
-        _require(st.nodes >= 1, f"{key}.nodes", "must be at least 1")
         _require(st.gpus_per_node >= 0, f"{key}.gpus_per_node", "must be >= 0")
         _require(st.cpus_per_task >= 1, f"{key}.cpus_per_task", "must be at least 1")
         _require(st.mem_gb > 0, f"{key}.mem_gb", "must be positive")
@@ -157,4 +178,5 @@ def _validate_tune(tune: TuneConfig) -> None:
     _require(tune.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0: no limit)")
     _require(tune.cpus_per_trial > 0, "tune.cpus_per_trial", "must be positive")
     _require(tune.gpus_per_trial >= 0, "tune.gpus_per_trial", "must be >= 0")
+    _require(tune.max_failures >= 0, "tune.max_failures", "must be >= 0")
     _require_students(tune.final_variants or [], "tune.final_variants")

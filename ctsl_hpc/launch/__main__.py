@@ -55,6 +55,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         from ctsl_hpc.launch.manage import dry_run_lines
 
+        backend.check_config()
         print("\n".join(dry_run_lines(backend.workdir, cfg, backend)))
         return 0
     return _sweep(cfg, args.cluster)
@@ -138,9 +139,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     workdir = Workdir(args.workdir)
-    cfg = workdir.read_config()
+    cfg = load_config(workdir.config_file, args.overrides) if args.overrides else workdir.read_config()
     cfg.workdir = str(workdir.root)
-    return _sweep(cfg, args.cluster, "resume")
+    return _sweep(cfg, args.cluster, "resume")  # Workdir.open refuses overrides that change the experiment
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -250,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="resubmit what failed or never finished; skip what is done")
     resume.add_argument("--workdir", required=True)
     resume.add_argument("--cluster", choices=clusters, default="slurm", help="where to run what is left (default: slurm)")
+    resume.add_argument("overrides", nargs="*",
+                        help="where and how it runs from now on, e.g. slurm.nodes=1 slurm.partition=long (runtime keys only)")
     resume.set_defaults(func=cmd_resume)
 
     report = commands.add_parser("report", help="rebuild Table 1, Table 2 and the plots from <workdir>/report")

@@ -40,6 +40,7 @@ class StatusRow:
     gpu_hours: float | None
     message: str = ""
     code: str = ""
+    nodes: str = ""  # where the newest run ran: the scheduler's node list, else the ranks' hosts
 
 
 def _backends(workdir: Workdir, cfg: ExperimentConfig, records: Sequence[JobRecord]) -> dict[str, Backend]:
@@ -61,7 +62,8 @@ def status_rows(workdir: Workdir, cfg: ExperimentConfig) -> list[StatusRow]:
     rows = []
     for task in sweep_tasks(workdir, cfg):
         record = records.get(task.key)
-        last, best = RunDir(task.marker.parent).progress() if task.stage != "eval" else (None, None)
+        run = RunDir(task.marker.parent)
+        last, best = run.progress() if task.stage != "eval" else (None, None)
         if record is None:
             state = "DONE" if task.done else "NOT SUBMITTED"
             rows.append(StatusRow(task.stage, task.label, "", state, None, 0, last, best, None))
@@ -76,21 +78,26 @@ def status_rows(workdir: Workdir, cfg: ExperimentConfig) -> list[StatusRow]:
         hours = None
         if usage:
             hours = sum(usage[j].gpu_hours for j in (*record.history, record.job_id) if j in usage)
+        starts = run.starts() if task.stage != "eval" else []
+        nodes = acct.nodes if acct else ""
+        if not nodes and starts:
+            nodes = ",".join(dict.fromkeys(starts[-1]["hosts"]))
         rows.append(StatusRow(
             task.stage, task.label, record.job_id or "", state, acct.elapsed_s if acct else None,
-            record.requeues, last, best, hours, message, record.code,
+            record.requeues, last, best, hours, message, record.code, nodes,
         ))
     return rows
 
 
 def format_status(rows: Sequence[StatusRow]) -> str:
     """The status rows as an aligned text table, GPU-hours totalled."""
-    header = ["stage", "variant", "job id", "state", "elapsed", "requeues", "last epoch", "best dev CCC", "GPU h", "code"]
+    header = ["stage", "variant", "job id", "state", "nodes", "elapsed", "requeues", "last epoch", "best dev CCC", "GPU h",
+              "code"]
     lines = [header]
     for r in rows:
         elapsed = "" if r.elapsed_s is None else f"{r.elapsed_s // 3600:d}:{r.elapsed_s // 60 % 60:02d}:{r.elapsed_s % 60:02d}"
         lines.append([
-            r.stage, r.variant, r.job_id, r.state, elapsed, str(r.requeues),
+            r.stage, r.variant, r.job_id, r.state, r.nodes, elapsed, str(r.requeues),
             "" if r.last_epoch is None else str(r.last_epoch),
             "" if r.best_dev_ccc is None else f"{r.best_dev_ccc:.3f}",
             "" if r.gpu_hours is None else f"{r.gpu_hours:.3f}",

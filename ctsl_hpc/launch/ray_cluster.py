@@ -136,8 +136,9 @@ def _ignore_preemption_signal() -> None:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
-def stop_node(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    """Stop this node's Ray processes (its process group only)."""
+def stop_node(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
+    """Stop this node's Ray processes (its process group only). By now every result is on shared
+    storage: ``ray start``'s drain on SIGTERM (30 s, measured) would only hold the allocation longer."""
     stop_process_group(proc, timeout_s)
 
 
@@ -165,6 +166,9 @@ def run_in_allocation(driver: Callable[[str], int], rendezvous: Path, timeout_s:
     import ray
 
     rank, nodes = slurm_env.task_rank(), slurm_env.task_count()
+    if nodes > 1 and os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1") == "0":
+        log.warning("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (keep Ray on loopback) dropped: %d nodes must reach each other",
+                    nodes)
     rendezvous.mkdir(parents=True, exist_ok=True)
     address_file, done_file, token_file = (rendezvous / name for name in (ADDRESS_FILE, DONE_FILE, TOKEN_FILE))
     # One token per allocation (Ray's token auth), read by every node and the driver from shared storage.
@@ -172,7 +176,7 @@ def run_in_allocation(driver: Callable[[str], int], rendezvous: Path, timeout_s:
     _reload_ray_auth()
     job = slurm_env.job_id() or str(os.getpid())
     temp_dir = Path(tempfile.gettempdir()) / f"ray-{job}"  # short: Ray's socket paths must stay < 108 chars
-    node_ip = ray.util.get_node_ip_address()
+    node_ip = node_address(nodes)
     ports = RayPorts.pick()
     if rank == 0:
         done_file.unlink(missing_ok=True)
@@ -198,9 +202,30 @@ def run_in_allocation(driver: Callable[[str], int], rendezvous: Path, timeout_s:
     proc = start_node(address, ports, temp_dir, node_ip)
     try:
         _wait_for(lambda: done_file.is_file() or proc.poll() is not None, "the end of the sweep", float("inf"))
+        if not done_file.is_file():
+            # this node is lost to the search; the head goes on (Tune retries its trials elsewhere)
+            log.warning("Ray on %s exited with %s before the sweep ended", socket.gethostname(), proc.returncode)
     finally:
         stop_node(proc)
     return 0
+
+
+def node_address(nodes: int) -> str:
+    """The address other nodes reach this one at: Ray's choice (the interface of the default route,
+    else what the hostname resolves to), or for several nodes what the hostname resolves to when Ray
+    chose loopback (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes it). Loopback cannot serve several nodes."""
+    import ray
+
+    address = ray.util.get_node_ip_address()
+    if nodes > 1 and address.startswith("127."):
+        with contextlib.suppress(OSError):
+            address = socket.gethostbyname(socket.gethostname())
+    if nodes > 1 and address.startswith("127."):
+        raise RuntimeError(
+            f"{socket.gethostname()} has no route out and its hostname resolves to {address}: the other "
+            f"{nodes - 1} node(s) of this allocation cannot reach Ray here. Fix the node's /etc/hosts or DNS."
+        )
+    return address
 
 
 @contextlib.contextmanager

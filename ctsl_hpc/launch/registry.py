@@ -56,13 +56,15 @@ class JobRecord:
 
 @dataclass
 class JobUsage:
-    """What a scheduler's accounting says of one job; ``elapsed_s`` and ``gpu_hours`` sum all its runs."""
+    """What a scheduler's accounting says of one job; ``elapsed_s`` and ``gpu_hours`` sum all its runs
+    (every node's GPUs), ``nodes`` is the newest run's node list (``node[1-2]``)."""
 
     job_id: str
     state: str
     elapsed_s: int
     gpus: int
     gpu_hours: float
+    nodes: str = ""
 
 
 class Registry:

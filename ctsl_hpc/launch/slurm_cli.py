@@ -100,27 +100,30 @@ def _gpus(alloc_tres: str) -> int:
 
 
 def accounting(job_ids: Sequence[str]) -> dict[str, JobUsage]:
-    """State, elapsed time and GPU-hours (AllocTRES gres/gpu x elapsed, every requeued run) per job id."""
+    """State, elapsed time, GPU-hours (AllocTRES gres/gpu x elapsed, every requeued run) and the newest
+    run's nodes per job id."""
     job_ids = [j for j in job_ids if j]
     if not job_ids:
         return {}
     # An array task that never started is accounted only under its array's row ("8_[0-1]"), which
     # `sacct -j 8_0` does not return: ask for the array's id too and expand its rows.
     query = sorted({*job_ids, *(j.split("_")[0] for j in job_ids)})
-    text = _run(["sacct", "-D", "-X", "-n", "-P", "-o", "JobID,State,ElapsedRaw,AllocTRES", "-j", ",".join(query)])
+    fields = "JobID,State,ElapsedRaw,AllocTRES,NodeList"
+    text = _run(["sacct", "-D", "-X", "-n", "-P", "-o", fields, "-j", ",".join(query)])
     found: dict[str, JobUsage] = {}
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) < 4:
+        if len(parts) < 5:
             continue
-        raw_id, state, elapsed, tres = parts[:4]
+        raw_id, state, elapsed, tres, nodes = parts[:5]
         state = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         for job_id in _expand_array(raw_id):
             seconds, gpus = int(elapsed or 0), _gpus(tres)
             prev = found.get(job_id)
             total_s = seconds + (prev.elapsed_s if prev else 0)
             gpu_h = gpus * seconds / 3600 + (prev.gpu_hours if prev else 0.0)
-            found[job_id] = JobUsage(job_id, state, total_s, max(gpus, prev.gpus if prev else 0), gpu_h)
+            nodes = "" if nodes == "None assigned" else nodes
+            found[job_id] = JobUsage(job_id, state, total_s, max(gpus, prev.gpus if prev else 0), gpu_h, nodes)
     wanted = set(job_ids)
     return {j: a for j, a in found.items() if j in wanted}  # with -D the newest run comes last
 

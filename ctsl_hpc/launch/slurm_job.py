@@ -15,9 +15,11 @@ itself ends or requeues the job; the checkpoint is just kept. A job restarted mo
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import submitit
@@ -117,8 +119,13 @@ class SlurmJob(submitit.helpers.Checkpointable):
 
 
 def log_code_origin() -> None:
-    """Say which code this job runs: the package's content hash and where it is imported from."""
+    """Say which code this job runs: the package's content hash and where it is imported from (and
+    warn when that is not the frozen copy the job script put first on ``PYTHONPATH``)."""
     log.info("code %s: ctsl_hpc imported from %s", package_hash(), PACKAGE)
+    frozen = Path(os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] or ".").resolve()
+    if frozen.parent.name == "code" and PACKAGE.parent != frozen:
+        log.warning("ctsl_hpc comes from %s, not from the frozen copy %s: a ctsl_hpc/ folder where the job started "
+                    "shadows it (PYTHONSAFEPATH needs Python >= 3.11); submit from another folder", PACKAGE, frozen)
 
 
 def _job_setup() -> None:

@@ -184,6 +184,11 @@ def fit(
         log.info("%s: resumed from %s (epoch %d, batch %d)", recipe.name, resume_from.name, start_epoch, start_batch)
     else:
         torch.manual_seed(train.seed + engine.rank)  # ranks draw different dropout masks
+    hosts = engine.hosts()
+    if engine.is_main:
+        run.record_start(hosts, None if resume_from is None else global_step)
+        if engine.world_size > 1:
+            log.info("%s: %d ranks on %s", recipe.name, engine.world_size, ", ".join(hosts))
 
     def save(epoch: int, batch: int, running: dict | None = None) -> Path:
         state = {

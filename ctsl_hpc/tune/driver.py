@@ -139,7 +139,8 @@ def make_tuner(
             name=name,
             storage_path=str(folder),
             callbacks=list(callbacks),
-            failure_config=tune.FailureConfig(max_failures=0),  # errored trials resume at the next run
+            # a trial whose worker or node died is retried from its newest checkpoint (on any node left)
+            failure_config=tune.FailureConfig(max_failures=tc.max_failures),
             # all kept: a trial checkpoint is a 50-byte pointer (num_to_keep would force a state snapshot per save)
             checkpoint_config=tune.CheckpointConfig(),
             verbose=1,

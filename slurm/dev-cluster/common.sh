@@ -15,6 +15,9 @@ DB_SOCKET="$RUN/mariadb.sock"
 SLURM_CONF="$ETC/slurm.conf"
 export SLURM_CONF
 
+# slurmd_pidfile NODE: the pid file of that node's slurmd (SlurmdPidFile=$RUN/slurmd-%n.pid).
+slurmd_pidfile() { echo "$RUN/slurmd-$1.pid"; }
+
 log() { printf 'ctsl-slurm: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 

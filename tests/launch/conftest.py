@@ -1,12 +1,18 @@
-"""The `slurm_cluster` fixture: a real one-node Slurm (slurm/dev-cluster/start.sh) per test session.
+"""The dev Slurm fixtures: a real Slurm (slurm/dev-cluster/start.sh) started once per test session.
 
-Tests that need it are marked `@pytest.mark.cluster` and take the `slurm_cluster` fixture; while it
-is alive, `SLURM_CONF` in `os.environ` points at the cluster, so `sbatch`, `sacct` and submitit
+- ``slurm_cluster``: one compute node, this host (tests marked ``@pytest.mark.cluster``);
+- ``multinode_cluster``: three compute nodes ``node1``..``node3``, each its own host (network, UTS
+  and mount namespace), the host filesystem shared (tests marked ``@pytest.mark.multinode``). Jobs
+  take two of them; the third lets a test fail a node without touching the other tests' jobs.
+
+Each is started the first time a module asks for it and stopped at the end of the session. While a
+module uses one, ``SLURM_CONF`` in ``os.environ`` points at it, so ``sbatch``, ``sacct`` and submitit
 subprocesses talk to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -20,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.mlflow_fixtures import MlflowServer
+
 DEV_CLUSTER = Path(__file__).resolve().parents[2] / "slurm" / "dev-cluster"
 FINISHED_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
@@ -29,6 +37,7 @@ FINISHED_STATES = frozenset(
 def pytest_configure(config: pytest.Config) -> None:
     """Register the `cluster` marker (tests that run jobs on the dev Slurm cluster)."""
     config.addinivalue_line("markers", "cluster: needs the one-node dev Slurm cluster (slurm_cluster fixture)")
+    config.addinivalue_line("markers", "multinode: needs the multi-node dev Slurm cluster (multinode_cluster fixture)")
 
 
 def _run(args: list[str], timeout_s: float = 30) -> str:
@@ -45,6 +54,8 @@ class SlurmCluster:
 
     state_dir: Path
     conf: Path
+    nodes: tuple[str, ...]
+    service_host: str  # where services the jobs talk to must listen: 127.0.0.1, or the nodes' bridge
     partitions: tuple[str, ...]
     default_partition: str
     high_partition: str
@@ -146,49 +157,92 @@ def _conf_fields(conf: Path, key: str) -> list[dict[str, str]]:
 
 
 def _describe(state: Path) -> SlurmCluster:
-    """Read what the generated slurm.conf under `state` declares."""
+    """Read what the generated slurm.conf (and, for several nodes, the network record) under `state` declares."""
     conf = state / "etc" / "slurm.conf"
     partitions = _conf_fields(conf, "PartitionName")
     by_tier = sorted(partitions, key=lambda p: int(p.get("PriorityTier", "1")))
-    node = _conf_fields(conf, "NodeName")[0]
+    nodes = _conf_fields(conf, "NodeName")
+    network = state / "etc" / "network"
+    subnet = dict(line.split() for line in network.read_text().splitlines()).get("subnet") if network.is_file() else None
     return SlurmCluster(
         state_dir=state,
         conf=conf,
+        nodes=tuple(n["NodeName"] for n in nodes),
+        service_host="127.0.0.1" if subnet is None else f"{subnet}.1",
         partitions=tuple(p["PartitionName"] for p in partitions),
         default_partition=next(p["PartitionName"] for p in partitions if p.get("Default") == "YES"),
         high_partition=by_tier[-1]["PartitionName"],
         max_array_size=int(_conf_fields(conf, "MaxArraySize")[0]["MaxArraySize"]),
-        gpus_per_node=int(node.get("Gres", "gpu:0").rsplit(":", 1)[1]),
-        cpus_per_node=int(node["CPUs"]),
+        gpus_per_node=int(nodes[0].get("Gres", "gpu:0").rsplit(":", 1)[1]),
+        cpus_per_node=int(nodes[0]["CPUs"]),
     )
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[SlurmCluster]:
-    """Start a fresh dev Slurm cluster for the session (stopped at its end) and point SLURM_CONF at it.
+@contextlib.contextmanager
+def _dev_cluster(nodes: int) -> Iterator[SlurmCluster]:
+    """A fresh dev Slurm cluster of ``nodes`` compute nodes, stopped (namespaces and links removed) at the end.
 
     Its state lives in a new /tmp/ctsl-slurm-test-* folder (munged needs every parent traversable by
     all, which pytest's own tmp folders are not); the logs stay there, the database is removed.
     """
     if os.geteuid() != 0:
         pytest.skip("the dev Slurm cluster runs munged, slurmctld and slurmd as root")
-    state = Path(tempfile.mkdtemp(prefix="ctsl-slurm-test-", dir="/tmp"))
+    state = Path(tempfile.mkdtemp(prefix=f"ctsl-slurm-test-{nodes}n-", dir="/tmp"))
     state.chmod(0o755)
     env = {**os.environ, "CTSL_SLURM_STATE": str(state), "CTSL_SLURM_PORT": str(_free_port_base())}
-    started = subprocess.run([str(DEV_CLUSTER / "start.sh")], env=env, capture_output=True, text=True, timeout=900)
-    if started.returncode != 0:
-        subprocess.run([str(DEV_CLUSTER / "stop.sh")], env=env, capture_output=True, timeout=300)
-        pytest.fail(f"slurm/dev-cluster/start.sh failed ({started.returncode}):\n{started.stderr}")
-    conf = state / "etc" / "slurm.conf"
-    saved = {key: os.environ.get(key) for key in ("SLURM_CONF", "CTSL_SLURM_STATE")}
-    os.environ.update(SLURM_CONF=str(conf), CTSL_SLURM_STATE=str(state))
+    env.pop("SLURM_CONF", None)
+    start = [str(DEV_CLUSTER / "start.sh"), "--nodes", str(nodes)]
+    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=900)
     try:
+        if started.returncode != 0:
+            pytest.fail(f"slurm/dev-cluster/start.sh --nodes {nodes} failed ({started.returncode}):\n{started.stderr}")
         yield _describe(state)
     finally:
         subprocess.run([str(DEV_CLUSTER / "stop.sh")], env=env, capture_output=True, timeout=300)
         shutil.rmtree(state / "mariadb", ignore_errors=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _pointed_at(cluster: SlurmCluster) -> Iterator[SlurmCluster]:
+    """``SLURM_CONF`` (and ``CTSL_SLURM_STATE``) of ``os.environ`` name ``cluster`` meanwhile."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SLURM_CONF", str(cluster.conf))
+        env.setenv("CTSL_SLURM_STATE", str(cluster.state_dir))
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def _one_node_cluster() -> Iterator[SlurmCluster]:
+    with _dev_cluster(1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def _multinode_cluster() -> Iterator[SlurmCluster]:
+    with _dev_cluster(3) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(_one_node_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
+    """The one-node dev cluster (started once per session), ``SLURM_CONF`` pointing at it for the module."""
+    with _pointed_at(_one_node_cluster) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def bridge_mlflow(multinode_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow server where the multi-node cluster's jobs reach it: on the nodes' bridge address."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-bridge"), host=multinode_cluster.service_host)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def multinode_cluster(_multinode_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
+    """The three-node dev cluster (started once per session), ``SLURM_CONF`` pointing at it for the module."""
+    with _pointed_at(_multinode_cluster) as cluster:
+        yield cluster

@@ -56,8 +56,9 @@ def test_setup_lines_wrapper_and_frozen_code_survive_an_edited_and_broken_packag
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the copy, as its environment installed it
 
     def sweep(*extra: str) -> subprocess.CompletedProcess:
+        # from the checkout, as users do: its ctsl_hpc/ must not shadow the frozen code in the jobs
         out = subprocess.run([python, "-m", "ctsl_hpc.launch", "sweep", "--cluster", "slurm", *overrides, *extra],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                             cwd=copy, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         return out
 

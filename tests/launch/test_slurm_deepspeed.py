@@ -15,9 +15,6 @@ as on clusters with ``KillOnBadExit=1``). Two fast tests check the ``slurm.tasks
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +23,14 @@ import numpy as np
 import pytest
 import torch
 
-from ctsl_hpc.config import ConfigError, ExperimentConfig, load_config
+from ctsl_hpc.config import ConfigError, load_config
 from ctsl_hpc.experiment import Experiment, train_student, train_teacher
-from ctsl_hpc.launch.backends.slurm import SlurmBackend, executor_parameters, tasks_per_node
+from ctsl_hpc.launch.backends.slurm import executor_parameters, tasks_per_node
 from ctsl_hpc.launch.registry import Registry
-from ctsl_hpc.model import load_weights
-from ctsl_hpc.workdir import RunDir, Workdir
-from tests.launch.conftest import sweep_task
+from ctsl_hpc.workdir import Workdir
+from tests.launch.training_runs import (
+    RESUMED, assert_close_runs, assert_identical_runs, copy_with_teacher, finished, submit, task_log,
+)
 
 EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
 VARIANT, STUDENT = "RM+TL", "student/RM+TL"
@@ -40,7 +38,6 @@ TWO_TASKS = [
     "train.engine=deepspeed", "slurm.tasks_per_node=2", "slurm.cpus_per_task=1", "slurm.mem_gb=3",
     "slurm.time_min=15",
 ]  # fmt: skip
-RESUMED = re.compile(r"resumed from step-(\d+) \(epoch (\d+), batch (\d+)\)")
 
 
 def test_tasks_per_node_from_the_config_reaches_submitit_for_training_stages_only():
@@ -59,56 +56,6 @@ def test_invalid_tasks_per_node_names_the_key():
         load_config(None, ["train.engine=deepspeed", "slurm.tasks_per_node=0"])
     with pytest.raises(ConfigError, match="slurm.students.tasks_per_node: several tasks need train.engine ddp or deepspeed"):
         load_config(None, ["slurm.students.tasks_per_node=2"])
-
-
-def finished(workdir: Path, key: str) -> bool:
-    record = Registry(workdir).get(key)
-    if record is not None and record.state == "FAILED":
-        raise AssertionError(f"{key} failed: {record.message}")
-    return record is not None and record.state == "COMPLETED"
-
-
-def task_log(workdir: Path, job_id: str, rank: int) -> Path:
-    return workdir / "slurm" / job_id / f"{job_id}_{rank}_log.out"
-
-
-def submit(workdir: Path, cfg: ExperimentConfig, key: str) -> str:
-    task = sweep_task(workdir, cfg, key)
-    (job_id,) = SlurmBackend(Workdir(workdir), cfg).submit(task.stage, [task], [])
-    return job_id
-
-
-def copy_with_teacher(reference: Path, dest: Path, overrides: list[str]) -> tuple[Path, ExperimentConfig]:
-    """A new work directory with the reference's trained teacher and the 2-task DeepSpeed config."""
-    dest.mkdir(parents=True)
-    shutil.copy2(reference / "waveform_stats.json", dest / "waveform_stats.json")
-    shutil.copytree(reference / "teacher", dest / "teacher")  # no cache/: both ranks embed (atomic writes)
-    cfg = load_config(None, [*overrides, f"workdir={dest}", *TWO_TASKS])
-    Workdir.open(cfg, dest)
-    return dest, cfg
-
-
-def epoch_weights(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
-    return load_weights(RunDir(run_dir).epoch_dir(epoch))
-
-
-def history(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "history.json").read_text())
-
-
-def assert_close_runs(ours: Path, reference: Path, epochs: int) -> None:
-    """Same losses, dev CCC and weights within fp32 tolerance (summation order differs across ranks)."""
-    mine, ref = history(ours), history(reference)
-    assert [r["epoch"] for r in mine] == [r["epoch"] for r in ref] == list(range(1, epochs + 1))
-    for a, b in zip(mine, ref):
-        assert a["losses"].keys() == b["losses"].keys()
-        np.testing.assert_allclose([a["losses"][k] for k in a["losses"]], [b["losses"][k] for k in a["losses"]], rtol=1e-5)
-        np.testing.assert_allclose(a["dev_ccc"], b["dev_ccc"], atol=1e-4)
-    for epoch in range(1, epochs + 1):
-        a, b = epoch_weights(ours, epoch), epoch_weights(reference, epoch)
-        assert a.keys() == b.keys()
-        for name in a:
-            torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4, msg=f"epoch {epoch} {name}")
 
 
 @dataclass
@@ -140,9 +87,9 @@ def runs(slurm_cluster, tiny_overrides, tmp_path_factory) -> Runs:
         train_teacher(ref)
         train_student(ref, VARIANT)
 
-        work_b, cfg_b = copy_with_teacher(ref.workdir.root, base / "b", overrides)
+        work_b, cfg_b = copy_with_teacher(ref.workdir.root, base / "b", [*overrides, *TWO_TASKS])
         submit(work_b, cfg_b, STUDENT)
-        work_c, cfg_c = copy_with_teacher(ref.workdir.root, base / "c", overrides)
+        work_c, cfg_c = copy_with_teacher(ref.workdir.root, base / "c", [*overrides, *TWO_TASKS])
         # as on clusters with KillOnBadExit=1: a task ending non-zero makes srun kill the others at once
         env.setenv("SLURM_KILL_BAD_EXIT", "1")
         job_c = submit(work_c, cfg_c, STUDENT)
@@ -194,9 +141,4 @@ def test_two_task_job_preempted_mid_epoch_resumes_identical_to_uninterrupted(run
     shards = sorted(p.name for p in (run_dir / "checkpoints").glob("*/deepspeed/*optim_states.pt"))
     assert any("rank_0" in s for s in shards) and any("rank_1" in s for s in shards), shards
 
-    straight = runs.straight / "students" / "RM_TL"
-    assert history(run_dir) == history(straight)
-    for epoch in (1, 2):
-        ours, reference = epoch_weights(run_dir, epoch), epoch_weights(straight, epoch)
-        assert ours.keys() == reference.keys()
-        assert all(torch.equal(ours[k], reference[k]) for k in ours), f"epoch {epoch}"
+    assert_identical_runs(run_dir, runs.straight / "students" / "RM_TL", epochs=2)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ctsl_hpc.config import ConfigError, load_config
@@ -126,16 +128,53 @@ def test_dry_run_prints_jobs_and_resources_quickly_and_submits_nothing(tmp_path:
     assert elapsed < 2.0 * (1 + os.getloadavg()[0] / 2), f"dry run took {elapsed:.1f} s"
 
 
-def test_gpu_example_config_runs_one_task_per_gpu_and_one_gpu_for_eval():
+def test_gpu_example_config_runs_one_task_per_gpu_the_teacher_on_two_nodes_and_one_gpu_for_eval():
     from ctsl_hpc.config import CONFIG_DIR
 
     cfg = load_config(CONFIG_DIR / "slurm-gpu.yaml")
     teacher, evaluation = cfg.slurm.stage("teacher"), cfg.slurm.stage("eval")
-    assert (teacher.gpus_per_node, tasks_per_node(cfg, "teacher"), teacher.time_min) == (4, 4, 1440)
-    assert (evaluation.gpus_per_node, tasks_per_node(cfg, "eval")) == (1, 1)
+    assert (teacher.nodes, teacher.gpus_per_node, tasks_per_node(cfg, "teacher"), teacher.time_min) == (2, 4, 4, 1440)
+    assert (evaluation.nodes, evaluation.gpus_per_node, tasks_per_node(cfg, "eval")) == (1, 1, 1)
     params = executor_parameters("x", cfg.slurm.stage("students"), tasks_per_node(cfg, "students"))
     assert params["gpus_per_node"] == 4 and params["tasks_per_node"] == 4 and params["slurm_partition"] == "gpu"
-    assert cfg.train.batch_size % params["tasks_per_node"] == 0
+    assert params["nodes"] == 1 and cfg.train.batch_size % (teacher.nodes * tasks_per_node(cfg, "teacher")) == 0
+
+
+@pytest.mark.parametrize(("overrides", "key", "message"), [
+    (["slurm.nodes=2"], "slurm.teacher.nodes", "several nodes need train.engine ddp or deepspeed"),
+    (["train.engine=ddp", "slurm.nodes=3", "train.batch_size=8"], "slurm.teacher.nodes",
+     "train.batch_size=8 is the global batch: it must divide by the ranks, nodes x tasks per node = 3 x 1 = 3"),
+    (["train.engine=deepspeed", "slurm.students.nodes=2", "slurm.gpus_per_node=3", "train.batch_size=9"],
+     "slurm.students.nodes", "nodes x tasks per node = 2 x 3 = 6"),
+    (["train.engine=ddp", "slurm.eval.nodes=2"], "slurm.eval.nodes", "evaluation is one process: it runs on 1 node"),
+])
+def test_multi_node_settings_are_checked_before_submission(overrides, key, message, tmp_path: Path):
+    from ctsl_hpc.config import check_training_ranks
+
+    pattern = rf"^{re.escape(key)}: (.* )?{re.escape(message)}"
+    if key == "slurm.eval.nodes":  # wrong in any sweep: refused when the config is read
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(None, overrides)
+        return
+    cfg = load_config(None, overrides)  # sweep --tune reads it: its nodes are Ray nodes
+    with pytest.raises(ConfigError, match=pattern):
+        check_training_ranks(cfg)
+    out = subprocess.run([sys.executable, "-m", "ctsl_hpc.launch", "sweep", "--cluster", "slurm", "--dry-run",
+                          "--workdir", str(tmp_path / "w"), *overrides], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"{key}: " in out.stderr and message in out.stderr, out.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_several_nodes_keep_the_evaluation_on_one_and_export_slurm_env(tmp_path: Path):
+    from ctsl_hpc.launch.backends.slurm import stage_parameters
+
+    nodes = int(np.random.default_rng().integers(2, 9))
+    cfg = load_config(None, ["train.engine=ddp", f"slurm.nodes={nodes}", f"train.batch_size={4 * nodes}",
+                             "slurm.env={GLOO_SOCKET_IFNAME: eth0, NCCL_SOCKET_IFNAME: ib0}"])
+    for stage, expected in (("teacher", nodes), ("students", nodes), ("eval", 1), ("tune", nodes)):
+        _, params = stage_parameters(cfg, stage, code=tmp_path)
+        assert params["nodes"] == expected, stage
+        assert {"export GLOO_SOCKET_IFNAME=eth0", "export NCCL_SOCKET_IFNAME=ib0"} <= set(params["slurm_setup"])
 
 
 def test_job_environment_exports_runs_setup_then_the_frozen_code_and_wraps_containers(tmp_path: Path):
@@ -149,7 +188,7 @@ def test_job_environment_exports_runs_setup_then_the_frozen_code_and_wraps_conta
     ])
     python, setup, srun = job_environment(cfg.slurm.stage("students"), tmp_path / "code" / "abc")
     assert setup == ["export NCCL_SOCKET_IFNAME=ib0", "conda activate ctsl",
-                     f"export PYTHONPATH={tmp_path}/code/abc${{PYTHONPATH:+:$PYTHONPATH}}"]
+                     f"export PYTHONPATH={tmp_path}/code/abc${{PYTHONPATH:+:$PYTHONPATH}}", "export PYTHONSAFEPATH=1"]
     assert python is None and srun == []  # the interpreter that submits
     python, setup, _ = job_environment(cfg.slurm.stage("teacher"), None)
     assert setup[1:] == ["module load cuda/12.4", "source /shared/venv/bin/activate"]

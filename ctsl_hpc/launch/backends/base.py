@@ -31,8 +31,13 @@ class Backend(abc.ABC):
         self.workdir, self.cfg = workdir, cfg
         self.registry = Registry(workdir.root)
 
+    def check_config(self) -> None:
+        """Raise if the configuration does not suit this backend (checked without contacting anything,
+        also for ``--dry-run``)."""
+
     def check(self) -> None:
         """Raise if this backend cannot run the configured sweep from here (missing tools, unknown settings)."""
+        self.check_config()
 
     @abc.abstractmethod
     def submit(self, stage: str, tasks: Sequence[Task], after: Sequence[str]) -> list[str]:

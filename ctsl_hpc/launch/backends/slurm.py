@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ctsl_hpc.code import package_hash, snapshot
-from ctsl_hpc.config import TRAINING_STAGES, ExperimentConfig, SlurmStageConfig
+from ctsl_hpc.config import ExperimentConfig, SlurmStageConfig, check_training_ranks
 from ctsl_hpc.launch import slurm_cli
 from ctsl_hpc.launch.backends.base import Backend, register
 from ctsl_hpc.launch.registry import JobUsage
@@ -26,14 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def tasks_per_node(cfg: ExperimentConfig, stage: str) -> int:
-    """Ranks per node of a stage: ``slurm[.stage].tasks_per_node`` if set, else one task per GPU for
-    the training stages of a distributed engine; one task otherwise (evaluation is a single process)."""
-    resolved = cfg.slurm.stage(stage)
-    if stage not in TRAINING_STAGES or cfg.train.engine not in ("ddp", "deepspeed"):
-        return 1
-    if resolved.tasks_per_node is not None:
-        return resolved.tasks_per_node
-    return max(1, resolved.gpus_per_node)
+    """Slurm tasks per node of a stage (:meth:`~ctsl_hpc.config.SlurmConfig.ranks_per_node`)."""
+    return cfg.slurm.ranks_per_node(stage, cfg.train.engine)
 
 
 def executor_parameters(name: str, stage: SlurmStageConfig, tasks: int) -> dict[str, Any]:
@@ -60,7 +54,8 @@ def job_environment(stage: SlurmStageConfig, code: Path | None) -> tuple[str | N
     """How a stage's job script starts Python: (interpreter command, setup lines, srun options).
 
     Setup: ``slurm.env`` exported, the user's lines (``module load``, ``source .../activate``), then the
-    frozen code first on ``PYTHONPATH`` (``code``: a :func:`ctsl_hpc.code.snapshot` folder). A container
+    frozen code first on ``PYTHONPATH`` (``code``: a :func:`ctsl_hpc.code.snapshot` folder) and the
+    working directory off it. A container
     runs the interpreter inside it: Apptainer wraps the command (``--nv`` with GPUs, ``--bind`` per
     mount), pyxis takes srun options; the environment, ``PYTHONPATH`` included, passes into both.
     """
@@ -68,6 +63,9 @@ def job_environment(stage: SlurmStageConfig, code: Path | None) -> tuple[str | N
     setup += stage.setup
     if code is not None:
         setup.append(f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}")
+        # The job starts in the folder sbatch ran in, and ``python -m`` puts that folder first on sys.path:
+        # a checkout there would shadow the frozen code. PYTHONSAFEPATH (Python >= 3.11) keeps it off.
+        setup.append("export PYTHONSAFEPATH=1")
     python, srun, container = stage.python, [], stage.container
     if container.runtime == "apptainer":
         gpus = ["--nv"] if stage.gpus_per_node else []
@@ -132,7 +130,11 @@ class SlurmBackend(Backend):
         """The content hash of the package this command submits."""
         return package_hash()
 
+    def check_config(self) -> None:
+        check_training_ranks(self.cfg)
+
     def check(self) -> None:
+        self.check_config()
         slurm_cli.require_slurm()
         slurm_cli.check_partitions(self.cfg, ("teacher", "students", "eval"))
 

@@ -14,6 +14,7 @@ keeps its own RNG file.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import torch
@@ -67,6 +68,11 @@ class DistributedMixin:
 
     def barrier(self) -> None:
         dist.barrier()
+
+    def hosts(self) -> list[str]:
+        hosts: list[str | None] = [None] * self.world_size
+        dist.all_gather_object(hosts, socket.gethostname())
+        return [str(h) for h in hosts]
 
     def all_reduce_flag(self, flag: bool) -> bool:
         value = torch.tensor([int(flag)], device=self.device)

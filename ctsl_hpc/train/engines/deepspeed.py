@@ -2,10 +2,16 @@
 
 bf16 on GPUs (``train.precision`` auto/bf16; fp32 master weights in the optimizer), fp32 on CPUs.
 Gradient accumulation and clipping are DeepSpeed's, the per-epoch lr decay is ours. Resuming on
-the same world size restores everything (optimizer moments included). Resuming on a different
-world size loads the consolidated fp32 weights (``zero_to_fp32``), the learning rate and the
-schedule, and restarts Adam's moments (logged as a warning); for evaluation, epoch model
-directories always hold full fp32 weights.
+the same world size and ZeRO stage restores everything (optimizer moments included). Resuming on a
+different world size (or between ZeRO-1 and ZeRO-2) also keeps the optimizer state: rank 0 converts
+the checkpoint's ZeRO shards to DeepSpeed's universal checkpoint (``ds_to_universal``, once, into
+``<checkpoint>/deepspeed_universal``, written under a temporary name and renamed when complete) and
+every rank loads its new partition of the fp32 master weights, Adam's moments and step count from
+it. Where that is impossible (ZeRO-0, a change into or out of ZeRO-3, a failed conversion, a
+DeepSpeed without universal checkpoints) the consolidated fp32 weights (``zero_to_fp32``) are
+loaded and Adam's moments restart, with a warning that says why. The learning rate, the schedule
+and the RNG are ours and always restored; for evaluation, epoch model directories always hold full
+fp32 weights.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import json
 import logging
 import os
 import pickle
+import shutil
+import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +40,10 @@ log = logging.getLogger(__name__)
 
 DS_TAG = "deepspeed"
 DS_META_FILE = "engine_meta.pt"
+# the universal conversion of DS_TAG (a sibling folder of the same checkpoint) and its manifest,
+# written last: the relative path and size of every file, checked before the folder is reused
+UNIVERSAL_TAG = "deepspeed_universal"
+UNIVERSAL_MANIFEST = "COMPLETE.json"
 # DeepSpeed config keys filled from the experiment settings; the JSON files must not set them.
 FILLED_KEYS = (
     "train_batch_size",
@@ -65,22 +78,105 @@ def load_deepspeed_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def check_shards(folder: Path) -> None:
-    """Refuse DeepSpeed checkpoint files that hold anything but tensors, plain data and DeepSpeed's own
-    checkpoint classes, before DeepSpeed (which unpickles them without restriction) loads them."""
+def load_shard(path: Path) -> Any:
+    """A DeepSpeed checkpoint file, unpickling only tensors, plain data and DeepSpeed's checkpoint classes."""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    for shard in sorted(folder.glob("*.pt")):
+    with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, fragment_address]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_shards(folder: Path) -> None:
+    """Refuse DeepSpeed checkpoint files that hold anything but tensors, plain data and DeepSpeed's own
+    checkpoint classes, before DeepSpeed (which unpickles them without restriction) loads them.
+
+    Every ``*.pt`` below ``folder``: a universal checkpoint keeps one folder per parameter
+    (``zero/<name>/fp32.pt``, ``exp_avg.pt``, ``exp_avg_sq.pt``, ``step.pt``: tensors and ints) and
+    ``zero/optimizer_state.pt`` (the loss scaler, the ZeRO stage and plain data), all covered by
+    the same classes as the ZeRO shards."""
+    for shard in sorted(folder.rglob("*.pt")):
         try:
-            with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, fragment_address]):
-                torch.load(shard, map_location="cpu", weights_only=True)
+            load_shard(shard)
         except pickle.UnpicklingError as exc:
             raise pickle.UnpicklingError(
                 f"{shard} holds more than tensors and DeepSpeed's checkpoint data ({str(exc).splitlines()[0]}); "
                 "refusing to load it: a work directory must come from someone you trust"
             ) from None
+
+
+def universal_unsupported(saved_stage: int, stage: int) -> str | None:
+    """Why a ZeRO-``saved_stage`` checkpoint cannot be loaded as a universal checkpoint into
+    ZeRO-``stage`` (None: it can)."""
+    if 0 in (saved_stage, stage):
+        return "ZeRO-0 keeps no ZeRO optimizer shards to convert"
+    if (saved_stage == 3) != (stage == 3):
+        return "DeepSpeed's universal loading does not map ZeRO-3 state to ZeRO-1/2 or back"
+    try:
+        from deepspeed.checkpoint import ds_to_universal
+    except ImportError as exc:
+        return f"this DeepSpeed has no universal checkpoint converter ({exc})"
+    if not hasattr(ds_to_universal, "main"):
+        return "this DeepSpeed's ds_to_universal has no main()"
+    return None
+
+
+def _manifest(folder: Path) -> dict[str, int]:
+    return {str(f.relative_to(folder)): f.stat().st_size for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def complete_universal(folder: Path) -> bool:
+    """``folder`` holds a finished conversion: its manifest is there and every file has its size."""
+    try:
+        manifest = json.loads((folder / UNIVERSAL_MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    files = _manifest(folder)
+    files.pop(UNIVERSAL_MANIFEST, None)
+    return isinstance(manifest, dict) and bool(manifest) and manifest == files
+
+
+def convert_to_universal(directory: Path) -> Path:
+    """``directory/UNIVERSAL_TAG``: the universal checkpoint of ``directory/DS_TAG`` (one process).
+
+    A complete earlier conversion is reused; anything else there (cut short, truncated) is
+    deleted and redone. The conversion is written to ``directory/UNIVERSAL_TAG.tmp/UNIVERSAL_TAG``
+    (ds_to_universal also writes a ``latest_universal`` file next to its output folder: it stays
+    in the temporary folder), the manifest last, then renamed into place.
+    """
+    from deepspeed.checkpoint import ds_to_universal
+
+    final = directory / UNIVERSAL_TAG
+    if complete_universal(final):
+        return final
+    work = directory / f"{UNIVERSAL_TAG}.tmp"
+    for stale in (final, work):
+        if stale.exists():
+            log.warning("%s is an incomplete universal conversion: deleting it", stale)
+            shutil.rmtree(stale)
+    output = work / UNIVERSAL_TAG
+    # ds_to_universal.main takes its command line's argparse namespace (deepspeed 0.19.8,
+    # deepspeed/checkpoint/ds_to_universal.py: parse_arguments, main); these are its fields. One
+    # worker each: no process pool (main runs in this process, the work is dominated by file I/O).
+    args = types.SimpleNamespace(
+        input_folder=str(directory / DS_TAG),
+        output_folder=str(output),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        # our engine registers no UNIVERSAL_CHECKPOINT_INFO (no tensor/pipeline parallelism):
+        # let the converter add the default (version only) instead of refusing the checkpoint
+        inject_missing_state=True,
+    )
+    started = time.perf_counter()
+    ds_to_universal.main(args)
+    (output / UNIVERSAL_MANIFEST).write_text(json.dumps(_manifest(output)))
+    output.rename(final)
+    shutil.rmtree(work)
+    log.info("converted %s to a universal checkpoint in %.1f s", directory / DS_TAG, time.perf_counter() - started)
+    return final
 
 
 def fill_deepspeed_config(zero: dict[str, Any], settings: OptimSettings, world_size: int, bf16: bool) -> dict[str, Any]:
@@ -188,7 +284,8 @@ class DeepSpeedEngine(DistributedMixin, Engine):
         self._save_rng(directory)
 
     def load(self, directory: Path) -> None:
-        """All ranks: resume from ``save``'s files (same world size: everything; else fp32 weights)."""
+        """All ranks: resume from ``save``'s files (same world size and stage: DeepSpeed's own load;
+        else the universal conversion, or the fp32 weights where that is impossible)."""
         if (directory / ENGINE_FILE).is_file() and not (directory / DS_META_FILE).is_file():
             raise ValueError(f"{directory} was written by the plain/ddp engine, not by deepspeed")
         meta = load_state(directory / DS_META_FILE)
@@ -198,33 +295,93 @@ class DeepSpeedEngine(DistributedMixin, Engine):
             if path is None:
                 raise RuntimeError(f"DeepSpeed could not load {directory / DS_TAG}")
         else:
-            log.warning(
-                "%s was saved by %d rank(s) with ZeRO-%d; now %d rank(s) with ZeRO-%d: loading the consolidated "
-                "fp32 weights, Adam's moments restart",
-                directory, meta["world_size"], meta["stage"], self.world_size, self.stage,
+            change = (
+                f"{directory} was saved by {meta['world_size']} rank(s) with ZeRO-{meta['stage']}; "
+                f"now {self.world_size} rank(s) with ZeRO-{self.stage}"
             )
-            self._load_fp32(directory)
+            why = universal_unsupported(meta["stage"], self.stage) or self._convert(directory)
+            if why is None:
+                log.info("%s: loading the universal checkpoint (optimizer state kept)", change)
+                self._load_universal(directory)
+            else:
+                log.warning("%s: loading the consolidated fp32 weights, Adam's moments restart (%s)", change, why)
+                self._load_fp32(directory)
         self.scheduler.load_state_dict(meta["scheduler"])
         for group, lr in zip(self.optimizer.param_groups, meta["lr"]):
             group["lr"] = lr
         self._full_at = None
         self._load_rng(directory)
 
+    def _convert(self, directory: Path) -> str | None:
+        """Rank 0 converts (or reuses) the universal checkpoint, the others wait; every rank gets
+        None, or why the conversion failed."""
+        error = [None]
+        if self.is_main:
+            try:
+                convert_to_universal(directory)
+            except Exception as exc:  # any failure: fall back to the fp32 weights
+                log.exception("converting %s to a universal checkpoint failed", directory / DS_TAG)
+                error = [f"the universal conversion failed: {type(exc).__name__}: {exc}"]
+        dist.broadcast_object_list(error, src=0)  # also the barrier the other ranks wait at
+        return error[0]
+
+    def _load_universal(self, directory: Path) -> None:
+        folder = directory / UNIVERSAL_TAG
+        check_shards(folder)
+        # ``checkpoint.load_universal`` of the DeepSpeed config, switched on for this load only: in
+        # deepspeed 0.19.8 the flag is read by nothing but load_checkpoint (runtime/engine.py,
+        # DeepSpeedEngine.load_universal_checkpoint, read in _get_all_ckpt_names, load_checkpoint,
+        # _load_checkpoint and _load_zero_checkpoint), and a resume is not known when the engine is built.
+        config = self.ds._config
+        before = config.load_universal_checkpoint
+        config.load_universal_checkpoint = True
+        try:
+            path, _ = self.ds.load_checkpoint(str(directory), tag=UNIVERSAL_TAG, load_lr_scheduler_states=False)
+        finally:
+            config.load_universal_checkpoint = before
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the universal checkpoint {folder}")
+        self._restore_untrained(directory)
+
+    def _restore_untrained(self, directory: Path) -> None:
+        """Universal loading restores what the optimizer holds; frozen parameters and buffers come
+        from the saved module state (ZeRO-1/2: full tensors in the model-state file; ZeRO-3: the
+        consolidated checkpoint)."""
+        module = self.ds.module
+        names = {n for n, p in module.named_parameters() if not p.requires_grad}
+        names |= {n for n, _ in module.named_buffers()}
+        if not names:
+            return
+        if self.stage < 3:
+            saved = load_shard(directory / UNIVERSAL_TAG / "mp_rank_00_model_states.pt")["module"]
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            saved = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DS_TAG)
+        self._copy_weights(saved, only=names)
+
     def _load_fp32(self, directory: Path) -> None:
-        import deepspeed
-        from deepspeed.utils import safe_set_full_fp32_param
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DS_TAG)
+        self._copy_weights(get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=DS_TAG))
+
+    def _copy_weights(self, state: dict[str, torch.Tensor], only: set[str] | None = None) -> None:
+        """Set every parameter (fp32 masters included) from ``state``, and the buffers it holds;
+        ``only``: just these names. Collective under ZeRO-3."""
+        import deepspeed
+        from deepspeed.utils import safe_set_full_fp32_param
+
         with torch.no_grad():
             for name, param in self.ds.module.named_parameters():
+                if only is not None and name not in only:
+                    continue
                 value = state[name].to(self.device)
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=0, enabled=self.stage == 3):
                     param.data.copy_(value.to(param.dtype))
                 if param.requires_grad:
                     safe_set_full_fp32_param(param, value)
             for name, buffer in self.ds.module.named_buffers():
-                if name in state:
+                if name in state and (only is None or name in only):
                     buffer.copy_(state[name])
 
     def end_epoch(self) -> None:

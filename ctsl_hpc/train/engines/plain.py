@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,10 @@ class Engine:
 
     def barrier(self) -> None:
         """Wait for every rank (no-op in one process)."""
+
+    def hosts(self) -> list[str]:
+        """The host each rank runs on, in rank order."""
+        return [socket.gethostname()]
 
     def all_reduce_flag(self, flag: bool) -> bool:
         """True on every rank if any rank said True (used to stop all ranks together)."""
