@@ -24,6 +24,20 @@ def small_corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def standin_backbone(tmp_path_factory):
+    """A random-weight ``facebook/wav2vec2-large-robust`` (24 layers, ~1.3 GB) written once per session by the
+    package's command, deleted at the end of the session."""
+    import shutil
+
+    from ctsl_hpc.launch.__main__ import main
+
+    folder = tmp_path_factory.mktemp("standin") / "wav2vec2-large-robust"
+    assert main(["standin-backbone", str(folder)]) == 0
+    yield folder
+    shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_overrides(small_corpus):
     """``tiny_overrides(workdir)``: config overrides for a fast pipeline run on ``small_corpus``."""
     return lambda workdir: _tiny_overrides(small_corpus, workdir)
