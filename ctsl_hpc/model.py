@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
-from ctsl_hpc.config import ConfigError, ModelConfig, build_section
+from ctsl_hpc.config import LARGE_ROBUST, ConfigError, ModelConfig, build_section
 from ctsl_hpc.data.audio import WaveformStats
 from ctsl_hpc.records import atomic_write_bytes, atomic_write_text
 
@@ -65,9 +65,6 @@ def tiny_backbone_config(cfg: ModelConfig) -> Wav2Vec2Config:
         apply_spec_augment=False,
         mask_time_prob=0.0,
     )
-
-
-LARGE_ROBUST = "facebook/wav2vec2-large-robust"
 
 
 def large_robust_config(num_layers: int = 24) -> Wav2Vec2Config:

@@ -200,7 +200,7 @@ def fit(
         engine.load(resume_from)  # after the shared RNG state: distributed engines restore each rank's own
         log.info("%s: resumed from %s (epoch %d, batch %d)", recipe.name, resume_from.name, start_epoch, start_batch)
     else:
-        torch.manual_seed(train.seed + engine.rank)  # ranks draw different dropout masks
+        ckpt.seed_rngs(train.seed + engine.rank)  # ranks draw different dropout and SpecAugment masks
 
     def save(epoch: int, batch: int, running: dict | None = None) -> Path:
         state = {
