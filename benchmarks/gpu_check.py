@@ -146,13 +146,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cpu-smoke", action="store_true", help="the CPU, the tiny backbone, a few 1 s utterances")
     parser.add_argument("--results", type=Path, help="add the table to this markdown file (benchmarks/RESULTS.md)")
+    parser.add_argument("--work", type=Path, help="corpus, stand-in and work directories (default: <out>/work)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     smoke = args.cpu_smoke
     if not smoke and not torch.cuda.is_available():
         parser.error("no CUDA GPU here: run with --cpu-smoke")
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.out / "work"
+    work = args.work or args.out / "work"
     check = Check(smoke)
     started = time.perf_counter()
 

@@ -35,7 +35,10 @@ case "$MODE" in
     mkdir -p "$OUT"
     exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node=1 benchmarks/gpu_check.py --cpu-smoke --out "$OUT" ;;
   gpu)
-    ls "$WHEELS"/deepspeed-*.tar.gz >/dev/null 2>&1 || { echo "no $WHEELS/: run benchmarks/gpu_check.sh --fetch-wheels here first and carry $WHEELS" >&2; exit 2; }
+    "$PYTHON" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" \
+      || { echo "no CUDA GPU here: benchmarks/gpu_check.sh --cpu-smoke runs the same path on the CPU" >&2; exit 2; }
+    ls "$WHEELS"/deepspeed-*.tar.gz >/dev/null 2>&1 \
+      || { echo "no $WHEELS/: run benchmarks/gpu_check.sh --fetch-wheels here first and carry $WHEELS" >&2; exit 2; }
     SITE=/tmp/gpu-check-site
     started=$(date +%s)
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
@@ -46,9 +49,9 @@ case "$MODE" in
     export PYTHONPATH="$SITE:$PWD" HF_HUB_OFFLINE=1 TORCH_EXTENSIONS_DIR=/tmp/torch-extensions
     mkdir -p "$OUT"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    # the work folder (a 1.3 GB stand-in, checkpoints) stays out of $OUT, which comes back
     "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node=1 benchmarks/gpu_check.py --out "$OUT" \
-      --results benchmarks/RESULTS.md
-    rm -rf "$OUT/work"
+      --work /tmp/gpu-check-work --results benchmarks/RESULTS.md
     cp benchmarks/RESULTS.md "$OUT/RESULTS.md" ;;
   *)
     echo "usage: benchmarks/gpu_check.sh [--fetch-wheels | --cpu-smoke]" >&2

@@ -3,7 +3,7 @@
 MSP-Podcast itself is licensed and not here, so this writes its layout (``Audios/*.wav``,
 ``Labels/labels_consensus.csv``) with the partition sizes the MSP lab publishes for release 1.11
 (Train 84,030, Development 19,815, Test1 30,647 segments; 151,654 segments, 237 h 56 min in all:
-5.65 s on average) and durations drawn log-normally to that mean, clipped to 2.75-11 s. Each WAV file
+5.65 s on average) and durations drawn log-normally, clipped to 2.75-11 s, scaled to that mean. Each WAV file
 is a real 16 kHz header followed by a hole (a sparse file): its header says its length, its data takes
 no disk. Then it runs the dry run twice in a work directory that exists (the first reads every
 header and caches the durations, the second reads the cache), and once where none exists (nothing is
@@ -44,9 +44,12 @@ def write_standin(root: Path, seed: int = 0) -> float:
     audios, labels = root / "Audios", root / "Labels"
     audios.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
-    total = sum(SPLITS.values())
-    sigma = 0.45  # median below the mean, a long tail (most segments are short)
-    seconds = np.clip(rng.lognormal(np.log(MEAN_SECONDS) - sigma**2 / 2, sigma, total), 2.75, 11.0)
+    shape = rng.lognormal(0.0, 0.45, sum(SPLITS.values()))  # most segments short, a long tail
+    low, high = 1.0, 20.0  # the scale whose clipped draw has the published mean (bisection)
+    for _ in range(60):
+        scale = (low + high) / 2
+        low, high = (scale, high) if np.clip(scale * shape, 2.75, 11.0).mean() < MEAN_SECONDS else (low, scale)
+    seconds = np.clip(scale * shape, 2.75, 11.0)
     rows, i = [], 0
     for split, count in SPLITS.items():
         for _ in range(count):
