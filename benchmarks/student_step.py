@@ -18,7 +18,7 @@ sampler over a whole epoch, and the noise mixing + loading throughput (``Utteran
 plus ``collate`` in a tight loop, one process, one thread) in audio seconds per wall second per core.
 
     python benchmarks/student_step.py            # CPU, tiny model, < 3 min on 2 cores
-    python benchmarks/student_step.py --gpu-large  # a CUDA GPU: 12-layer large-robust shape, bf16, MFU
+    python benchmarks/student_step.py --gpu-large  # a CUDA GPU: large-robust pruned to 12 layers, bf16, MFU
 """
 
 from __future__ import annotations
@@ -37,16 +37,15 @@ from types import SimpleNamespace
 import numpy as np
 import soundfile as sf
 import torch
-from transformers import Wav2Vec2Config
-
 from ctsl_hpc.config import ExperimentConfig, load_config
 from ctsl_hpc.data.audio import WaveformStats
 from ctsl_hpc.data.batching import RandomBatchSampler, UtteranceSet, collate, padding_waste
 from ctsl_hpc.data.corpus import Utterance
 from ctsl_hpc.data.noise import NoisePool
-from ctsl_hpc.model import EmotionModel, build_model, model_from_backbone_config, save_model
+from ctsl_hpc.model import EmotionModel, build_model, large_robust_config, model_from_backbone_config, save_model
 from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
 from ctsl_hpc.train.engines import OptimSettings, make_engine
+from ctsl_hpc.train.flops import counted_flops, mfu, peak_bf16_tflops
 from ctsl_hpc.train.loop import make_loader, make_sampler
 from ctsl_hpc.train.objective import student_loss
 from ctsl_hpc.train.recipe import Recipe, recipe
@@ -55,9 +54,6 @@ SAMPLE_RATE = 16000
 MIN_SECONDS, MAX_SECONDS = 2.75, 11.0
 VARIANT = "RM+TL+CL"
 DEMO_NOISE = Path("runs/demo/data/synthetic/noise/train")
-
-# dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from the vendors' data sheets
-PEAK_BF16_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.4, "A100": 312.0}
 
 
 @dataclass
@@ -277,41 +273,24 @@ def sync(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def large_robust_shape() -> Wav2Vec2Config:
-    """facebook/wav2vec2-large-robust's architecture (typed in: no hub here), pruned to 12 layers."""
-    return Wav2Vec2Config(
-        hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, intermediate_size=4096,
-        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, conv_dim=[512] * 7,
-        conv_stride=[5, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2], num_conv_pos_embeddings=128,
-        num_conv_pos_embedding_groups=16, layerdrop=0.0, apply_spec_augment=False, mask_time_prob=0.0,
-    )
-
-
 def make_model(cfg: ExperimentConfig, large: bool) -> EmotionModel:
-    """The demo's tiny model, or a randomly initialised 12-layer large-robust-shaped one."""
+    """The demo's tiny model, or a randomly initialised wav2vec2-large-robust pruned to 12 layers."""
     torch.manual_seed(0)
-    return model_from_backbone_config(large_robust_shape(), cfg.model) if large else build_model(cfg.model)
+    return model_from_backbone_config(large_robust_config(12), cfg.model) if large else build_model(cfg.model)
 
 
 def train_step_flops(model: EmotionModel, batch: dict[str, torch.Tensor], device: torch.device) -> int:
-    """FLOPs of one forward + backward of ``model`` on ``batch`` (torch.utils.flop_counter, matmuls and convs)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """Counted FLOPs of one forward + backward of ``model`` on ``batch`` (bf16 autocast on GPUs)."""
     model.to(device).train()
-    counter = FlopCounterMode(display=False)
-    with counter, torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(batch["noisy"].to(device), batch["mask"].to(device))
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(batch["noisy"].to(device), batch["mask"].to(device))
         (out.pred.float().sum() + out.embedding.float().pow(2).mean()).backward()
+
+    flops = counted_flops(step)
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
-def gpu_peak_tflops() -> tuple[float | None, str]:
-    name = torch.cuda.get_device_name()
-    for key, peak in PEAK_BF16_TFLOPS.items():
-        if all(part in name for part in key.split()):
-            return peak, name
-    return None, name
+    return flops
 
 
 def main() -> None:
@@ -403,12 +382,12 @@ def gpu_utilisation(model: EmotionModel, batch: dict[str, torch.Tensor], measure
     flops = train_step_flops(model, batch, device)
     per_padded_s = flops / (batch["mask"].numel() / SAMPLE_RATE)
     achieved = per_padded_s * measured.padded_audio_s_per_s
-    peak, _ = gpu_peak_tflops()
+    peak = peak_bf16_tflops(torch.cuda.get_device_name())
     return {
         "train_flops_per_padded_audio_s": per_padded_s,
         "achieved_tflops": achieved / 1e12,
         "peak_bf16_tflops": peak,
-        "mfu": None if peak is None else achieved / (peak * 1e12),
+        "mfu": None if peak is None else mfu(achieved, 1.0, peak),
     }
 
 

@@ -4,20 +4,24 @@
 its final layer norm, averaged over time) and the prediction g(h) of arousal, dominance and valence
 on the [0, 1] scale. The backbone is ``facebook/wav2vec2-large-robust`` (or any local Hugging Face
 checkpoint directory) with only its bottom ``num_layers`` transformer layers kept, or a tiny randomly
-initialised wav2vec2 built from ``model.tiny`` for the demo and the tests.
+initialised wav2vec2 built from ``model.tiny`` for the demo and the tests. :func:`large_robust_config`
+is the one definition of large-robust's architecture in the package; :func:`write_standin_backbone`
+writes a randomly initialised checkpoint of it, a local stand-in for the hub download.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import Wav2Vec2Config, Wav2Vec2Model
+from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
 from ctsl_hpc.config import ConfigError, ModelConfig, build_section
 from ctsl_hpc.data.audio import WaveformStats
@@ -63,19 +67,88 @@ def tiny_backbone_config(cfg: ModelConfig) -> Wav2Vec2Config:
     )
 
 
+def large_robust_config(num_layers: int = 24) -> Wav2Vec2Config:
+    """``facebook/wav2vec2-large-robust``'s published architecture with ``num_layers`` transformer layers.
+
+    24 layers of width 1024 (16 heads, feed-forward 4096, pre-norm: ``do_stable_layer_norm``), a
+    layer-normed feature encoder of 7 convolutions with bias (512 channels; kernels 10,3,3,3,3,2,2;
+    strides 5,2,2,2,2,2,2: one frame per 20 ms), a 128-wide convolutional position embedding in 16
+    groups, and the pre-training heads' sizes (768-d code vectors, 2 x 320 entries). Dropouts,
+    LayerDrop and SpecAugment are those of the hub's ``config.json``; a real download brings its own.
+    """
+    return Wav2Vec2Config(
+        architectures=["Wav2Vec2ForPreTraining"],
+        hidden_size=1024,
+        num_hidden_layers=num_layers,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        hidden_act="gelu",
+        do_stable_layer_norm=True,
+        feat_extract_norm="layer",
+        feat_extract_activation="gelu",
+        conv_dim=[512] * 7,
+        conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+        conv_stride=[5, 2, 2, 2, 2, 2, 2],
+        conv_bias=True,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        codevector_dim=768,
+        proj_codevector_dim=768,
+        num_codevector_groups=2,
+        num_codevectors_per_group=320,
+        hidden_dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.1,
+        layerdrop=0.1,
+        apply_spec_augment=True,
+        mask_time_prob=0.05,
+        mask_time_length=10,
+        layer_norm_eps=1e-5,
+    )
+
+
+def write_standin_backbone(directory: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a randomly initialised ``facebook/wav2vec2-large-robust`` (24 layers) to ``directory``.
+
+    The checkpoint is what the hub serves, in architecture and format (``save_pretrained`` of a
+    ``Wav2Vec2ForPreTraining``: ``config.json`` and ``model.safetensors``, about 1.3 GB), with random
+    weights, so ``model.backbone=<directory>`` runs the real loading and pruning code without the hub.
+    The folder appears whole (written next to it, then renamed).
+    """
+    out = Path(directory)
+    if (out / "config.json").is_file():
+        raise FileExistsError(errno.EEXIST, "it already holds a checkpoint: give a new folder", str(out))
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    torch.manual_seed(seed)
+    Wav2Vec2ForPreTraining(large_robust_config()).save_pretrained(staging)
+    if out.is_dir():
+        out.rmdir()  # an empty folder made for it
+    staging.rename(out)
+    return out
+
+
+def prune_config(config: Wav2Vec2Config, num_layers: int) -> Wav2Vec2Config:
+    """``config`` with its bottom ``num_layers`` transformer layers and no LayerDrop (every rank of a
+    DDP/DeepSpeed job must run the same layers)."""
+    if num_layers > config.num_hidden_layers:
+        raise ValueError(f"model.num_layers={num_layers} but the backbone has only {config.num_hidden_layers} layers")
+    config.num_hidden_layers = num_layers
+    config.layerdrop = 0.0
+    return config
+
+
 def pretrained_backbone(name_or_dir: str, num_layers: int) -> Wav2Vec2Model:
     """Load a wav2vec2 checkpoint keeping its bottom ``num_layers`` transformer layers.
 
     ``name_or_dir`` is a hub id such as ``facebook/wav2vec2-large-robust`` (needs the hub or a warm
     Hugging Face cache) or a local directory with ``config.json`` and the weights.
     """
-    config = Wav2Vec2Config.from_pretrained(name_or_dir)
-    if num_layers > config.num_hidden_layers:
-        raise ValueError(
-            f"model.num_layers={num_layers} but {name_or_dir} has only {config.num_hidden_layers} layers"
-        )
-    config.num_hidden_layers = num_layers
-    config.layerdrop = 0.0  # every rank must run the same layers (DDP/DeepSpeed collectives)
+    try:
+        config = prune_config(Wav2Vec2Config.from_pretrained(name_or_dir), num_layers)
+    except ValueError as exc:
+        raise ValueError(f"{name_or_dir}: {exc}") from None
     return Wav2Vec2Model.from_pretrained(name_or_dir, config=config)
 
 
@@ -159,9 +232,8 @@ def build_model(cfg: ModelConfig) -> EmotionModel:
 
 
 def model_from_backbone_config(backbone_cfg: Wav2Vec2Config, cfg: ModelConfig) -> EmotionModel:
-    """A randomly initialised model with the given backbone shape (e.g. large-robust typed in)."""
-    backbone_cfg.layerdrop = 0.0
-    return EmotionModel(Wav2Vec2Model(backbone_cfg), cfg)
+    """A randomly initialised model with the given backbone shape (e.g. ``large_robust_config(12)``)."""
+    return EmotionModel(Wav2Vec2Model(prune_config(backbone_cfg, backbone_cfg.num_hidden_layers)), cfg)
 
 
 def save_model(model: EmotionModel, directory: str | os.PathLike, stats: WaveformStats | None) -> Path:
@@ -200,7 +272,8 @@ def load_model(directory: str | os.PathLike) -> tuple[EmotionModel, WaveformStat
             raise FileNotFoundError(f"{path} is not a ctsl_hpc model directory: {file.name} is missing")
     cfg = build_section(ModelConfig, json.loads((path / MODEL_CONFIG_FILE).read_text()), "model")
     backbone_cfg = Wav2Vec2Config.from_json_file(path / BACKBONE_CONFIG_FILE)
-    model = model_from_backbone_config(backbone_cfg, cfg)
-    model.load_state_dict(load_weights(path))
+    with torch.device("meta"):  # every tensor comes from the file: no random initialisation to pay for
+        model = model_from_backbone_config(backbone_cfg, cfg)
+    model.load_state_dict(load_weights(path), assign=True)
     stats = WaveformStats.load(path / STATS_FILE) if (path / STATS_FILE).is_file() else None
     return model.eval(), stats, cfg

@@ -10,7 +10,7 @@ Layout (``Workdir`` attributes in brackets)::
     config.yaml            the resolved configuration [config_file]
     waveform_stats.json    training-set mean/std [waveform_stats]
     data/synthetic/        the demo corpus, when built [synthetic_data]
-    cache/                 the teacher's clean embeddings [cache]
+    cache/                 the teacher's clean embeddings [cache], audio checks [audio_check], durations [durations]
     teacher/, students/RM_TL/, tune/trials/<id>/   one RunDir per training run
         history.json, starts.json, DONE, checkpoints/step-00000042/, epochs/epoch-003/
     report/                Table 1 and 2, scores, plots [report: ReportFiles]
@@ -45,7 +45,7 @@ from ctsl_hpc.processes import pid_alive
 from ctsl_hpc.records import RecordError, atomic_write_json, atomic_write_text, read_json
 
 # what may change on an existing sweep: where and how it runs, not what it computes (a section or a dotted key)
-RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "data.on_bad_audio", "tune.max_failures")
+RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "cost", "data.on_bad_audio", "tune.max_failures")
 
 
 class ConfigMismatch(ValueError):
@@ -260,6 +260,7 @@ class Workdir:
     code = property(lambda self: self.root / "code")  # frozen copies of the package, one per content hash
     lock_file = property(lambda self: self.root / "LOCK")
     audio_check = property(lambda self: self.root / "cache" / "audio-check.json")  # verdicts per audio file
+    durations = property(lambda self: self.root / "cache" / "durations.json")  # header durations (the dry run's cost)
     fingerprint = property(lambda self: self.root / "data" / "fingerprint.json")  # the corpus's content hash
     mlflow_db = property(lambda self: self.root / "mlflow.db")
     mlartifacts = property(lambda self: self.root / "mlartifacts")

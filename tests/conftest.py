@@ -23,6 +23,36 @@ def small_corpus(tmp_path_factory):
     return build_demo_corpus(tmp_path_factory.mktemp("corpus"), n_utterances=40, seed=3, noise_minutes=(1.0, 0.5, 0.5))
 
 
+FIGURES = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def figures(request) -> list[str]:
+    """Lines a test measured (times, memory), printed in the summary at the end of the run."""
+    return request.config.stash.setdefault(FIGURES, [])
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if config.stash.get(FIGURES, None):
+        terminalreporter.section("measured")
+        for line in config.stash[FIGURES]:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def standin_backbone(tmp_path_factory):
+    """A random-weight ``facebook/wav2vec2-large-robust`` (24 layers, ~1.3 GB) written once per session by the
+    package's command, deleted at the end of the session."""
+    import shutil
+
+    from ctsl_hpc.launch.__main__ import main
+
+    folder = tmp_path_factory.mktemp("standin") / "wav2vec2-large-robust"
+    assert main(["standin-backbone", str(folder)]) == 0
+    yield folder
+    shutil.rmtree(folder.parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_overrides(small_corpus):
     """``tiny_overrides(workdir)``: config overrides for a fast pipeline run on ``small_corpus``."""

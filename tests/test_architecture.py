@@ -19,6 +19,7 @@ MAX_LINES = 400
 DOCTESTED = (
     "ctsl_hpc.losses", "ctsl_hpc.evaluate.metrics", "ctsl_hpc.evaluate.protocol", "ctsl_hpc.predict",
     "ctsl_hpc.variants", "ctsl_hpc.data.corpora", "ctsl_hpc.config", "ctsl_hpc.config.files", "ctsl_hpc.code",
+    "ctsl_hpc.cost", "ctsl_hpc.train.flops",
 )
 
 

@@ -12,10 +12,12 @@ Example:
 from ctsl_hpc.config.files import CONFIG_DIR, DEMO_CONFIG, SWEEP_CONFIG, shipped_file
 from ctsl_hpc.config.loading import build_section, config_from_dict, flatten, load_config, parse_override
 from ctsl_hpc.config.schema import (
+    LARGE_ROBUST,
     SLURM_STAGES,
     TRAINING_STAGES,
     ConfigError,
     ContainerConfig,
+    CostConfig,
     DataConfig,
     EvalConfig,
     ExperimentConfig,
@@ -33,7 +35,8 @@ from ctsl_hpc.config.schema import (
 from ctsl_hpc.config.validation import check_training_ranks, validate
 
 __all__ = [
-    "CONFIG_DIR", "DEMO_CONFIG", "SWEEP_CONFIG", "SLURM_STAGES", "TRAINING_STAGES", "ConfigError", "ContainerConfig", "DataConfig", "EvalConfig",
+    "CONFIG_DIR", "DEMO_CONFIG", "LARGE_ROBUST", "SWEEP_CONFIG", "SLURM_STAGES", "TRAINING_STAGES", "ConfigError",
+    "ContainerConfig", "CostConfig", "DataConfig", "EvalConfig",
     "ExperimentConfig", "ModelConfig", "NoiseConfig", "SlurmConfig", "SlurmStageConfig", "StudentConfig",
     "SyntheticConfig", "TinyBackboneConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "build_section",
     "check_training_ranks", "config_from_dict", "flatten", "load_config", "parse_override", "shipped_file", "validate",

@@ -1,7 +1,7 @@
 """The experiment configuration's schema: every key, its type and its default.
 
 Sections mirror the method (``data``, ``noise``, ``model``, ``train``, ``student``, ``eval``) and
-where it runs (``tracking``, ``slurm``, ``tune``). Loading and overrides are in
+where it runs (``tracking``, ``cost``, ``slurm``, ``tune``). Loading and overrides are in
 :mod:`ctsl_hpc.config.loading`, value checks in :mod:`ctsl_hpc.config.validation`.
 """
 
@@ -59,9 +59,12 @@ class TinyBackboneConfig:
     conv_kernel: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 2])
 
 
+LARGE_ROBUST = "facebook/wav2vec2-large-robust"  # the paper's backbone (its architecture: ctsl_hpc.model)
+
+
 @dataclass
 class ModelConfig:
-    backbone: str = "facebook/wav2vec2-large-robust"
+    backbone: str = LARGE_ROBUST
     num_layers: int = 12
     freeze_feature_encoder: bool = True
     pooling: Literal["masked", "unmasked"] = "masked"
@@ -117,6 +120,16 @@ class EvalConfig:
     alpha: float = 0.05
     batch_size: int = 16
     noisy_roots: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CostConfig:
+    """The throughput behind the GPU-hours that ``sweep --dry-run`` estimates (audio seconds per GPU-second).
+
+    None: the package's figure for the configured model size and precision (``ctsl_hpc.cost``)."""
+
+    train_audio_s_per_gpu_s: float | None = None  # training: forward, backward and optimiser step
+    forward_audio_s_per_gpu_s: float | None = None  # forward only: evaluation, teacher embeddings
 
 
 @dataclass
@@ -255,6 +268,7 @@ class ExperimentConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 

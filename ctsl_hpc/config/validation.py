@@ -64,6 +64,9 @@ def validate(cfg: ExperimentConfig) -> None:
             _require(False, f"noise.{second}", f"is the same folder as noise.{first} ({folders[first]}): the noise "
                      "pools must be disjoint")
     _require(n.minutes > 0, "noise.minutes", "must be positive")
+    for key in ("train_audio_s_per_gpu_s", "forward_audio_s_per_gpu_s"):
+        value = getattr(cfg.cost, key)
+        _require(value is None or value > 0, f"cost.{key}", f"must be positive (or null: the package's figure), got {value}")
     _require(m.num_layers >= 1, "model.num_layers", "must be at least 1")
     _require(m.head_layers >= 0, "model.head_layers", "must be >= 0")
     _require(m.head_hidden >= 1, "model.head_hidden", "must be positive")

@@ -37,6 +37,11 @@ class CorpusSpec:
     load: Callable[[Any, Path], Corpus]  # (experiment config, a folder for what it builds) -> Corpus
     required: tuple[str, ...] = ()
     own_noise: bool = False
+    built: Callable[[Any, Path], Corpus | None] | None = None  # what is there, building nothing (None: ``load``)
+
+    def existing(self, cfg: Any, build_dir: Path) -> Corpus | None:
+        """The corpus as it stands, with nothing built or written (None: it is built by the first run)."""
+        return (self.built or self.load)(cfg, build_dir)
 
 
 def _load_csv(cfg: Any, _build_dir: Path) -> Corpus:
@@ -50,9 +55,20 @@ def _load_msp_podcast(cfg: Any, _build_dir: Path) -> Corpus:
 def _load_synthetic(cfg: Any, build_dir: Path) -> Corpus:
     from ctsl_hpc.data.synthetic import build_demo_corpus
 
-    demo = build_demo_corpus(build_dir, cfg.synthetic)
+    return _demo(build_demo_corpus(build_dir, cfg.synthetic))
+
+
+def _demo(demo: Any) -> Corpus:
+    """A built demo corpus (``ctsl_hpc.data.synthetic.DemoCorpus``) with its own noise folders."""
     noise = {"train": demo.noise_train, "dev": demo.noise_dev, "test": demo.noise_test}
     return Corpus(load_csv_manifest(demo.manifest), noise)
+
+
+def _built_synthetic(_cfg: Any, build_dir: Path) -> Corpus | None:
+    from ctsl_hpc.data.synthetic import built_demo_corpus
+
+    demo = built_demo_corpus(build_dir)
+    return None if demo is None else _demo(demo)
 
 
 _REGISTRY: dict[str, CorpusSpec] = {}
@@ -77,6 +93,6 @@ def corpus_names() -> list[str]:
     return list(_REGISTRY)
 
 
-register(CorpusSpec("synthetic", _load_synthetic, own_noise=True))
+register(CorpusSpec("synthetic", _load_synthetic, own_noise=True, built=_built_synthetic))
 register(CorpusSpec("msp_podcast", _load_msp_podcast, required=("root",)))
 register(CorpusSpec("csv", _load_csv, required=("manifest",)))

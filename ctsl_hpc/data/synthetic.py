@@ -125,23 +125,10 @@ def build_demo_corpus(
     (10 s clips cycling music / effects / babble) each with a `SOURCES.csv` (clip, kind, package, source,
     licence). TTS runs as parallel espeak-ng processes (`workers` threads driving them).
     """
-    if cfg is not None:
-        n_utterances = int(getattr(cfg, "utterances", n_utterances))
-        seed = int(getattr(cfg, "seed", seed))
-        max_voices = int(getattr(cfg, "max_voices", max_voices))
-    if n_utterances < 3:
-        raise ValueError(f"synthetic.utterances must be >= 3, got {n_utterances}")
-    if not 1 <= max_voices <= len(VOICES):
-        raise ValueError(f"synthetic.max_voices must be in 1..{len(VOICES)}, got {max_voices}")
+    params = _build_params(cfg, n_utterances, seed, max_voices, noise_minutes)
+    n_utterances, seed, max_voices = params["n_utterances"], params["seed"], params["max_voices"]
     out_dir = Path(out_dir)
     result = DemoCorpus(out_dir / "manifest.csv", *(out_dir / "noise" / s for s in SPLITS))
-    params = {
-        "version": FORMAT_VERSION,
-        "n_utterances": n_utterances,
-        "seed": seed,
-        "max_voices": max_voices,
-        "noise_minutes": list(noise_minutes),
-    }
     marker = out_dir / MARKER
     if _built_with(marker) == params:
         return result
@@ -165,6 +152,32 @@ def build_demo_corpus(
     atomic_write_text(marker, json.dumps(params))
     log.info("demo corpus built in %s (%d utterances)", out_dir, n_utterances)
     return result
+
+
+def built_demo_corpus(out_dir: str | os.PathLike[str]) -> DemoCorpus | None:
+    """The demo corpus a finished build left in ``out_dir`` (a work directory's holds its config's), else None.
+
+    Builds and writes nothing (``sweep --dry-run`` counts the corpus with it)."""
+    out_dir = Path(out_dir)
+    if _built_with(out_dir / MARKER) is None:
+        return None
+    return DemoCorpus(out_dir / "manifest.csv", *(out_dir / "noise" / s for s in SPLITS))
+
+
+def _build_params(
+    cfg: Any, n_utterances: int, seed: int, max_voices: int, noise_minutes: tuple[float, float, float]
+) -> dict[str, Any]:
+    """What a build is made of (recorded in its marker): the keyword values, overridden by ``cfg``'s."""
+    if cfg is not None:
+        n_utterances = int(getattr(cfg, "utterances", n_utterances))
+        seed = int(getattr(cfg, "seed", seed))
+        max_voices = int(getattr(cfg, "max_voices", max_voices))
+    if n_utterances < 3:
+        raise ValueError(f"synthetic.utterances must be >= 3, got {n_utterances}")
+    if not 1 <= max_voices <= len(VOICES):
+        raise ValueError(f"synthetic.max_voices must be in 1..{len(VOICES)}, got {max_voices}")
+    return {"version": FORMAT_VERSION, "n_utterances": n_utterances, "seed": seed, "max_voices": max_voices,
+            "noise_minutes": list(noise_minutes)}
 
 
 def _check_tools() -> None:

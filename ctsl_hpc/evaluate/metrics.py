@@ -6,15 +6,10 @@ import numpy as np
 import torch
 
 from ctsl_hpc.data.corpus import ATTRIBUTES
+from ctsl_hpc.evaluate.conditions import CONDITIONS, SNR_OF
 from ctsl_hpc.losses import ccc
 
 __all__ = ["ATTRIBUTES", "CONDITIONS", "SNR_OF", "ccc_numpy"]
-
-CONDITIONS: tuple[str, str, str, str] = ("clean", "snr10", "snr5", "snr0")
-"""Test conditions: clean speech and noisy speech at 10, 5 and 0 dB SNR."""
-
-SNR_OF: dict[str, float | None] = {"clean": None, "snr10": 10.0, "snr5": 5.0, "snr0": 0.0}
-"""SNR in dB of each condition (None = no noise added)."""
 
 
 def _as_matrix(name: str, values: np.ndarray) -> np.ndarray:

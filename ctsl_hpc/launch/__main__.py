@@ -4,7 +4,8 @@
 ``--cluster slurm`` submits it; ``--tune`` runs the Ray Tune search first. ``status``, ``logs``,
 ``cancel`` and ``resume`` manage a submitted sweep. ``report`` rebuilds the tables and plots from
 saved scores. ``sync`` replays spooled MLflow records. ``mlflow-server`` starts a tracking server
-for a cluster. ``predict`` scores audio files with a saved model.
+for a cluster. ``predict`` scores audio files with a saved model. ``standin-backbone`` writes a
+randomly initialised ``facebook/wav2vec2-large-robust`` for ``model.backbone`` where the hub is out of reach.
 """
 
 from __future__ import annotations
@@ -204,6 +205,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return predict(str(model_dir))
 
 
+def cmd_standin_backbone(args: argparse.Namespace) -> int:
+    from ctsl_hpc.config import LARGE_ROBUST
+    from ctsl_hpc.model import write_standin_backbone
+
+    path = write_standin_backbone(args.directory, args.seed)
+    print(f"{path}: {LARGE_ROBUST}'s architecture (24 layers) with random weights; run with model.backbone={path}")
+    return 0
+
+
 def cmd_ray_node(args: argparse.Namespace) -> int:
     from ctsl_hpc.launch.ray_cluster import tune_allocation
 
@@ -219,7 +229,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ctsl_hpc.launch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
-    visible = "sweep,status,logs,cancel,resume,report,sync,mlflow-server,predict"
+    visible = "sweep,status,logs,cancel,resume,report,sync,mlflow-server,predict,standin-backbone"
     commands = parser.add_subparsers(dest="command", required=True, metavar=f"{{{visible}}}")
     clusters = backend_names()
 
@@ -284,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--skip-bad", action="store_true", help="report unreadable files and go on")
     predict.set_defaults(func=cmd_predict)
+
+    standin = commands.add_parser(
+        "standin-backbone", help="write a randomly initialised facebook/wav2vec2-large-robust (no hub; ~1.3 GB)"
+    )
+    standin.add_argument("directory", help="the Hugging Face folder to write (config.json, model.safetensors)")
+    standin.add_argument("--seed", type=int, default=0)
+    standin.set_defaults(func=cmd_standin_backbone)
 
     # hidden: one task per node of a Ray Tune allocation (launch/ray-on-slurm.sh, the submitted sweep --tune)
     node = commands.add_parser("ray-node")

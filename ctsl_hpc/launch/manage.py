@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.cost import cost_lines
 from ctsl_hpc.launch.backends import Backend, make_backend
 from ctsl_hpc.launch.graph import plan_sweep, stage_names, sweep_tasks
 from ctsl_hpc.launch.registry import ACTIVE, JobRecord, JobUsage, Registry
@@ -171,13 +172,15 @@ def print_logs(workdir: Workdir, cfg: ExperimentConfig, selector: str, follow: b
 
 
 def dry_run_lines(workdir: Workdir, cfg: ExperimentConfig, backend: Backend) -> list[str]:
-    """What ``sweep`` would submit: one line per stage with its tasks, then what the backend says of it."""
+    """What ``sweep`` would submit: one line per stage with its tasks, then what the backend says of it,
+    and what the sweep costs (:mod:`ctsl_hpc.cost`)."""
     records = Registry(workdir.root).all()
     try:
         states = backend.job_states([r.job_id for r in records if r.job_id])
     except SlurmError:
         states = {}
-    lines = [f"dry run: nothing is submitted ({backend.name}, work directory {workdir.root})"]
+    costs = cost_lines(cfg, workdir)
+    lines = [f"dry run: nothing is submitted ({backend.name}, work directory {workdir.root})", *costs["inputs"]]
     waits = ""
     for stage in plan_sweep(workdir, cfg, states, backend):
         lines.append(f"{stage.stage}: submit [{stage_names(stage.submit) or '-'}]"
@@ -185,9 +188,10 @@ def dry_run_lines(workdir: Workdir, cfg: ExperimentConfig, backend: Backend) -> 
                      + (f"; running {sorted(stage.running.values())}" if stage.running else ""))
         if stage.submit:
             lines += backend.describe(stage.stage, stage.submit, waits)
+        lines += costs.get(stage.stage, [])
         if stage.submit or stage.running:
             waits = f"the {stage.stage} job(s)"
-    return lines
+    return lines + costs.get("total", [])
 
 
 def sweep_usage(workdir: Workdir, cfg: ExperimentConfig) -> dict[str, float]:

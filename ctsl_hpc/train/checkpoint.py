@@ -34,6 +34,14 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def seed_rngs(seed: int) -> None:
+    """Seed every generator :func:`rng_state` saves: torch's (dropout), numpy's global one (wav2vec2's
+    SpecAugment masks draw from it) and Python's, so a run is reproducible from its seed."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])

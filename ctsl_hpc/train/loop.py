@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -84,6 +85,22 @@ class FitResult:
 
     def dev_scores(self) -> dict[int, float]:
         return {r.epoch: r.dev_score for r in self.epochs}
+
+
+@dataclass
+class Timing:
+    """Wall time of an epoch's training steps (data loading included, development scoring not), on this rank."""
+
+    seconds: float  # the start time while the epoch runs, then its duration
+    steps: int = 0  # optimiser steps
+    audio_samples: int = 0  # real audio fed (no padding)
+
+    def metrics(self, sample_rate: int) -> dict[str, float]:
+        """``time/step_s`` and ``throughput/audio_s_per_s`` (this rank's audio per wall second)."""
+        if not self.steps:
+            return {}
+        return {"time/step_s": self.seconds / self.steps,
+                "throughput/audio_s_per_s": self.audio_samples / sample_rate / self.seconds}
 
 
 def quiet_progress() -> bool:
@@ -183,7 +200,7 @@ def fit(
         engine.load(resume_from)  # after the shared RNG state: distributed engines restore each rank's own
         log.info("%s: resumed from %s (epoch %d, batch %d)", recipe.name, resume_from.name, start_epoch, start_batch)
     else:
-        torch.manual_seed(train.seed + engine.rank)  # ranks draw different dropout masks
+        ckpt.seed_rngs(train.seed + engine.rank)  # ranks draw different dropout and SpecAugment masks
     hosts = engine.hosts()
     if engine.is_main:
         run.record_start(hosts, None if resume_from is None else global_step)
@@ -217,10 +234,12 @@ def fit(
         if running is not None:  # resumed mid-epoch: the epoch's averages include the steps before
             sums, steps, padded, real = dict(running["sums"]), running["steps"], running["padded"], running["real"]
             running = None
+        timed = Timing(time.perf_counter())  # the steps this process runs (a resumed epoch: those after the resume)
         bar = tqdm(loader, desc=f"{recipe.name} epoch {epoch + 1}/{recipe.epochs}", disable=quiet_progress(), leave=False)
         for position, batch in enumerate(bar, start=start_batch + 1):
             padded += batch["mask"].numel()
             real += int(batch["lengths"].sum())
+            timed.audio_samples += int(batch["lengths"].sum())
             batch = {k: v.to(engine.device, non_blocking=True) for k, v in batch.items()}
             wave = batch["noisy"] if recipe.noisy_input else batch["clean"]
             with engine.autocast():
@@ -233,6 +252,7 @@ def fit(
             if not engine.step():
                 continue
             global_step += 1
+            timed.steps += 1
             if global_step % train.log_every == 0 and quiet_progress() and engine.is_main:
                 log.info("%s epoch %d step %d loss %.4f", recipe.name, epoch + 1, global_step, terms["total"].item())
             bar.set_postfix(loss=f"{terms['total'].item():.3f}")
@@ -240,6 +260,7 @@ def fit(
                 raise TrainingInterrupted(save(epoch, position, {"sums": sums, "steps": steps, "padded": padded, "real": real}))
         start_batch = 0
         engine.end_epoch()
+        timed.seconds = time.perf_counter() - timed.seconds
 
         dev_ccc = evaluate_dev(engine.unwrapped(), dev_set, recipe.noisy_input, train.batch_size)
         losses = {k: v / max(steps, 1) for k, v in sums.items()}
@@ -252,6 +273,7 @@ def fit(
         metrics["dev/ccc_mean"] = record.dev_score
         metrics["lr"] = engine.lr
         metrics["data/padding_waste"] = 1.0 - real / padded if padded else 0.0  # padded / fed samples
+        metrics.update(timed.metrics(train_set.sample_rate))
         if engine.is_main:
             sink.log_metrics(metrics, step=epoch + 1)
             log.info("%s epoch %d: dev CCC %s (mean %.3f)", recipe.name, epoch + 1, np.round(dev_ccc, 3), record.dev_score)

@@ -25,7 +25,6 @@ from ray.tune import Callback
 
 from ctsl_hpc import jobs
 from ctsl_hpc.config import ExperimentConfig, TuneConfig
-from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.experiment import Experiment, never, teacher_embedder, teacher_summary
 from ctsl_hpc.track.runs import open_tracker
 from ctsl_hpc.train.recipe import recipe
@@ -33,7 +32,7 @@ from ctsl_hpc.tune.final import train_and_evaluate_final
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
 from ctsl_hpc.tune.space import search_space
 from ctsl_hpc.tune.summary import best_of, trial_table, write_summary
-from ctsl_hpc.tune.trial import SharedInputs, train_trial, trial_key
+from ctsl_hpc.tune.trial import SharedInputs, shared_inputs, train_trial, trial_key
 from ctsl_hpc.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -154,16 +153,7 @@ def prepare_shared(exp: Experiment, should_stop: Callable[[], bool] = never) -> 
     jobs.teacher_job(exp.workdir.root, should_stop=should_stop)
     if cfg.student.cache_teacher_embeddings and recipe(cfg.tune.variant, cfg).needs_teacher:
         teacher_embedder(exp, teacher_summary(exp).best_dir)  # computed here once, read by every trial
-    d = cfg.data
-    largest = max(cfg.tune.noise_minutes)
-    train_pool = NoisePool.from_directory(exp.data.noise_dirs["train"], d.sample_rate, largest, min_seconds=d.max_seconds)
-    short = [m for m in cfg.tune.noise_minutes if m * 60 > train_pool.seconds + 1e-6]
-    if short:
-        log.warning(
-            "the training noise folder holds %.2f min: tune.noise_minutes choices %s all use the whole pool",
-            train_pool.seconds / 60, short,
-        )
-    return SharedInputs(str(exp.workdir.root), train_pool, exp.data.pool("dev"))
+    return shared_inputs(exp)
 
 
 @dataclass

@@ -7,13 +7,19 @@ the epoch. A restored trial continues from its newest complete checkpoint (mid-e
 preemption); the epochs Tune never saw are reported first, so Tune, ASHA and the trial agree and
 the result equals an uninterrupted run. Each trial logs to its own MLflow child run
 ``trial/<trial id>`` (run ids persisted by the tracker: no duplicates after a restore).
+
+:func:`run_trial` is the trial's training without Ray (Ray's trial id, report and checkpoint come in
+as arguments); :func:`train_trial`, the trainable Tune runs, passes Ray's. MLflow is imported only
+when tracking is on, so the trial runs where neither Ray nor MLflow is installed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +28,11 @@ from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.experiment import Experiment, fit_student
 from ctsl_hpc.jobs import NOISY_SPLITS, dataset_inputs
-from ctsl_hpc.track.runs import open_tracker
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
 from ctsl_hpc.tune.space import SEARCHED, apply_params
 from ctsl_hpc.workdir import RunDir
+
+log = logging.getLogger(__name__)
 
 TRIAL_STATE = "trial.json"
 
@@ -37,6 +44,20 @@ class SharedInputs:
     workdir: str
     train_pool: NoisePool  # the training pool, read up to the largest noise_minutes choice
     dev_pool: NoisePool  # the development pool of the base config (the same for every trial)
+
+
+def shared_inputs(exp: Experiment) -> SharedInputs:
+    """The noise every trial reads: the training pool up to the largest ``tune.noise_minutes``, the dev pool."""
+    cfg, d = exp.cfg, exp.cfg.data
+    largest = max(cfg.tune.noise_minutes)
+    train_pool = NoisePool.from_directory(exp.data.noise_dirs["train"], d.sample_rate, largest, min_seconds=d.max_seconds)
+    short = [m for m in cfg.tune.noise_minutes if m * 60 > train_pool.seconds + 1e-6]
+    if short:
+        log.warning(
+            "the training noise folder holds %.2f min: tune.noise_minutes choices %s all use the whole pool",
+            train_pool.seconds / 60, short,
+        )
+    return SharedInputs(str(exp.workdir.root), train_pool, exp.data.pool("dev"))
 
 
 def trial_key(trial_id: str) -> str:
@@ -72,7 +93,7 @@ def _reported_epoch() -> int:
         return int(json.loads((Path(path) / TRIAL_STATE).read_text())["epoch"])
 
 
-def _catch_up(run: RunDir, reported: int) -> None:
+def _catch_up(run: RunDir, reported: int, report: Callable[[dict[str, Any]], None]) -> None:
     """Report the epochs the trial finished but Tune never recorded (the driver died in between)."""
     from ctsl_hpc.train import checkpoint as ckpt
 
@@ -81,11 +102,15 @@ def _catch_up(run: RunDir, reported: int) -> None:
         return
     for record in ckpt.load_trainer_state(latest)["history"]:
         if record["epoch"] > reported:
-            _report(record)
+            report(record)
 
 
 def _trial_run(base: Experiment, trial: Experiment, trial_id: str, params: dict[str, Any]):
     """The trial's MLflow run (on the base config's tracker) with its params and the data it trains on."""
+    if not base.cfg.tracking.enabled:
+        return None
+    from ctsl_hpc.track.runs import open_tracker
+
     tracker = open_tracker(base.workdir.root, base.cfg)
     if tracker is None:
         return None
@@ -97,14 +122,24 @@ def _trial_run(base: Experiment, trial: Experiment, trial_id: str, params: dict[
 
 def train_trial(params: dict[str, Any], shared: SharedInputs) -> None:
     """One Tune trial: the student variant ``tune.variant`` with the trial's weights and noise budget."""
-    import torch
     from ray import tune
+
+    run_trial(params, shared, tune.get_context().get_trial_id(), _report, _reported_epoch())
+
+
+def run_trial(
+    params: dict[str, Any], shared: SharedInputs, trial_id: str, report: Callable[[dict[str, Any]], None],
+    reported_epoch: int = 0,
+) -> None:
+    """The trial's training: ``tune.max_t`` epochs of ``tune.variant`` in ``<workdir>/tune/trials/<trial_id>``,
+    each epoch's record passed to ``report`` once its checkpoint is on disk (the epochs after ``reported_epoch``
+    that a resumed trial finished earlier first)."""
+    import torch
 
     from ctsl_hpc.train.loop import TrainingInterrupted
 
     base = Experiment.reopen(shared.workdir)
     relay = PreemptionRelay(tune_dir(base.cfg, base.workdir))
-    trial_id = tune.get_context().get_trial_id()
     run = base.workdir.trial(trial_id)
     if relay.requested():  # a trial started while the sweep is being preempted: leave it for the rerun
         raise TrainingInterrupted(run.path)
@@ -113,8 +148,8 @@ def train_trial(params: dict[str, Any], shared: SharedInputs) -> None:
     exp = Experiment(apply_params(base.cfg, params, epochs=tc.max_t), base.workdir)  # same data, teacher, cache
     exp.data.set_pool("train", shared.train_pool.head(float(params["noise_minutes"])))
     exp.data.set_pool("dev", shared.dev_pool)
-    _catch_up(run, _reported_epoch())
+    _catch_up(run, reported_epoch, report)
     fit_student(
         exp, tc.variant, run, sink=_trial_run(base, exp, trial_id, params), should_stop=relay.requested,
-        on_epoch_end=lambda record, _checkpoint: _report(dataclasses.asdict(record)),
+        on_epoch_end=lambda record, _checkpoint: report(dataclasses.asdict(record)),
     )

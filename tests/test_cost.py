@@ -1,0 +1,84 @@
+"""What a sweep costs before it runs (``sweep --dry-run``): counts from the audio headers, GPU-hours, no writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ctsl_hpc.config import load_config
+from ctsl_hpc.cost import sweep_cost, throughput
+from ctsl_hpc.data.audio import read_audio
+from ctsl_hpc.data.corpus import load_csv_manifest
+from ctsl_hpc.launch.__main__ import main
+from ctsl_hpc.workdir import Workdir
+
+RATES = ["cost.train_audio_s_per_gpu_s=50", "cost.forward_audio_s_per_gpu_s=200"]
+
+
+@pytest.fixture
+def overrides(tiny_overrides, tmp_path):
+    return [*tiny_overrides(tmp_path / "work"), *RATES, "train.epochs=3", "student.epochs=2", "student.variants=[RH,RM+TL]"]
+
+
+def test_the_dry_run_counts_the_corpus_from_its_headers_and_writes_nothing(overrides, small_corpus, tmp_path, capsys):
+    assert main(["sweep", "--dry-run", *overrides]) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "work").exists()
+    assert "not cached: the work directory does not exist yet" in out
+    splits = load_csv_manifest(small_corpus.manifest)
+    assert f"train {len(splits['train'])} utterances" in out and "cost of the whole sweep:" in out
+    for stage in ("teacher", "students", "eval"):
+        assert out.index(f"{stage}: submit") < out.index("GPU-hours", out.index(f"{stage}: submit"))
+
+
+def test_counts_and_gpu_hours_follow_the_stages(overrides, small_corpus, tmp_path):
+    cfg = load_config(None, overrides)
+    n, audio, stages = sweep_cost(cfg, Workdir(tmp_path / "work"))
+    splits = load_csv_manifest(small_corpus.manifest)
+    decoded = {s: sum(min(len(read_audio(u.path, 16000)) / 16000, cfg.data.max_seconds) for u in splits[s]) for s in splits}
+    assert n == {s: len(u) for s, u in splits.items()}
+    assert audio == pytest.approx(decoded, rel=1e-9)  # the headers say what decoding finds
+    teacher, students, evaluation = stages
+    rate = throughput(cfg)
+    assert (rate.train, rate.forward) == (50.0, 200.0)
+    assert teacher.gpu_seconds(rate) == pytest.approx(3 * audio["train"] / 50 + 3 * audio["dev"] / 200)
+    # RH trains only its head (forward passes); RM+TL needs the teacher's embeddings, computed once (the cache)
+    kinds = {p.what: (p.passes, p.training) for p in students.passes}
+    assert kinds["teacher embeddings of train, once (cache)"] == (n["train"], False)
+    assert kinds["RH: 2 epochs x train (forward: head only)"] == (2 * n["train"], False)
+    assert kinds["RM+TL: 2 epochs x train"] == (2 * n["train"], True)
+    # 3 models x 1 checkpoint (eval.top_k=1) x (clean + 3 SNRs x 2 copies), and Table 2: 3 models x 4 conditions + 1
+    assert [p.passes for p in evaluation.passes] == [3 * 7 * n["test"], 13 * n["dev"]]
+    cfg.student.cache_teacher_embeddings = False
+    kinds = {p.what: p.passes for p in sweep_cost(cfg, Workdir(tmp_path / "work"))[2][1].passes}
+    assert "teacher embeddings of train, once (cache)" not in kinds and kinds["RM+TL: live teacher, 2 epochs x train"] == 2 * n["train"]
+
+
+def test_durations_are_cached_in_an_existing_work_directory_and_reread_when_a_file_changes(overrides, tmp_path, small_corpus):
+    cfg = load_config(None, overrides)
+    workdir = Workdir(tmp_path / "work")
+    workdir.root.mkdir()
+    first = sweep_cost(cfg, workdir)[1]
+    cached = json.loads(workdir.durations.read_text())
+    assert len(cached) == sum(len(u) for u in load_csv_manifest(small_corpus.manifest).values())
+    name = next(iter(cached))
+    cached[name][2] = 0.1  # what the cache says is what is counted while the file is unchanged
+    workdir.durations.write_text(json.dumps(cached))
+    assert sum(sweep_cost(cfg, workdir)[1].values()) < sum(first.values()) - 0.3
+    cached[name][0] += 1  # the file's size changed: it is read again
+    workdir.durations.write_text(json.dumps(cached))
+    assert sweep_cost(cfg, workdir)[1] == pytest.approx(first)
+
+
+def test_without_a_figure_for_the_model_the_dry_run_says_which_keys_to_set(tiny_overrides, tmp_path, capsys):
+    assert main(["sweep", "--dry-run", *tiny_overrides(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    assert "no throughput figure for 1 layers x 16 in bf16: set cost.train_audio_s_per_gpu_s" in out
+    assert "cost of the whole sweep" not in out and "  cost: 2 epochs x train: " in out
+
+
+def test_the_papers_backbone_has_an_estimate_marked_as_such():
+    rate = throughput(load_config("paper", []))
+    assert rate is not None and "estimate" in rate.source
+    assert throughput(load_config("paper", ["cost.train_audio_s_per_gpu_s=900"])).train == 900.0
