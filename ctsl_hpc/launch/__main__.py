@@ -71,6 +71,7 @@ def _sweep(cfg: ExperimentConfig, cluster: str) -> int:
     plan = submit_sweep(workdir, cfg, backend)
     if backend.blocking:
         print(workdir.report.table1_md.read_text())
+        print(workdir.report.diagnostics_md.read_text())
         print(f"work directory: {workdir.root}")
         print(f"report: {workdir.report.path} ({time.time() - started:.0f} s)")
         return 0
