@@ -57,7 +57,7 @@ def _check_emb_metrics(emb_metrics: EmbeddingTable, source: str) -> None:
                     raise ValueError(f"{where}/{name}: expected a finite number, got {value!r}")
 
 
-def _text(value: float | int | None, best: float | None) -> str:
+def _text(value: float | None, best: float | None) -> str:
     if value is None or math.isnan(value):
         return "—"
     return f"**{value:.3f}**" if value == best else f"{value:.3f}"

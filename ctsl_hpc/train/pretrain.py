@@ -149,7 +149,7 @@ def pretrain(
     torch.manual_seed(settings.seed)
     model = Wav2Vec2ForPreTraining(ssl_config(model_cfg, settings)).train()
     order = np.random.default_rng([settings.seed, 1]).permutation(len(waves))
-    n_held = max(1, int(round(settings.held_out_fraction * len(waves))))
+    n_held = max(1, round(settings.held_out_fraction * len(waves)))
     held, train = np.sort(order[:n_held]), np.sort(order[n_held:])
     sampler = CropSampler(waves, pool, compute_stats(waves[i] for i in train), settings)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
@@ -225,7 +225,11 @@ def pretrain_demo_backbone(
         "history": result.history,
         "held_out_contrastive_loss": result.held_out,
         "seconds": round(result.seconds, 1),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "threads": torch.get_num_threads()},  # fmt: skip
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(),
+        },
     }
     return export_backbone(model, out_dir, provenance)
