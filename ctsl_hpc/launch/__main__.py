@@ -17,7 +17,7 @@ import time
 
 from ctsl_hpc.config import SWEEP_CONFIG, ConfigError, ExperimentConfig, load_config
 from ctsl_hpc.launch.backends import backend_names, make_backend
-from ctsl_hpc.launch.graph import stage_names, submit_sweep
+from ctsl_hpc.launch.graph import submit_sweep
 from ctsl_hpc.launch.manage import ManageError
 from ctsl_hpc.launch.registry import Registry
 from ctsl_hpc.launch.slurm_cli import SlurmError
