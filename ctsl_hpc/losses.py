@@ -79,6 +79,28 @@ def transfer_loss(h_teacher: torch.Tensor, h_student: torch.Tensor) -> torch.Ten
     return torch.sqrt(F.mse_loss(h_student, h_teacher.detach()))
 
 
+def margin_negatives(labels: torch.Tensor, margin: float = DEFAULT_MARGIN) -> torch.Tensor:
+    r"""Which utterances are valid InfoNCE negatives of which: :math:`N_i = \{j \ne i : |y_j - y_i| \ge m \text{ on all attributes}\}`.
+
+    Args:
+        labels: [B, 3] on the [0, 1] scale.
+        margin: the label distance a negative needs on every attribute (a tolerance of 1e-6 keeps
+            exact 0.5 steps on the 1..7 grid).
+
+    Returns:
+        A bool matrix [B, B], row i marking the negatives of anchor i; the anchors that count are
+        the rows with at least one True.
+
+    Example:
+        >>> labels = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+        >>> margin_negatives(labels, 0.5).any(dim=1)  # the third differs from the first on two attributes only
+        tensor([ True,  True, False])
+    """
+    distance = (labels.unsqueeze(1) - labels.unsqueeze(0)).abs()  # [B, B, 3]
+    is_negative = (distance >= margin - 1e-6).all(dim=-1)
+    return is_negative.fill_diagonal_(False)
+
+
 def contrastive_loss(
     h_student: torch.Tensor,
     h_teacher: torch.Tensor,
@@ -92,7 +114,8 @@ def contrastive_loss(
               {e^{s(h^S_i, h^T_i)/\tau} + \sum_{j \in N_i} e^{s(h^S_i, h^S_j)/\tau}}
 
     Anchor i: query ``h_student[i]``, positive ``h_teacher[i]`` (detached), negatives ``h_student[j]``
-    (j != i) whose labels differ from i's by at least ``margin`` on all three attributes (:math:`N_i`);
+    (j != i) whose labels differ from i's by at least ``margin`` on all three attributes (:math:`N_i`,
+    :func:`margin_negatives`);
     :math:`s` is the cosine similarity; :math:`A` the anchors with at least one negative.
 
     Args:
@@ -117,9 +140,7 @@ def contrastive_loss(
     positive = F.normalize(h_teacher.detach(), dim=-1)
     positive_logit = (query * positive).sum(dim=-1, keepdim=True) / temperature  # [B, 1]
     negative_logits = query @ query.T / temperature  # [B, B]
-    distance = (labels.unsqueeze(1) - labels.unsqueeze(0)).abs()  # [B, B, 3]
-    is_negative = (distance >= margin - 1e-6).all(dim=-1)  # tolerance: 0.5 steps on the 1..7 grid
-    is_negative.fill_diagonal_(False)
+    is_negative = margin_negatives(labels, margin)
     has_negative = is_negative.any(dim=1)
     if not bool(has_negative.any()):
         return h_student.sum() * 0.0

@@ -3,10 +3,11 @@
 ``EmotionModel(wave, mask)`` returns the pooled embedding h (the encoder's last hidden state, after
 its final layer norm, averaged over time) and the prediction g(h) of arousal, dominance and valence
 on the [0, 1] scale. The backbone is ``facebook/wav2vec2-large-robust`` (or any local Hugging Face
-checkpoint directory) with only its bottom ``num_layers`` transformer layers kept, or a tiny randomly
-initialised wav2vec2 built from ``model.tiny`` for the demo and the tests. :func:`large_robust_config`
-is the one definition of large-robust's architecture in the package; :func:`write_standin_backbone`
-writes a randomly initialised checkpoint of it, a local stand-in for the hub download.
+checkpoint directory, or the name of a backbone shipped in :mod:`ctsl_hpc.backbones`) with only
+its bottom ``num_layers`` transformer layers kept, or a tiny randomly initialised wav2vec2 built
+from ``model.tiny`` for the demo and the tests. :func:`large_robust_config` is the one definition
+of large-robust's architecture in the package; :func:`write_standin_backbone` writes a randomly
+initialised checkpoint of it, a local stand-in for the hub download.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import safetensors.torch
@@ -137,6 +141,17 @@ def prune_config(config: Wav2Vec2Config, num_layers: int) -> Wav2Vec2Config:
     config.num_hidden_layers = num_layers
     config.layerdrop = 0.0
     return config
+@contextmanager
+def backbone_source(name: str) -> Iterator[str]:
+    """The folder of a backbone shipped in the package (``ctsl_hpc/backbones/<name>``, read through
+    :mod:`importlib.resources`) while the context is open; any other value unchanged (a hub id or a
+    local checkpoint directory)."""
+    shipped = resources.files("ctsl_hpc.backbones") / name
+    if "/" in name or not shipped.is_dir():
+        yield name
+        return
+    with resources.as_file(shipped) as folder:
+        yield str(folder)
 
 
 def pretrained_backbone(name_or_dir: str, num_layers: int) -> Wav2Vec2Model:
@@ -221,13 +236,15 @@ class EmotionModel(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> EmotionModel:
-    """The model named by ``cfg``: ``backbone: tiny`` builds a random tiny wav2vec2 locally."""
+    """The model named by ``cfg``: ``backbone: tiny`` builds a random tiny wav2vec2 locally; a shipped
+    name (``tiny-ssl``), a hub id or a directory loads pre-trained weights."""
     if cfg.backbone == "tiny":
         backbone_cfg = tiny_backbone_config(cfg)
         backbone_cfg.num_hidden_layers = min(cfg.num_layers, backbone_cfg.num_hidden_layers)
         backbone = Wav2Vec2Model(backbone_cfg)
     else:
-        backbone = pretrained_backbone(cfg.backbone, cfg.num_layers)
+        with backbone_source(cfg.backbone) as source:
+            backbone = pretrained_backbone(source, cfg.num_layers)
     return EmotionModel(backbone, cfg)
 
 

@@ -13,7 +13,7 @@ Layout (``Workdir`` attributes in brackets)::
     cache/                 the teacher's clean embeddings [cache], audio checks [audio_check], durations [durations]
     teacher/, students/RM_TL/, tune/trials/<id>/   one RunDir per training run
         history.json, starts.json, DONE, checkpoints/step-00000042/, epochs/epoch-003/
-    report/                Table 1 and 2, scores, plots [report: ReportFiles]
+    report/                Table 1 and 2, scores, predictions, plots [report: ReportFiles]
     jobs/<key>.json        the job registry [job_file]
     LOCK                   who drives the work directory now [lock]
     tracking/              the MLflow journal and run ids (its files: ctsl_hpc.track.journal)
@@ -149,8 +149,10 @@ class ReportFiles:
     SCORES_CSV = "scores.csv"
     TABLE1_MD, TABLE1_JSON = "table1.md", "table1.json"
     TABLE2_MD, TABLE2_JSON = "table2.md", "table2.json"
+    DIAGNOSTICS_MD = "diagnostics.md"  # Pearson r and mean bias beside Table 1's CCC
     CCC_PLOT = "ccc_vs_snr.png"
     PROJECTION_NPZ, PROJECTION_PLOT = "projection.npz", "embedding_projection.png"
+    PREDICTIONS, PREDICTION_PLOT = "predictions", "pred_vs_true.png"  # per-utterance predictions, their plot
     DONE = "DONE"  # written last by the evaluation job, after the report reached the tracking store
 
     done = property(lambda self: self.path / self.DONE)
@@ -162,6 +164,20 @@ class ReportFiles:
     ccc_plot = property(lambda self: self.path / self.CCC_PLOT)
     projection_npz = property(lambda self: self.path / self.PROJECTION_NPZ)
     projection_plot = property(lambda self: self.path / self.PROJECTION_PLOT)
+    diagnostics_md = property(lambda self: self.path / self.DIAGNOSTICS_MD)
+    predictions = property(lambda self: self.path / self.PREDICTIONS)
+    prediction_plot = property(lambda self: self.path / self.PREDICTION_PLOT)
+
+    def prediction_file(self, variant: str, epoch: int) -> Path:
+        """The saved test predictions of ``variant``'s checkpoint of ``epoch``."""
+        return self.predictions / quote(variant, safe="+") / f"epoch-{epoch:03d}.npz"
+
+    def prediction_files(self) -> dict[str, dict[int, Path]]:
+        """Every saved prediction file: {variant: {epoch: path}} (empty when there is none)."""
+        found: dict[str, dict[int, Path]] = {}
+        for path in sorted(self.predictions.glob("*/epoch-*.npz")):
+            found.setdefault(unquote(path.parent.name), {})[int(path.stem.split("-")[1])] = path
+        return found
 
 
 # ----------------------------------------------------------------------------- the lock

@@ -18,6 +18,20 @@ def test_paper_config_holds_the_papers_setup():
     assert (cfg.student.lambda_tl, cfg.student.lambda_cl, cfg.student.snr_db) == (100.0, 10.0, 0.0)
 
 
+@pytest.mark.parametrize("name", ["paper.yaml", "slurm-gpu.yaml"])
+def test_paper_configs_evaluate_and_batch_as_the_paper(name):
+    cfg = load_config(CONFIG_DIR / name)
+    assert (cfg.eval.groups, cfg.eval.n_groups, cfg.eval.top_k) == ("splits", 30, 3)  # 30 disjoint groups
+    assert not cfg.train.bucket_by_length  # random batches
+
+
+def test_every_cell_of_the_demos_table1_holds_at_least_6_values():
+    cfg = load_config()
+    # splits: every condition scores all groups, so a cell holds (checkpoints kept) x n_groups >= 1 x 6
+    assert cfg.eval.groups == "splits" and cfg.eval.n_groups >= 6
+    assert cfg.student.epochs >= 3  # epochs 1 and 3 are not consecutive: two students' checkpoints can be kept
+
+
 def test_dotted_overrides_are_typed():
     cfg = load_config(None, ["train.epochs=3", "data.manifest=/x.csv", "student.variants=[RM, RM+TL]", "train.lr=1e-4"])
     assert cfg.train.epochs == 3 and cfg.data.manifest == "/x.csv"

@@ -28,8 +28,10 @@ def test_sweep_trains_six_models_and_writes_table1(swept, capsys):
         for cells in table[variant].values():
             assert set(cells) == {"arousal", "dominance", "valence"}
             assert all(-1 <= c["mean"] <= 1 for c in cells.values())
-    for name in ("table1.md", "table2.md", "table2.json", "scores.csv", "ccc_vs_snr.png", "embedding_projection.png"):
+    for name in ("table1.md", "table2.md", "table2.json", "scores.csv", "ccc_vs_snr.png", "embedding_projection.png",
+                 "diagnostics.md", "pred_vs_true.png"):
         assert (swept / "report" / name).is_file(), name
+    assert sorted((swept / "report" / "predictions").glob("*/epoch-*.npz")), "the scored checkpoints' predictions"
 
 
 @pytest.mark.slow

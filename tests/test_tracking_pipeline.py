@@ -37,13 +37,15 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
     assert parent.data.tags["ctsl.corpus_fingerprint"] == fingerprint  # what data this sweep saw
     assert parent.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} >= {
-        "report/table1.md", "report/table1.json", "report/table2.md", "report/scores.csv", "report/ccc_vs_snr.png"
+        "report/table1.md", "report/table1.json", "report/table2.md", "report/scores.csv", "report/ccc_vs_snr.png",
+        "report/diagnostics.md", "report/pred_vs_true.png", "report/predictions",
     }
     for name, run in runs.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         history = client.get_metric_history(run.info.run_id, "dev/ccc_mean")
         assert sorted(m.step for m in history) == [1, 2], name
-        for key in ("loss/ccc", "loss/total", "ccc/snr0/arousal", "ccc/clean/valence", "emb/snr0/rmse", "emb/snr5/infonce"):
+        for key in ("loss/ccc", "loss/total", "ccc/snr0/arousal", "ccc/clean/valence", "r/snr0/arousal",
+                    "bias/clean/valence", "emb/snr0/rmse", "emb/snr5/infonce", "emb/snr5/anchors"):
             assert key in run.data.metrics, (name, key)
         assert f"model/{WEIGHTS_FILE}" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
         assert run.info.status == "FINISHED", name

@@ -42,7 +42,9 @@ class DemoCorpusError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Source:
+class Source:
+    """A recording in a Debian package, with the package and its licence."""
+
     path: str
     package: str
     licence: str
@@ -68,29 +70,29 @@ def _freedesktop_licences() -> dict[str, str]:
     return licences
 
 
-def collect_noise_sources() -> dict[str, dict[str, list[_Source]]]:
+def collect_noise_sources() -> dict[str, dict[str, list[Source]]]:
     """Per split, per kind (music, effects, talkers_en, talkers_cs): disjoint lists of source files."""
     fillets = _package_files("fillets-ng-data", (".ogg",))
     freedesktop = _package_files("sound-theme-freedesktop", (".oga", ".ogg", ".wav"))
     licences = _freedesktop_licences()
     kinds = {
-        "music": [_Source(f, "fillets-ng-data", FILLETS_LICENCE) for f in fillets if "/music/" in f],
-        "effects": [_Source(f, "fillets-ng-data", FILLETS_LICENCE) for f in fillets if "/music/" not in f]
+        "music": [Source(f, "fillets-ng-data", FILLETS_LICENCE) for f in fillets if "/music/" in f],
+        "effects": [Source(f, "fillets-ng-data", FILLETS_LICENCE) for f in fillets if "/music/" not in f]
         + [
-            _Source(f, "sound-theme-freedesktop", licences[os.path.basename(f)])
+            Source(f, "sound-theme-freedesktop", licences[os.path.basename(f)])
             for f in freedesktop
             if os.path.basename(f) in licences  # files without a stated licence are left out
         ],
         "talkers_en": [
-            _Source(f, "asterisk-core-sounds-en-wav", ASTERISK_LICENCE)
+            Source(f, "asterisk-core-sounds-en-wav", ASTERISK_LICENCE)
             for f in _package_files("asterisk-core-sounds-en-wav", (".wav",))
             if "/silence/" not in f
         ],
         "talkers_cs": [
-            _Source(f, "fillets-ng-data-cs", FILLETS_LICENCE) for f in _package_files("fillets-ng-data-cs", (".ogg",))
+            Source(f, "fillets-ng-data-cs", FILLETS_LICENCE) for f in _package_files("fillets-ng-data-cs", (".ogg",))
         ],
     }
-    by_split: dict[str, dict[str, list[_Source]]] = {s: {} for s in SPLITS}
+    by_split: dict[str, dict[str, list[Source]]] = {s: {} for s in SPLITS}
     rng = np.random.default_rng(20231)  # fixed: the split of sources does not depend on the corpus seed
     for kind, files in kinds.items():
         if len(files) < len(SPLITS):
@@ -104,7 +106,7 @@ def collect_noise_sources() -> dict[str, dict[str, list[_Source]]]:
     return by_split
 
 
-class _Decoder:
+class Decoder:
     """Reads sources at 16 kHz mono with silent frames removed, caching each file once."""
 
     def __init__(self) -> None:
@@ -129,7 +131,7 @@ def _drop_silence(wave: np.ndarray, frame: int = 320, floor_db: float = -40.0) -
 
 
 def _stream(
-    rng: np.random.Generator, sources: list[_Source], decode: _Decoder, n: int, used: list[_Source]
+    rng: np.random.Generator, sources: list[Source], decode: Decoder, n: int, used: list[Source]
 ) -> np.ndarray:
     """n samples of randomly chosen source files played one after another."""
     parts, total = [], 0
@@ -161,18 +163,18 @@ def _unit_rms(wave: np.ndarray) -> np.ndarray:
 
 
 def build_noise_split(
-    folder: Path, sources: dict[str, list[_Source]], minutes: float, rng: np.random.Generator
+    folder: Path, sources: dict[str, list[Source]], minutes: float, rng: np.random.Generator
 ) -> None:
     """Write ~`minutes` of 10 s clips cycling music / effects / babble, with SOURCES.csv."""
     folder.mkdir(parents=True, exist_ok=True)
-    decode = _Decoder()
+    decode = Decoder()
     n = int(CLIP_SECONDS * SAMPLE_RATE)
     n_clips = max(3, int(round(minutes * 60 / CLIP_SECONDS)))
     rows: list[tuple[str, str, str, str, str]] = []
     kinds = ("music", "effects", "babble")
     for k in range(n_clips):
         kind = kinds[k % 3]
-        used: list[_Source] = []
+        used: list[Source] = []
         if kind == "music":
             src = sources["music"][(k // 3) % len(sources["music"])]
             clip = _music_excerpt(rng, src.path, n)

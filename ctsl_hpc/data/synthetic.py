@@ -91,7 +91,9 @@ class DemoCorpus:
 
 
 @dataclass(frozen=True)
-class _Spec:
+class TtsSpec:
+    """One utterance to synthesise: its number, sentence, voice, prosody parameters and split."""
+
     index: int
     text: str
     voice: str
@@ -141,8 +143,8 @@ def build_demo_corpus(
     sources = collect_noise_sources()  # fails fast, before any TTS, when a noise package is missing
     workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool, tempfile.TemporaryDirectory(prefix="ctsl-tts-") as runtime:
-        env = _espeak_env(Path(runtime))
-        futures = [pool.submit(_synthesise, spec, out_dir / "audio", env) for spec in specs]
+        env = espeak_env(Path(runtime))
+        futures = [pool.submit(synthesise, spec, out_dir / "audio", env) for spec in specs]
         folders = (result.noise_train, result.noise_dev, result.noise_test)
         for i, (split, minutes, folder) in enumerate(zip(SPLITS, noise_minutes, folders, strict=True)):
             build_noise_split(folder, sources[split], minutes, np.random.default_rng([seed, 7, i]))
@@ -187,7 +189,7 @@ def _check_tools() -> None:
         raise DemoCorpusError("the demo noise is built from Debian packages, but dpkg-query is missing (not Debian?)")
 
 
-def _draw_specs(n: int, seed: int, max_voices: int) -> list[_Spec]:
+def _draw_specs(n: int, seed: int, max_voices: int) -> list[TtsSpec]:
     rng = np.random.default_rng([seed, 1])
     voices = VOICES[:max_voices]
     values = {k: rng.uniform(lo, hi, size=n) for k, (lo, hi) in PROSODY.items()}
@@ -200,7 +202,7 @@ def _draw_specs(n: int, seed: int, max_voices: int) -> list[_Spec]:
     split_of[order[n_train : n_train + n_dev]] = "dev"
     split_of[order[n_train + n_dev :]] = "test"
     return [
-        _Spec(
+        TtsSpec(
             index=i,
             text=SENTENCES[text_idx[i]],
             voice=voices[voice_idx[i]],
@@ -211,7 +213,7 @@ def _draw_specs(n: int, seed: int, max_voices: int) -> list[_Spec]:
     ]
 
 
-def _espeak_env(runtime: Path) -> dict[str, str]:
+def espeak_env(runtime: Path) -> dict[str, str]:
     """espeak-ng's environment, with PulseAudio's runtime folder pinned to ``runtime``.
 
     espeak-ng starts a PulseAudio client even with ``--stdout``. Without a runtime folder of its own,
@@ -224,7 +226,7 @@ def _espeak_env(runtime: Path) -> dict[str, str]:
     return {**os.environ, "PULSE_RUNTIME_PATH": str(runtime / "pulse")}
 
 
-def _synthesise(spec: _Spec, audio_dir: Path, env: dict[str, str]) -> None:
+def synthesise(spec: TtsSpec, audio_dir: Path, env: dict[str, str]) -> None:
     p = spec.params
     ssml = f'<speak><prosody range="{p["range"]:.0f}%">{spec.text}</prosody></speak>'
     cmd = ["espeak-ng", "--stdout", "-m", "-v", spec.voice, "-s", f"{p['rate']:.0f}", "-p", f"{p['pitch']:.0f}",
@@ -237,7 +239,7 @@ def _synthesise(spec: _Spec, audio_dir: Path, env: dict[str, str]) -> None:
     sf.write(audio_dir / f"utt_{spec.index:05d}.wav", wave, SAMPLE_RATE, subtype="PCM_16")
 
 
-def _write_manifest(path: Path, specs: list[_Spec]) -> None:
+def _write_manifest(path: Path, specs: list[TtsSpec]) -> None:
     """Write the manifest, and next to it `prosody.csv` with each utterance's text, voice and TTS parameters."""
     audio = [f"audio/utt_{spec.index:05d}.wav" for spec in specs]
     atomic_write_csv(path.parent / "prosody.csv", ["path", "text", "voice", *PROSODY],

@@ -2,11 +2,13 @@
 
 Per model and condition: RMSE and mean cosine similarity between the teacher's clean embeddings
 and the model's embeddings of the same utterances under the condition, and the label-margin
-InfoNCE loss over consecutive batches of 32 clean/noisy pairs until the set is used up.
+InfoNCE loss over consecutive batches of 32 clean/noisy pairs until the set is used up (batches
+without a valid anchor skipped, the anchors used counted).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,8 +19,9 @@ import torch.nn.functional as F
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.evaluate.metrics import CONDITIONS, ccc_numpy
+from ctsl_hpc.evaluate.protocol import best_student
 from ctsl_hpc.evaluate.scoring import condition_set
-from ctsl_hpc.losses import contrastive_loss, transfer_loss
+from ctsl_hpc.losses import contrastive_loss, margin_negatives, transfer_loss
 from ctsl_hpc.model import load_model
 from ctsl_hpc.train.inference import predict
 
@@ -27,17 +30,26 @@ INFONCE_BATCH = 32
 
 def compare_embeddings(
     teacher_clean: np.ndarray, noisy: np.ndarray, labels: np.ndarray, margin: float, temperature: float
-) -> dict[str, float]:
-    """RMSE, mean cosine similarity and batched InfoNCE between two aligned [N, D] embedding sets."""
+) -> dict[str, float | int]:
+    """RMSE, mean cosine similarity and batched InfoNCE between two aligned [N, D] embedding sets.
+
+    InfoNCE is averaged over the batches of :data:`INFONCE_BATCH` pairs that hold at least one
+    anchor (an utterance with a valid negative); batches without one are skipped, and ``anchors``
+    counts the anchors used. With no anchor at all, ``infonce`` is NaN.
+    """
     h_t, h_s, y = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (teacher_clean, noisy, labels))
-    infonce = [
-        contrastive_loss(h_s[i : i + INFONCE_BATCH], h_t[i : i + INFONCE_BATCH], y[i : i + INFONCE_BATCH], margin, temperature)
-        for i in range(0, len(h_s), INFONCE_BATCH)
-    ]
+    infonce, anchors = [], 0
+    for i in range(0, len(h_s), INFONCE_BATCH):
+        batch = slice(i, i + INFONCE_BATCH)
+        count = int(margin_negatives(y[batch], margin).any(dim=1).sum())
+        if count:
+            anchors += count
+            infonce.append(contrastive_loss(h_s[batch], h_t[batch], y[batch], margin, temperature))
     return {
         "rmse": float(transfer_loss(h_t, h_s)),
         "cosine": float(F.cosine_similarity(h_t, h_s, dim=-1).mean()),
-        "infonce": float(torch.stack(infonce).mean()),
+        "infonce": float(torch.stack(infonce).mean()) if infonce else math.nan,
+        "anchors": anchors,
     }
 
 
@@ -50,16 +62,16 @@ def embedding_metrics(
     temperature: float,
     batch_size: int,
     seed: int = 0,
-) -> tuple[dict[str, dict[str, dict[str, float]]], tuple[np.ndarray, dict[str, np.ndarray]]]:
+) -> tuple[dict[str, dict[str, dict[str, float | int]]], tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Table 2 for ``models`` ({variant: model dir}; ``original`` is the teacher).
 
-    Returns the metrics ``{variant: {condition: {rmse, cosine, infonce}}}`` and, for the projection
+    Returns the metrics ``{variant: {condition: {rmse, cosine, infonce, anchors}}}`` and, for the projection
     plot, the teacher's clean embeddings with the 0 dB embeddings of ``original`` and of the best
     student (highest mean CCC on the 0 dB development set, see :func:`best_student`).
     """
     teacher, _, _ = load_model(models["original"])
     _, teacher_clean = predict(teacher, dev_set, batch_size)
-    table: dict[str, dict[str, dict[str, float]]] = {}
+    table: dict[str, dict[str, dict[str, float | int]]] = {}
     at_0db: dict[str, np.ndarray] = {}
     ccc_0db: dict[str, float] = {}
     for variant, model_dir in models.items():
@@ -75,14 +87,3 @@ def embedding_metrics(
     best = best_student(ccc_0db)
     shown = ["original"] if best is None else ["original", best]
     return table, (teacher_clean, {v: at_0db[v] for v in shown})
-
-
-def best_student(dev_ccc: Mapping[str, float]) -> str | None:
-    """The variant other than ``original`` with the highest mean dev CCC (NaN ranks last; ties: first).
-
-    None when there is no student.
-    """
-    students = [v for v in dev_ccc if v != "original"]
-    if not students:
-        return None
-    return max(students, key=lambda v: -np.inf if np.isnan(dev_ccc[v]) else dev_ccc[v])

@@ -1,27 +1,26 @@
 """The paper's evaluation protocol: checkpoint selection, test groups, the scores table, Welch tests.
 
-Model-independent: the pipeline feeds CCC values in, this module keeps them in
-``<report>/scores.csv`` and turns them into per-cell statistics with one-tailed Welch t-tests.
+Model-independent: the pipeline feeds per-group metrics in (:class:`ctsl_hpc.evaluate.scores.Scores`),
+this module turns them into per-cell statistics with one-tailed Welch t-tests of CCC against the
+baselines listed before each model.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from scipy import stats
 
+from ctsl_hpc import variants as variant_table
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
-from ctsl_hpc.records import atomic_write_csv
+from ctsl_hpc.evaluate.scores import Scores
 
 GroupMode = Literal["copies", "splits"]
 BASELINES: tuple[str, ...] = ("original", "RH", "RM")
-SCORE_COLUMNS: tuple[str, ...] = ("variant", "model_epoch", "condition", "group", "attribute", "ccc")
 
 
 # --------------------------------------------------------------------------- checkpoint selection
@@ -150,130 +149,38 @@ def groups_for_condition(condition: str, groups: list[GroupSpec], mode: GroupMod
     return list(groups)
 
 
-# --------------------------------------------------------------------------- scores table
-
-
-@dataclass(frozen=True)
-class ScoreRow:
-    """One CCC value: a model (variant, epoch) scored on one group of one condition."""
-
-    variant: str
-    model_epoch: int
-    condition: str
-    group: int
-    attribute: str
-    ccc: float
-
-    def key(self) -> tuple[str, int, str, int, str]:
-        return (self.variant, self.model_epoch, self.condition, self.group, self.attribute)
-
-
-def _check_row(row: ScoreRow) -> None:
-    if not row.variant or not row.variant.strip():
-        raise ValueError("variant must be a non-empty name")
-    if row.condition not in CONDITIONS:
-        raise ValueError(f"unknown condition {row.condition!r}; expected one of {CONDITIONS}")
-    if row.attribute not in ATTRIBUTES:
-        raise ValueError(f"unknown attribute {row.attribute!r}; expected one of {ATTRIBUTES}")
-    if row.model_epoch < 0 or row.group < 0:
-        raise ValueError(f"model_epoch and group must be >= 0, got {row.model_epoch} and {row.group}")
-    if not math.isfinite(row.ccc):
-        raise ValueError(f"CCC of {row.key()} is not finite: {row.ccc!r}")
-
-
-class Scores:
-    """The long-format table of CCC values behind Table 1 (``<report>/scores.csv``)."""
-
-    def __init__(self, rows: Iterable[ScoreRow] = ()) -> None:
-        self._rows: dict[tuple[str, int, str, int, str], ScoreRow] = {}
-        for row in rows:
-            self.add_row(row)
-
-    def add_row(self, row: ScoreRow) -> None:
-        """Add one value; a second value for the same (variant, epoch, condition, group, attribute) is an error."""
-        _check_row(row)
-        if row.key() in self._rows:
-            raise ValueError(f"duplicate score for {row.key()}")
-        self._rows[row.key()] = row
-
-    def add(self, variant: str, model_epoch: int, condition: str, group: int, ccc: Sequence[float]) -> None:
-        """Add the CCC vector (one value per attribute, in ATTRIBUTES order) of one model on one group."""
-        values = np.asarray(ccc, dtype=np.float64)
-        if values.shape != (len(ATTRIBUTES),):
-            raise ValueError(f"ccc must hold one value per attribute {ATTRIBUTES}, got shape {values.shape}")
-        for attribute, value in zip(ATTRIBUTES, values, strict=True):
-            self.add_row(ScoreRow(variant, int(model_epoch), condition, int(group), attribute, float(value)))
-
-    @property
-    def rows(self) -> tuple[ScoreRow, ...]:
-        return tuple(self._rows.values())
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def variants(self) -> list[str]:
-        """Variants in order of first appearance."""
-        return list(dict.fromkeys(row.variant for row in self._rows.values()))
-
-    def conditions(self) -> list[str]:
-        """Conditions present, in CONDITIONS order."""
-        present = {row.condition for row in self._rows.values()}
-        return [c for c in CONDITIONS if c in present]
-
-    def values(self, variant: str, condition: str, attribute: str) -> np.ndarray:
-        """All CCC values (over models and groups) of one cell, in insertion order."""
-        return np.array(
-            [
-                r.ccc
-                for r in self._rows.values()
-                if r.variant == variant and r.condition == condition and r.attribute == attribute
-            ],
-            dtype=np.float64,
-        )
-
-    def write_csv(self, path: str | Path) -> Path:
-        """Write the table to ``path`` atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = ([r.variant, r.model_epoch, r.condition, r.group, r.attribute, repr(r.ccc)] for r in self._rows.values())
-        return atomic_write_csv(path, SCORE_COLUMNS, rows)
-
-    @classmethod
-    def read_csv(cls, path: str | Path) -> Scores:
-        """Read a table written by :meth:`write_csv`; errors name the file and line."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"scores file not found: {path}")
-        scores = cls()
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None or tuple(h.strip() for h in header) != SCORE_COLUMNS:
-                raise ValueError(f"{path}: header must be {','.join(SCORE_COLUMNS)}, got {header}")
-            for line, fields in enumerate(reader, start=2):
-                if not fields:
-                    continue
-                if len(fields) != len(SCORE_COLUMNS):
-                    raise ValueError(f"{path}:{line}: expected {len(SCORE_COLUMNS)} fields, got {len(fields)}")
-                variant, epoch, condition, group, attribute, ccc = (f.strip() for f in fields)
-                try:
-                    row = ScoreRow(variant, int(epoch), condition, int(group), attribute, float(ccc))
-                    scores.add_row(row)
-                except ValueError as error:
-                    raise ValueError(f"{path}:{line}: {error}") from error
-        return scores
-
-
 # --------------------------------------------------------------------------- significance
+
+
+def best_student(mean_ccc: Mapping[str, float]) -> str | None:
+    """The variant other than ``original`` with the highest mean CCC (NaN ranks last; ties: first).
+
+    None when there is no student. The projection plot ranks by 0 dB development CCC, the
+    predictions plot by 0 dB test CCC (Table 1).
+    """
+    students = [v for v in mean_ccc if v != "original"]
+    if not students:
+        return None
+    return max(students, key=lambda v: -np.inf if np.isnan(mean_ccc[v]) else mean_ccc[v])
+
+
+def table_order(names: Iterable[str]) -> list[str]:
+    """The rows of Table 1: the registered variants in their order (the paper's first), then any other
+    names in their given order."""
+    names = list(dict.fromkeys(names))
+    known = variant_table.names()
+    return [v for v in known if v in names] + [v for v in names if v not in known]
 
 
 @dataclass(frozen=True)
 class CellStats:
     """Statistics of one Table 1 cell (variant x condition x attribute).
 
-    ``std`` is the sample standard deviation (ddof=1; NaN for n < 2); ``p`` maps each baseline
-    to the one-tailed Welch p-value of "this variant > baseline" (NaN where the test is
-    undefined); ``significant`` maps each baseline to ``p <= alpha`` (False for NaN).
+    ``std`` is the sample standard deviation (ddof=1; NaN for n < 2); ``p`` maps each baseline listed
+    before the variant to the one-tailed Welch p-value of "this variant > baseline" (NaN where the
+    test is undefined); ``significant`` maps it to ``p <= alpha`` (False for NaN). ``r`` and ``bias``
+    are the means of Pearson r and of the mean bias over the cell's groups (NaN values left out; NaN
+    when none is left), ``r_std`` and ``bias_std`` their standard deviations (ddof=1).
     """
 
     mean: float
@@ -281,39 +188,56 @@ class CellStats:
     n: int
     p: dict[str, float]
     significant: dict[str, bool]
+    r: float = math.nan
+    r_std: float = math.nan
+    bias: float = math.nan
+    bias_std: float = math.nan
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    mean = float(np.mean(finite)) if finite.size else math.nan
+    return mean, float(np.std(finite, ddof=1)) if finite.size >= 2 else math.nan
 
 
 def significance(
     scores: Scores, baselines: Sequence[str] = BASELINES, alpha: float = 0.05
 ) -> dict[str, dict[str, dict[str, CellStats]]]:
-    """Mean, std, n and Welch p-values against each baseline, per variant x condition x attribute.
+    """Mean, std, n and Welch p-values of CCC, and the mean r and bias, per variant x condition x attribute.
 
-    A variant is not compared with itself, nor with a baseline absent from ``scores`` (for that
-    condition). A comparison where either side has fewer than 2 values gets p = NaN.
+    As in the paper, a variant is tested only against the baselines listed before it in
+    :func:`table_order` (``original`` against none, ``RH`` against ``original``, ``RM`` against both,
+    every later row against all three), and only where the baseline has scores for that condition.
+    A comparison where either side has fewer than 2 values gets p = NaN.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"eval.alpha must be in (0, 1), got {alpha}")
     table: dict[str, dict[str, dict[str, CellStats]]] = {}
-    for variant in scores.variants():
+    order = table_order(scores.variants())
+    for row, variant in enumerate(order):
+        earlier = [b for b in baselines if b in order[:row]]
         for condition in scores.conditions():
             for attribute in ATTRIBUTES:
                 values = scores.values(variant, condition, attribute)
                 if values.size == 0:
                     continue
                 p_values: dict[str, float] = {}
-                for baseline in baselines:
+                for baseline in earlier:
                     reference = scores.values(baseline, condition, attribute)
-                    if baseline == variant or reference.size == 0:
+                    if reference.size == 0:
                         continue
                     enough = values.size >= 2 and reference.size >= 2
                     p_values[baseline] = welch_greater(values, reference)[1] if enough else math.nan
                 std = float(np.std(values, ddof=1)) if values.size >= 2 else math.nan
+                r, r_std = _mean_std(scores.values(variant, condition, attribute, "r"))
+                bias, bias_std = _mean_std(scores.values(variant, condition, attribute, "bias"))
                 cell = CellStats(
                     mean=float(np.mean(values)),
                     std=std,
                     n=int(values.size),
                     p=p_values,
                     significant={b: bool(p <= alpha) for b, p in p_values.items()},
-                )
+                    r=r, r_std=r_std, bias=bias, bias_std=bias_std,
+                )  # fmt: skip
                 table.setdefault(variant, {}).setdefault(condition, {})[attribute] = cell
     return table

@@ -1,13 +1,17 @@
-"""Table 1, Table 2 and the plots of the report directory, rebuilt from saved files without a model.
+"""Table 1 and the plots of the report directory, and rebuilding the whole report from saved files without a model.
 
-Files of ``<workdir>/report/``:
+Files of ``<workdir>/report/`` (names in :class:`ctsl_hpc.workdir.ReportFiles`):
 
-- ``scores.csv``: the CCC values (source of Table 1 and the CCC plot), see :class:`Scores`.
+- ``scores.csv``: CCC, Pearson r and mean bias per group (source of Tables 1 and 1b and the CCC
+  plot), see :class:`Scores`.
 - ``table1.md`` / ``table1.json``: ``{variant: {condition: {attribute: {"mean", "std", "n", "p":
-  {baseline: p}}}}}``; ``std`` has ddof=1, ``p`` is the one-tailed Welch p-value of "variant >
-  baseline" (``null`` where undefined); a variant has no entry for itself.
-- ``table2.md`` / ``table2.json``: ``{variant: {condition: {"rmse", "cosine", "infonce"}}}``
-  (the JSON is the saved source; ``build_report`` re-renders the markdown from it).
+  {baseline: p}, "r": {"mean", "std"}, "bias": {"mean", "std"}}}}}``; ``mean``/``std``/``n`` are of
+  CCC, ``std`` has ddof=1, ``p`` is the one-tailed Welch p-value of "variant > baseline" for each
+  baseline listed before the variant (``null`` where undefined).
+- ``diagnostics.md``: Pearson r and mean bias per cell (:mod:`ctsl_hpc.evaluate.diagnostics`).
+- ``table2.md`` / ``table2.json``: the embedding analysis (:mod:`ctsl_hpc.evaluate.table2`).
+- ``predictions/``: the per-utterance predictions of every scored checkpoint
+  (:mod:`ctsl_hpc.evaluate.predictions`) and ``pred_vs_true.png``.
 - ``ccc_vs_snr.png``; ``projection.npz`` (clean teacher and noisy student embeddings) and
   ``embedding_projection.png``.
 """
@@ -15,38 +19,36 @@ Files of ``<workdir>/report/``:
 from __future__ import annotations
 
 import io
-import json
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from ctsl_hpc import variants
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
-from ctsl_hpc.evaluate.protocol import BASELINES, CellStats, Scores, significance
-from ctsl_hpc.records import atomic_write_bytes, atomic_write_text
+from ctsl_hpc.evaluate import diagnostics
+from ctsl_hpc.evaluate.metrics import ATTRIBUTES
+from ctsl_hpc.evaluate.predictions import read_predictions
+from ctsl_hpc.evaluate.protocol import BASELINES, CellStats, significance, table_order
+from ctsl_hpc.evaluate.scores import Scores
+from ctsl_hpc.evaluate.table2 import read_table2_json, write_table2
+from ctsl_hpc.evaluate.tables import (
+    ATTRIBUTE_SHORT,
+    CONDITION_LABEL,
+    PAPER_CONDITION_ORDER,
+    finite_or_none,
+    markdown_table,
+    write_json,
+    write_text,
+)
+from ctsl_hpc.records import atomic_write_bytes
 from ctsl_hpc.workdir import ReportFiles
 
-PAPER_CONDITION_ORDER: tuple[str, ...] = ("snr0", "snr5", "snr10", "clean")
-CONDITION_LABEL = {"snr0": "0 dB", "snr5": "5 dB", "snr10": "10 dB", "clean": "clean"}
-ATTRIBUTE_SHORT = {"arousal": "A", "dominance": "D", "valence": "V"}
 MARKER_SYMBOLS: tuple[str, ...] = ("*", "†", "‡", "§", "¶")
-EMBEDDING_METRICS: dict[str, str] = {"rmse": "min", "cosine": "max", "infonce": "min"}
-EMBEDDING_LABEL = {"rmse": "RMSE", "cosine": "cos", "infonce": "InfoNCE"}
 _STUDENT_KEY = "student:"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _ordered_variants(names: Iterable[str]) -> list[str]:
-    """The paper's variants in the paper's order, then any other names in their given order."""
-    names = list(dict.fromkeys(names))
-    known = variants.names()
-    return [v for v in known if v in names] + [v for v in names if v not in known]
 
 
 def _markers(baselines: Sequence[str]) -> dict[str, str]:
@@ -59,24 +61,6 @@ def _md_escape(marker: str) -> str:
     return "\\*" if marker == "*" else marker
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
-def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(path, text)
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    return _write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 # --------------------------------------------------------------------------- Table 1
 
 
@@ -87,9 +71,11 @@ def table1_json(table: Mapping[str, Mapping[str, Mapping[str, CellStats]]]) -> d
             condition: {
                 attribute: {
                     "mean": cell.mean,
-                    "std": _finite_or_none(cell.std),
+                    "std": finite_or_none(cell.std),
                     "n": cell.n,
-                    "p": {b: _finite_or_none(p) for b, p in cell.p.items()},
+                    "p": {b: finite_or_none(p) for b, p in cell.p.items()},
+                    "r": {"mean": finite_or_none(cell.r), "std": finite_or_none(cell.r_std)},
+                    "bias": {"mean": finite_or_none(cell.bias), "std": finite_or_none(cell.bias_std)},
                 }
                 for attribute, cell in cells.items()
             }
@@ -105,10 +91,11 @@ def table1_markdown(
     """Table 1 in the paper's shape: a row per variant, columns condition (0, 5, 10 dB, clean) x A/D/V.
 
     Each cell is the mean CCC (.3f), bold when it is the best of its column, followed by one
-    marker per baseline the variant beats significantly (p <= alpha); a legend follows.
+    marker per baseline listed before the variant that it beats significantly (p <= alpha); a
+    legend follows.
     """
     markers = _markers(baselines)
-    variants = _ordered_variants(table)
+    variants = table_order(table)
     columns = [(c, a) for c in PAPER_CONDITION_ORDER for a in ATTRIBUTES]
     best = {}
     for condition, attribute in columns:
@@ -135,97 +122,26 @@ def table1_markdown(
         "",
         f"Mean CCC over the models x test groups of each cell (n = {', '.join(map(str, ns))}; "
         f"mean, std, n and p-values in {ReportFiles.TABLE1_JSON}). A = arousal, D = dominance, V = valence.",
-        f"Markers: significantly greater (one-tailed Welch t-test, unequal variances, p <= {alpha:g}) {legend}. "
-        "**Bold**: best mean of the column.",
+        f"Markers: significantly greater (one-tailed Welch t-test, unequal variances, p <= {alpha:g}) {legend}; "
+        "each model is tested only against the baselines listed above it. **Bold**: best mean of the column. "
+        f"Pearson r and mean bias beside CCC: {ReportFiles.DIAGNOSTICS_MD}.",
     ]
-    return "\n".join(_markdown_table(header, rows) + notes) + "\n"
+    return "\n".join(markdown_table(header, rows) + notes) + "\n"
 
 
 def write_table1(
     scores: Scores, out_dir: str | Path, alpha: float = 0.05, baselines: Sequence[str] = BASELINES
-) -> tuple[Path, Path]:
-    """Compute the statistics of ``scores`` and write ``table1.md`` and ``table1.json`` into ``out_dir``."""
+) -> tuple[Path, Path, Path]:
+    """Compute the statistics of ``scores`` and write ``table1.md``, ``table1.json`` and the second
+    table, ``diagnostics.md`` (Pearson r and mean bias), into ``out_dir``."""
     if len(scores) == 0:
         raise ValueError("no scores: Table 1 needs at least one CCC value")
     files = ReportFiles(Path(out_dir))
     table = significance(scores, baselines=baselines, alpha=alpha)
-    ordered = {v: table[v] for v in _ordered_variants(table)}
-    md = _write_text(files.table1_md, table1_markdown(ordered, alpha, baselines))
-    return md, _write_json(files.table1_json, table1_json(ordered))
-
-
-# --------------------------------------------------------------------------- Table 2
-
-
-def _check_emb_metrics(emb_metrics: Mapping[str, Mapping[str, Mapping[str, float]]], source: str) -> None:
-    if not emb_metrics:
-        raise ValueError(f"{source}: no embedding metrics")
-    for variant, by_condition in emb_metrics.items():
-        for condition, values in by_condition.items():
-            where = f"{source}: {variant}/{condition}"
-            if condition not in CONDITIONS:
-                raise ValueError(f"{where}: unknown condition; expected one of {CONDITIONS}")
-            if set(values) != set(EMBEDDING_METRICS):
-                raise ValueError(f"{where}: expected keys {sorted(EMBEDDING_METRICS)}, got {sorted(values)}")
-            for name, value in values.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise ValueError(f"{where}/{name}: expected a finite number, got {value!r}")
-
-
-def table2_markdown(emb_metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """Table 2: a row per variant, columns condition x (RMSE, cosine, InfoNCE), best per column bold."""
-    variants = _ordered_variants(emb_metrics)
-    present = {c for by_c in emb_metrics.values() for c in by_c}
-    columns = [(c, m) for c in PAPER_CONDITION_ORDER if c in present for m in EMBEDDING_METRICS]
-    best = {}
-    for condition, metric in columns:
-        values = [emb_metrics[v][condition][metric] for v in variants if condition in emb_metrics[v]]
-        best[condition, metric] = (min if EMBEDDING_METRICS[metric] == "min" else max)(values)
-    rows = []
-    for variant in variants:
-        row = [variant]
-        for condition, metric in columns:
-            if condition not in emb_metrics[variant]:
-                row.append("—")
-                continue
-            value = emb_metrics[variant][condition][metric]
-            row.append(f"**{value:.3f}**" if value == best[condition, metric] else f"{value:.3f}")
-        rows.append(row)
-    header = ["model"] + [f"{CONDITION_LABEL[c]} {EMBEDDING_LABEL[m]}" for c, m in columns]
-    notes = [
-        "",
-        "Development set. RMSE and cosine similarity between the teacher's clean embeddings and each "
-        "model's noisy embeddings; InfoNCE over batches of 32 clean/noisy pairs. "
-        "**Bold**: best of the column (lowest RMSE and InfoNCE, highest cosine).",
-    ]
-    return "\n".join(_markdown_table(header, rows) + notes) + "\n"
-
-
-def write_table2(
-    emb_metrics: Mapping[str, Mapping[str, Mapping[str, float]]], out_dir: str | Path
-) -> tuple[Path, Path]:
-    """Write ``table2.md`` and ``table2.json`` (``{variant: {condition: {"rmse", "cosine", "infonce"}}}``)."""
-    _check_emb_metrics(emb_metrics, "embedding metrics")
-    files = ReportFiles(Path(out_dir))
-    ordered = {
-        v: {c: {m: float(emb_metrics[v][c][m]) for m in EMBEDDING_METRICS} for c in CONDITIONS if c in emb_metrics[v]}
-        for v in _ordered_variants(emb_metrics)
-    }
-    md = _write_text(files.table2_md, table2_markdown(ordered))
-    return md, _write_json(files.table2_json, ordered)
-
-
-def read_table2_json(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
-    """Read and check a ``table2.json``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise ValueError(f"{path}: expected {{variant: {{condition: {{metric: value}}}}}}")
-    _check_emb_metrics(data, str(path))
-    return data
+    ordered = {v: table[v] for v in table_order(table)}
+    md = write_text(files.table1_md, table1_markdown(ordered, alpha, baselines))
+    diagnostics_md = write_text(files.diagnostics_md, diagnostics.diagnostics_markdown(ordered))
+    return md, write_json(files.table1_json, table1_json(ordered)), diagnostics_md
 
 
 # --------------------------------------------------------------------------- plots
@@ -239,7 +155,7 @@ def plot_ccc_vs_snr(scores: Scores, path: str | Path) -> Path:
     if len(scores) == 0:
         raise ValueError("no scores to plot")
     conditions = [c for c in PAPER_CONDITION_ORDER if c in scores.conditions()]
-    variants = _ordered_variants(scores.variants())
+    variants = table_order(scores.variants())
     figure = Figure(figsize=(4.2 * len(ATTRIBUTES), 4.4), layout="constrained")
     axes = figure.subplots(1, len(ATTRIBUTES), sharey=True)
     offsets = np.linspace(-0.12, 0.12, len(variants)) if len(variants) > 1 else np.zeros(1)
@@ -361,13 +277,17 @@ def load_projection(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]
 def build_report(report_dir: str | Path, alpha: float = 0.05, baselines: Sequence[str] = BASELINES) -> list[Path]:
     """Rebuild every table and plot of ``report_dir`` from its saved files; returns the files written.
 
-    Needs ``scores.csv``; re-renders Table 2 when ``table2.json`` exists and the projection plot
-    when ``projection.npz`` exists.
+    Needs ``scores.csv``; re-renders Table 2 when ``table2.json`` exists, the projection plot when
+    ``projection.npz`` exists and the predicted-against-true plot when ``predictions/`` holds files.
     """
     files = ReportFiles(Path(report_dir))
     scores = Scores.read_csv(files.scores_csv)
     written = [*write_table1(scores, files.path, alpha=alpha, baselines=baselines)]
     written.append(plot_ccc_vs_snr(scores, files.ccc_plot))
+    predictions = read_predictions(files)
+    if predictions:
+        shown = diagnostics.plotted_models(significance(scores, baselines=baselines, alpha=alpha), predictions)
+        written.append(diagnostics.plot_predictions(predictions, shown, files.prediction_plot))
     if files.table2_json.is_file():
         written.extend(write_table2(read_table2_json(files.table2_json), files.path))
     if files.projection_npz.is_file():

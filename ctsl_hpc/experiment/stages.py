@@ -18,8 +18,10 @@ from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.corpus import Utterance
 from ctsl_hpc.evaluate import report
 from ctsl_hpc.evaluate.embeddings import embedding_metrics
-from ctsl_hpc.evaluate.protocol import Scores, select_checkpoints, test_groups
+from ctsl_hpc.evaluate.protocol import select_checkpoints, test_groups
+from ctsl_hpc.evaluate.scores import DIAGNOSTICS, Scores
 from ctsl_hpc.evaluate.scoring import score_models
+from ctsl_hpc.evaluate.table2 import read_table2_json, write_table2
 from ctsl_hpc.experiment.workspace import Experiment, RunSink, SinkFactory, StopRequest, never
 from ctsl_hpc.model import build_model, load_model
 from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
@@ -154,7 +156,7 @@ def evaluate(
     for variant in variants:  # one variant at a time, saved after each: a resumed evaluation skips it
         score_models(
             {variant: models[variant]}, test_set, exp.data.pool("test"), groups, cfg.eval.groups,
-            cfg.noise.snr_mode, cfg.eval.batch_size, real_noisy, scores,
+            cfg.noise.snr_mode, cfg.eval.batch_size, real_noisy, scores, save_to=files,
         )
         scores.write_csv(files.scores_csv)
         if should_stop():
@@ -164,7 +166,7 @@ def evaluate(
         best, exp.data.clean("dev"), exp.data.pool("dev"), cfg.noise.snr_mode, cfg.student.margin / 6,
         cfg.student.temperature, cfg.eval.batch_size,
     )
-    report.write_table2(emb, files.path)
+    write_table2(emb, files.path)
     report.save_projection(*projection, files.projection_npz)
     report.build_report(files.path, alpha=cfg.eval.alpha)
     _log_evaluation(exp, variants, sink_for)
@@ -177,17 +179,20 @@ def run_key(variant: str) -> str:
 
 
 def _log_evaluation(exp: Experiment, variants: list[str], sink_for: SinkFactory) -> None:
-    """Send each variant's mean test CCC and embedding metrics to its tracked run."""
+    """Send each variant's mean test CCC, Pearson r and bias and its embedding metrics to its tracked run
+    (undefined values are left out)."""
     files = exp.workdir.report
     table1 = json.loads(files.table1_json.read_text())
-    table2 = report.read_table2_json(files.table2_json)
+    table2 = read_table2_json(files.table2_json)
     for variant in variants:
         sink = sink_for(run_key(variant))
         if sink is None:
             continue
         epoch = max(exp.workdir.run(variant).summary().dev_scores)
-        metrics = {
-            f"ccc/{c}/{a}": cell["mean"] for c, attrs in table1[variant].items() for a, cell in attrs.items()
-        }
+        metrics = {}
+        for condition, attributes in table1[variant].items():
+            for attribute, cell in attributes.items():
+                metrics[f"ccc/{condition}/{attribute}"] = cell["mean"]
+                metrics.update({f"{d}/{condition}/{attribute}": cell[d]["mean"] for d in DIAGNOSTICS})
         metrics.update({f"emb/{c}/{k}": v for c, values in table2.get(variant, {}).items() for k, v in values.items()})
-        sink.log_metrics(metrics, step=epoch)
+        sink.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=epoch)

@@ -6,6 +6,8 @@
 saved scores. ``sync`` replays spooled MLflow records. ``mlflow-server`` starts a tracking server
 for a cluster. ``predict`` scores audio files with a saved model. ``standin-backbone`` writes a
 randomly initialised ``facebook/wav2vec2-large-robust`` for ``model.backbone`` where the hub is out of reach.
+``pretrain`` pre-trains the demo's tiny wav2vec2 (self-supervised, on noisy speech the demo never
+uses) into a backbone folder.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def _sweep(cfg: ExperimentConfig, cluster: str, command: str = "sweep") -> int:
         plan = submit_sweep(workdir, cfg, backend)
     if backend.blocking:
         print(workdir.report.table1_md.read_text())
+        print(workdir.report.diagnostics_md.read_text())
         print(f"corpus fingerprint: {fingerprint}")
         print(f"work directory: {workdir.root}")
         print(f"report: {workdir.report.path} ({time.time() - started:.0f} s)")
@@ -214,6 +217,18 @@ def cmd_standin_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ctsl_hpc.train.pretrain import PretrainSettings, pretrain_demo_backbone
+
+    given = {"steps": args.steps, "batch_size": args.batch_size}
+    settings = PretrainSettings(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    command = f"python -m ctsl_hpc.launch pretrain --out {args.out} --seed {settings.seed} --steps {settings.steps} " \
+              f"--batch-size {settings.batch_size} --tts {args.tts} --noise-minutes {args.noise_minutes:g}"  # fmt: skip
+    out = pretrain_demo_backbone(args.out, args.workdir, settings, args.tts, args.noise_minutes, command)
+    print(f"backbone: {out} (model.backbone={out})")
+    return 0
+
+
 def cmd_ray_node(args: argparse.Namespace) -> int:
     from ctsl_hpc.launch.ray_cluster import tune_allocation
 
@@ -229,7 +244,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ctsl_hpc.launch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
-    visible = "sweep,status,logs,cancel,resume,report,sync,mlflow-server,predict,standin-backbone"
+    visible = "sweep,status,logs,cancel,resume,report,sync,mlflow-server,predict,standin-backbone,pretrain"
     commands = parser.add_subparsers(dest="command", required=True, metavar=f"{{{visible}}}")
     clusters = backend_names()
 
@@ -301,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     standin.add_argument("directory", help="the Hugging Face folder to write (config.json, model.safetensors)")
     standin.add_argument("--seed", type=int, default=0)
     standin.set_defaults(func=cmd_standin_backbone)
+    pre = commands.add_parser("pretrain", help="pre-train the demo's tiny wav2vec2 (self-supervised, noisy speech)")
+    pre.add_argument("--out", default="runs/pretrain/backbone", help="the backbone folder to write")
+    pre.add_argument("--workdir", default="runs/pretrain", help="where the demo and pre-training corpora are built")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--steps", type=int, help="optimiser steps (default: PretrainSettings.steps)")
+    pre.add_argument("--batch-size", type=int, help="crops per step (default: PretrainSettings.batch_size)")
+    pre.add_argument("--tts", type=int, default=600, help="espeak-ng utterances (other voices and texts than the demo's)")
+    pre.add_argument("--noise-minutes", type=float, default=10.0, help="noise clips mixed in (not the demo's test noise)")
+    pre.set_defaults(func=cmd_pretrain)
 
     # hidden: one task per node of a Ray Tune allocation (launch/ray-on-slurm.sh, the submitted sweep --tune)
     node = commands.add_parser("ray-node")

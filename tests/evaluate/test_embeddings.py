@@ -15,8 +15,9 @@ from ctsl_hpc.data.audio import compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
-from ctsl_hpc.evaluate.embeddings import INFONCE_BATCH, best_student, compare_embeddings, embedding_metrics
+from ctsl_hpc.evaluate.embeddings import INFONCE_BATCH, compare_embeddings, embedding_metrics
 from ctsl_hpc.evaluate.metrics import CONDITIONS, ccc_numpy
+from ctsl_hpc.evaluate.protocol import best_student
 from ctsl_hpc.evaluate.scoring import condition_set
 from ctsl_hpc.model import build_model, load_model, save_model
 from ctsl_hpc.train.inference import predict
@@ -33,8 +34,8 @@ def _one_thread():
 
 def _infonce_reference(
     student: np.ndarray, teacher: np.ndarray, labels: np.ndarray, margin: float, tau: float
-) -> float:
-    """Label-margin InfoNCE of one batch (METHOD.md), in float64 numpy."""
+) -> tuple[float, int]:
+    """Label-margin InfoNCE of one batch (METHOD.md), in float64 numpy, and its number of anchors."""
     q = student / np.linalg.norm(student, axis=1, keepdims=True)
     k = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
     positive = (q * k).sum(axis=1) / tau
@@ -46,18 +47,21 @@ def _infonce_reference(
         for i in range(len(q))
         if is_negative[i].any()
     ]
-    return float(np.mean(losses)) if losses else 0.0
+    return (float(np.mean(losses)) if losses else math.nan), len(losses)
 
 
 def _reference(teacher: np.ndarray, noisy: np.ndarray, labels: np.ndarray, margin: float, tau: float, batch: int):
+    """Table 2's metrics; InfoNCE over the batches that hold an anchor (METHOD.md)."""
     t, s = teacher.astype(np.float64), noisy.astype(np.float64)
     cosine = (t * s).sum(axis=1) / (np.linalg.norm(t, axis=1) * np.linalg.norm(s, axis=1))
     batches = [
         _infonce_reference(s[i : i + batch], t[i : i + batch], labels[i : i + batch], margin, tau)
         for i in range(0, len(t), batch)
     ]
+    used = [loss for loss, count in batches if count]
     rmse = math.sqrt(np.mean((t - s) ** 2))
-    return {"rmse": rmse, "cosine": float(cosine.mean()), "infonce": float(np.mean(batches))}
+    infonce = float(np.mean(used)) if used else math.nan
+    return {"rmse": rmse, "cosine": float(cosine.mean()), "infonce": infonce, "anchors": sum(c for _, c in batches)}
 
 
 def test_compare_embeddings_matches_a_float64_reference_over_batches_of_32(rng):
@@ -70,8 +74,32 @@ def test_compare_embeddings_matches_a_float64_reference_over_batches_of_32(rng):
     assert INFONCE_BATCH == 32
     for name in ("rmse", "cosine", "infonce"):
         assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-12), name
+    assert got["anchors"] == want["anchors"] > 0
     whole_set = _reference(teacher, noisy, labels.astype(np.float64), 0.2, 0.1, n)
     assert abs(whole_set["infonce"] - got["infonce"]) > 1e-3, "the batch size must matter for this check to bite"
+
+
+def test_infonce_skips_batches_without_an_anchor_and_counts_the_anchors_it_used(rng):
+    n_batches, dim, margin = 4, 16, 0.2
+    n = INFONCE_BATCH * n_batches
+    teacher = rng.normal(size=(n, dim))
+    noisy = teacher + rng.normal(scale=0.8, size=(n, dim))
+    labels = rng.uniform(0, 1, size=(n, 3))
+    empty = int(rng.integers(n_batches))  # one batch whose labels all lie within the margin: no anchor there
+    labels[empty * INFONCE_BATCH : (empty + 1) * INFONCE_BATCH] = rng.uniform(0.45, 0.55, size=(INFONCE_BATCH, 3))
+    got = compare_embeddings(teacher, noisy, labels, margin, temperature=0.1)
+    per_batch = [
+        _infonce_reference(noisy[i : i + INFONCE_BATCH], teacher[i : i + INFONCE_BATCH], labels[i : i + INFONCE_BATCH], margin, 0.1)
+        for i in range(0, n, INFONCE_BATCH)
+    ]
+    assert per_batch[empty][1] == 0 and all(count > 0 for b, (_, count) in enumerate(per_batch) if b != empty)
+    expected = np.mean([loss for b, (loss, _) in enumerate(per_batch) if b != empty])
+    assert got["infonce"] == pytest.approx(expected, rel=1e-9)
+    assert got["anchors"] == sum(count for _, count in per_batch)
+    averaged_in_as_zero = np.mean([0.0 if b == empty else loss for b, (loss, _) in enumerate(per_batch)])
+    assert abs(got["infonce"] - averaged_in_as_zero) > 1e-3
+    none = compare_embeddings(teacher[:40], noisy[:40], np.full((40, 3), 0.5), margin, temperature=0.1)
+    assert none["anchors"] == 0 and math.isnan(none["infonce"])
 
 
 def test_identical_embeddings_have_zero_rmse_and_unit_cosine(rng):

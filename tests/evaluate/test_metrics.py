@@ -1,12 +1,21 @@
-"""CCC on numpy arrays against audmetric, and its edge cases."""
+"""CCC, Pearson r and mean bias on numpy arrays against audmetric, scipy and numpy, and their edge cases."""
 
 from __future__ import annotations
 
 import audmetric
 import numpy as np
 import pytest
+from scipy import stats
 
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS, SNR_OF, ccc_numpy
+from ctsl_hpc.evaluate.metrics import (
+    ATTRIBUTES,
+    CONDITIONS,
+    SNR_OF,
+    bias_numpy,
+    ccc_numpy,
+    pearson_numpy,
+    to_label_scale,
+)
 
 
 def test_conditions_have_an_snr_each_and_only_clean_is_noise_free() -> None:
@@ -70,3 +79,49 @@ def test_constant_and_equal_columns_give_nan_like_audmetric() -> None:
 def test_bad_inputs_raise_clear_errors(pred: np.ndarray, target: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ccc_numpy(pred, target)
+
+
+@pytest.mark.parametrize("n", [2, 9, 300])
+def test_pearson_r_matches_scipy_and_numpy_on_fresh_random_inputs(n: int) -> None:
+    rng = np.random.default_rng()
+    target = rng.uniform(1, 7, size=(n, 3))
+    pred = rng.uniform(-1, 1, 3) * target + rng.normal(rng.uniform(-2, 2), rng.uniform(0.1, 2), size=(n, 3))
+    got = pearson_numpy(pred, target)
+    np.testing.assert_allclose(got, [stats.pearsonr(pred[:, k], target[:, k]).statistic for k in range(3)], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got, [np.corrcoef(pred[:, k], target[:, k])[0, 1] for k in range(3)], rtol=1e-9, atol=1e-12)
+    assert got.dtype == np.float64 and np.all(np.abs(got) <= 1.0)
+
+
+def test_pearson_r_ignores_offset_and_scale_that_ccc_punishes() -> None:
+    rng = np.random.default_rng()
+    target = rng.uniform(1, 7, size=(50, 3))
+    squeezed = 0.3 * target - 2.0
+    np.testing.assert_allclose(pearson_numpy(squeezed, target), np.ones(3), rtol=1e-12)
+    assert np.all(ccc_numpy(squeezed, target) < 0.2)
+
+
+def test_pearson_r_is_nan_where_a_column_is_constant_like_audmetric() -> None:
+    target = np.random.default_rng().uniform(1, 7, size=(6, 3))
+    pred = np.random.default_rng().uniform(1, 7, size=(6, 3))
+    pred[:, 1] = 4.0
+    got = pearson_numpy(pred, target)
+    assert np.isnan(got[1]) and np.isfinite(got[[0, 2]]).all()
+    assert np.isnan(audmetric.pearson_cc(target[:, 1], pred[:, 1]))
+
+
+@pytest.mark.parametrize("n", [1, 7, 300])
+def test_bias_is_the_mean_of_prediction_minus_label_on_fresh_random_inputs(n: int) -> None:
+    rng = np.random.default_rng()
+    target, pred = rng.uniform(0, 1, size=(n, 3)), rng.uniform(0, 1, size=(n, 3))
+    got = bias_numpy(to_label_scale(pred), to_label_scale(target))
+    expected = [np.mean([6 * (pred[i, k] - target[i, k]) for i in range(n)]) for k in range(3)]
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(to_label_scale(target), 1 + 6 * target)
+
+
+def test_r_and_bias_reject_bad_inputs_like_ccc() -> None:
+    for metric in (pearson_numpy, bias_numpy):
+        with pytest.raises(ValueError, match="differ"):
+            metric(np.zeros((4, 3)), np.zeros((5, 3)))
+        with pytest.raises(ValueError, match="NaN"):
+            metric(np.full((4, 3), np.nan), np.zeros((4, 3)))

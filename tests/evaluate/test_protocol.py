@@ -1,4 +1,4 @@
-"""Checkpoint selection, Welch tests, test groups, the scores table and per-cell significance."""
+"""Checkpoint selection, Welch tests, test groups, the scores table, per-cell significance and the marker rule."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from scipy import stats
 
 from ctsl_hpc.evaluate import protocol
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
-from ctsl_hpc.evaluate.protocol import Scores, ScoreRow, select_checkpoints, significance, welch_greater
+from ctsl_hpc.evaluate.protocol import select_checkpoints, significance, table_order, welch_greater
+from ctsl_hpc.evaluate.scores import ScoreRow, Scores
 
 # ----------------------------------------------------------------------------- select_checkpoints
 
@@ -166,7 +167,8 @@ def _random_scores(rng: np.random.Generator, variants: tuple[str, ...], epochs: 
         for epoch in range(epochs):
             for condition in CONDITIONS:
                 for group in range(groups):
-                    scores.add(variant, 2 * epoch + 1, condition, group, 0.3 + 0.05 * v + rng.normal(0, 0.02, 3))
+                    ccc = 0.3 + 0.05 * v + rng.normal(0, 0.02, 3)
+                    scores.add(variant, 2 * epoch + 1, condition, group, ccc, rng.uniform(-1, 1, 3), rng.normal(0, 1, 3))
     return scores
 
 
@@ -178,7 +180,23 @@ def test_scores_csv_round_trip_is_exact(tmp_path: Path) -> None:
     assert loaded.variants() == ["original", "RH", "RM+TL"]
     assert loaded.conditions() == list(CONDITIONS)
     assert len(loaded) == 3 * 3 * 4 * 4 * 3
-    assert path.read_text().splitlines()[0] == "variant,model_epoch,condition,group,attribute,ccc"
+    assert path.read_text().splitlines()[0] == "variant,model_epoch,condition,group,attribute,ccc,r,bias"
+
+
+def test_scores_keep_r_and_bias_and_read_an_older_file_without_them(tmp_path: Path) -> None:
+    rng = np.random.default_rng()
+    scores = Scores()
+    r, bias = rng.uniform(-1, 1, 3), rng.normal(0, 2, 3)
+    scores.add("RM", 1, "snr5", 0, [0.1, 0.2, 0.3], r=r, bias=bias)
+    loaded = Scores.read_csv(scores.write_csv(tmp_path / "scores.csv"))
+    np.testing.assert_array_equal([loaded.values("RM", "snr5", a, "r")[0] for a in ATTRIBUTES], r)
+    np.testing.assert_array_equal([loaded.values("RM", "snr5", a, "bias")[0] for a in ATTRIBUTES], bias)
+    old = tmp_path / "old.csv"
+    old.write_text("variant,model_epoch,condition,group,attribute,ccc\nRM,1,snr5,0,arousal,0.25\n")
+    row = Scores.read_csv(old).rows[0]
+    assert row.ccc == 0.25 and math.isnan(row.r) and math.isnan(row.bias)
+    with pytest.raises(ValueError, match="outside"):
+        scores.add("RM", 2, "snr5", 0, [0.1, 0.2, 0.3], r=[0.1, 1.5, 0.0])
 
 
 def test_scores_values_collects_models_and_groups_of_one_cell() -> None:
@@ -247,16 +265,48 @@ def test_significance_statistics_and_p_values_per_cell() -> None:
                 assert cell.n == 12
                 assert cell.mean == pytest.approx(values.mean())
                 assert cell.std == pytest.approx(values.std(ddof=1))
-                assert set(cell.p) == {"original", "RH", "RM"} - {variant}
+                assert set(cell.p) == {"original", "RH", "RM"} & set(variants[: variants.index(variant)])
                 for baseline, p in cell.p.items():
                     expected = stats.ttest_ind(
                         values, scores.values(baseline, condition, attribute), equal_var=False, alternative="greater"
                     ).pvalue
                     assert p == pytest.approx(expected, rel=1e-12)
                     assert cell.significant[baseline] == (p <= 0.05)
-    # RM+TL was drawn 0.15 above original with sd 0.02: clearly significant; original is not above RM+TL
+    # RM+TL was drawn 0.15 above original with sd 0.02: clearly significant
     assert table["RM+TL"]["snr0"]["arousal"].significant["original"]
-    assert not any(table["original"]["snr0"]["arousal"].significant.values())
+
+
+def test_each_model_is_tested_only_against_the_baselines_listed_before_it() -> None:
+    """The paper's markers: none on original, only * on RH, * and † on RM, all three below (whatever the scores)."""
+    rng = np.random.default_rng()
+    level = {"MINE": 0.8, "RM+TL+CL": 0.4, "RM+CL": 0.3, "RM+TL": 0.7, "RM": 0.2, "RH": 0.1, "original": 0.6}
+    scores = Scores()
+    for variant, centre in level.items():  # inserted in reverse: the rule follows the table order
+        for epoch, group in ((1, 0), (1, 1), (3, 0), (3, 1)):
+            scores.add(variant, epoch, "snr0", group, centre + rng.normal(0, 0.01, 3))
+    table = significance(scores)
+    listed = ["original", "RH", "RM", "RM+TL", "RM+CL", "RM+TL+CL", "MINE"]
+    assert list(table) == table_order(scores.variants()) == listed
+    for row, variant in enumerate(listed):
+        expected = {"original", "RH", "RM"} & set(listed[:row])
+        for cell in table[variant]["snr0"].values():
+            assert set(cell.p) == expected and set(cell.significant) == expected
+            assert cell.significant == {b: level[variant] > level[b] for b in expected}
+    assert all(table["original"]["snr0"][a].p == {} for a in ATTRIBUTES)  # above RH and RM, yet no marker
+
+
+def test_cells_average_r_and_bias_over_their_finite_values() -> None:
+    rng = np.random.default_rng()
+    scores, r, bias = Scores(), rng.uniform(-1, 1, (4, 3)), rng.normal(0, 1, (4, 3))
+    r[2, 1] = math.nan  # undefined r (constant predictions) is left out
+    for group in range(4):
+        scores.add("RM", 1, "snr0", group, rng.uniform(0, 1, 3), r=r[group], bias=bias[group])
+    cells = significance(scores)["RM"]["snr0"]
+    for k, attribute in enumerate(ATTRIBUTES):
+        finite = r[:, k][np.isfinite(r[:, k])]
+        assert cells[attribute].r == pytest.approx(finite.mean()) and cells[attribute].r_std == pytest.approx(finite.std(ddof=1))
+        assert cells[attribute].bias == pytest.approx(bias[:, k].mean())
+        assert cells[attribute].bias_std == pytest.approx(bias[:, k].std(ddof=1))
 
 
 def test_significance_skips_absent_baselines_and_marks_undefined_tests_nan() -> None:

@@ -1,4 +1,4 @@
-"""score_models: which cells are scored in copies/splits mode, resuming, and the CCC values themselves."""
+"""score_models: which cells are scored in copies/splits mode, resuming, the metrics themselves and the saved predictions."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from ctsl_hpc.data.audio import compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool, noisy_copy
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS, SNR_OF, ccc_numpy
-from ctsl_hpc.evaluate.protocol import Scores, test_groups
+from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS, SNR_OF, bias_numpy, ccc_numpy, pearson_numpy
+from ctsl_hpc.evaluate.predictions import read_predictions
+from ctsl_hpc.evaluate.protocol import test_groups
+from ctsl_hpc.evaluate.scores import Scores
 from ctsl_hpc.evaluate.scoring import score_models
 from ctsl_hpc.model import WEIGHTS_FILE, build_model, load_model, save_model
+from ctsl_hpc.workdir import ReportFiles
 
 SR = 16000
 N_GROUPS = 2
@@ -112,9 +115,12 @@ def test_scores_are_the_ccc_of_each_groups_predictions(models, test_set, pool, m
                 raw = [test_set.raw_wave(i) for i in range(len(test_set))]
                 noisy = [noisy_copy(wave, pool, snr, spec.noise_seed, 0, i) for i, wave in enumerate(raw)]
                 pred = np.stack([_alone(model, stats.normalise(wave)) for wave in noisy])
-            want = ccc_numpy(pred[spec.indices], labels[spec.indices])
-            got = [r.ccc for r in scores.rows if r.condition == condition and r.group == spec.group]
-            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5, err_msg=f"{condition} group {spec.group}")
+            pred_17, labels_17 = 1 + 6 * pred[spec.indices], 1 + 6 * labels[spec.indices]
+            rows = [r for r in scores.rows if r.condition == condition and r.group == spec.group]
+            for metric, want in (("ccc", ccc_numpy), ("r", pearson_numpy), ("bias", bias_numpy)):
+                got = [getattr(r, metric) for r in rows]
+                np.testing.assert_allclose(got, want(pred_17, labels_17), rtol=1e-3, atol=1e-4,
+                                           err_msg=f"{metric}, {condition} group {spec.group}")  # fmt: skip
     assert len({r.ccc for r in scores.rows}) == len(scores), "every group's CCC differs: a mix-up would show"
 
 
@@ -144,3 +150,27 @@ def test_a_real_noisy_recording_set_is_scored_once_in_copies_mode(models, test_s
     np.testing.assert_array_equal(
         scores.values("original", "snr0", "arousal"), scores.values("original", "clean", "arousal")
     )
+
+
+def test_saved_predictions_hold_one_partition_for_every_condition_and_rebuild_every_score(models, test_set, pool, tmp_path):
+    """splits: the groups are disjoint, cover the test set and are the same in every condition (paired)."""
+    files = ReportFiles(tmp_path / "report")
+    groups = test_groups(len(test_set), N_GROUPS, "splits", seed=int(np.random.SeedSequence().entropy % 2**31))
+    scores = score_models(models, test_set, pool, groups, "splits", "rms", 8, save_to=files)
+    saved = read_predictions(files)
+    assert {v: sorted(e) for v, e in saved.items()} == {v: sorted(e) for v, e in models.items()}
+    for variant, by_epoch in saved.items():
+        for epoch, predictions in by_epoch.items():
+            np.testing.assert_allclose(predictions.labels, 1 + 6 * test_set.labels, rtol=1e-6)
+            for condition in CONDITIONS:
+                parts = [predictions.groups[condition, g][0] for g in range(N_GROUPS)]
+                assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(test_set)))  # disjoint, covering
+                for g, part in enumerate(parts):
+                    np.testing.assert_array_equal(part, groups[g].indices)
+                    pred = predictions.groups[condition, g][1]
+                    labels = predictions.labels[part]
+                    for metric, function in (("ccc", ccc_numpy), ("r", pearson_numpy), ("bias", bias_numpy)):
+                        got = [getattr(r, metric) for r in scores.rows if r.key()[:4] == (variant, epoch, condition, g)]
+                        np.testing.assert_allclose(got, function(pred, labels), rtol=1e-12, atol=1e-12)
+    clean, noisy = saved["RM"][2].pooled("clean"), saved["RM"][2].pooled("snr0")
+    assert clean[0].shape == noisy[0].shape == (len(test_set), 3) and not np.allclose(clean[0], noisy[0])

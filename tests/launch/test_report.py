@@ -13,7 +13,10 @@ from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.model import WEIGHTS_FILE
 from ctsl_hpc.workdir import ReportFiles
 
-REBUILT = (ReportFiles.TABLE1_MD, ReportFiles.TABLE1_JSON, ReportFiles.TABLE2_MD, ReportFiles.CCC_PLOT, ReportFiles.PROJECTION_PLOT)
+REBUILT = (
+    ReportFiles.TABLE1_MD, ReportFiles.TABLE1_JSON, ReportFiles.DIAGNOSTICS_MD, ReportFiles.TABLE2_MD,
+    ReportFiles.CCC_PLOT, ReportFiles.PROJECTION_PLOT, ReportFiles.PREDICTION_PLOT,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +30,8 @@ def swept(tiny_overrides, tmp_path_factory):
 @pytest.mark.slow
 def test_report_rebuilds_tables_and_plots_without_any_model(swept, capsys):
     out = swept / "report"
-    saved = {name: (out / name).read_bytes() for name in (ReportFiles.TABLE1_MD, ReportFiles.TABLE1_JSON, ReportFiles.TABLE2_MD)}
+    kept = (ReportFiles.TABLE1_MD, ReportFiles.TABLE1_JSON, ReportFiles.DIAGNOSTICS_MD, ReportFiles.TABLE2_MD)
+    saved = {name: (out / name).read_bytes() for name in kept}
     for name in REBUILT:
         (out / name).unlink()
     weights = list(swept.rglob(WEIGHTS_FILE))
@@ -43,7 +47,8 @@ def test_report_rebuilds_tables_and_plots_without_any_model(swept, capsys):
     assert json.loads((out / ReportFiles.TABLE1_JSON).read_bytes()) == json.loads(saved[ReportFiles.TABLE1_JSON])
     assert (out / ReportFiles.TABLE1_MD).read_bytes() == saved[ReportFiles.TABLE1_MD]
     assert (out / ReportFiles.TABLE2_MD).read_bytes() == saved[ReportFiles.TABLE2_MD]
-    for plot in (ReportFiles.CCC_PLOT, ReportFiles.PROJECTION_PLOT):
+    assert (out / ReportFiles.DIAGNOSTICS_MD).read_bytes() == saved[ReportFiles.DIAGNOSTICS_MD]
+    for plot in (ReportFiles.CCC_PLOT, ReportFiles.PROJECTION_PLOT, ReportFiles.PREDICTION_PLOT):
         image = imread(out / plot)
         assert image.shape[0] > 300 and image.shape[1] > 300 and np.std(image[..., :3]) > 0.05, plot
 
