@@ -14,6 +14,9 @@
 #   CTSL_SLURM_MAX_ARRAY  MaxArraySize                          (16)
 #   CTSL_SLURM_GPUS       fake GPUs (gres gpu) on each node     (2)
 set -euo pipefail
+# munged refuses a group-writable log or key: the caller's umask (a sweep's `umask: 007`, applied
+# in-process by its jobs) must not reach the files made here
+umask 022
 T0="$EPOCHREALTIME"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 # shellcheck source=common.sh

@@ -50,6 +50,15 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
+def status_table(stdout: str) -> list[dict[str, str]]:
+    """The rows of ``status``'s aligned table, by column name (a cell starts where its header does)."""
+    lines = [line for line in stdout.splitlines() if line and not line.startswith("GPU-hours")]
+    columns = [(m.group(), m.start()) for m in re.finditer(r"\S+(?: \S+)*", lines[0])]
+    ends = [start for _, start in columns[1:]] + [None]
+    bounds = [(name, start, end) for (name, start), end in zip(columns, ends, strict=True)]
+    return [{name: line[start:end].strip() for name, start, end in bounds} for line in lines[1:]]
+
+
 def _state(workdir: Path, key: str) -> tuple[str | None, int]:
     record = Registry(workdir).get(key)
     return (None, 0) if record is None else (record.state, record.requeues)
@@ -123,10 +132,12 @@ def test_scontrol_requeue_resumes_from_the_last_complete_checkpoint(sweeps: Swee
 def test_status_and_logs_read_the_work_directory(sweeps: Sweeps):
     out = cli("status", "--workdir", sweeps.slurm)
     assert out.returncode == 0, out.stderr
-    rows = {tuple(line.split()[:2]): line.split() for line in out.stdout.splitlines()[1:5]}
-    assert rows[("students", "RM")][3] == "COMPLETED" and rows[("students", "RM")][6] == "2"
-    teacher = next(line.split() for line in out.stdout.splitlines() if line.startswith("teacher"))
-    assert teacher[1:3] == [Registry(sweeps.slurm).get("teacher").job_id, "COMPLETED"] and teacher[4] == "1"
+    rows = {(row["stage"], row["variant"]): row for row in status_table(out.stdout)}
+    assert rows["students", "RM"]["state"] == "COMPLETED" and rows["students", "RM"]["last epoch"] == "2"
+    teacher = rows["teacher", ""]
+    teacher_job = Registry(sweeps.slurm).get("teacher").job_id
+    assert (teacher["job id"], teacher["state"], teacher["requeues"]) == (teacher_job, "COMPLETED", "1")
+    assert teacher["nodes"]  # sacct's node list
     hours = float(re.search(r"GPU-hours of the sweep: ([\d.]+)", out.stdout).group(1))
     assert hours > 0  # the students held one (fake) GPU each
     logs = cli("logs", "--workdir", sweeps.slurm, "teacher")
