@@ -9,7 +9,7 @@ no disk. Then it runs the dry run twice in a work directory that exists (the fir
 header and caches the durations, the second reads the cache), and once where none exists (nothing is
 written), and prints the output and the timings:
 
-    python benchmarks/paper_cost.py --root /tmp/msp-standin [sweep overrides, e.g. eval.groups=splits]
+    python benchmarks/paper_cost.py --root /tmp/msp-standin [sweep overrides, e.g. eval.groups=copies]
 """
 
 from __future__ import annotations

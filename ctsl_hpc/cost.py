@@ -146,8 +146,10 @@ def test_passes_per_model(cfg: ExperimentConfig) -> int:
 
     Example:
         >>> from ctsl_hpc.config import load_config
-        >>> test_passes_per_model(load_config("paper", [])), test_passes_per_model(load_config("paper", ["eval.groups=splits"]))
-        (91, 4)
+        >>> test_passes_per_model(load_config("paper", ["eval.groups=copies"]))  # 30 copies
+        91
+        >>> test_passes_per_model(load_config("paper", []))  # eval.groups: splits, the paper's
+        4
     """
     e = cfg.eval
     noisy = [c for c in CONDITIONS if c != "clean"]

@@ -146,12 +146,16 @@ def backbone_source(name: str) -> Iterator[str]:
     """The folder of a backbone shipped in the package (``ctsl_hpc/backbones/<name>``, read through
     :mod:`importlib.resources`) while the context is open; any other value unchanged (a hub id or a
     local checkpoint directory)."""
-    shipped = resources.files("ctsl_hpc.backbones") / name
-    if "/" in name or not shipped.is_dir():
+    if not is_shipped_backbone(name):
         yield name
         return
-    with resources.as_file(shipped) as folder:
+    with resources.as_file(resources.files("ctsl_hpc.backbones") / name) as folder:
         yield str(folder)
+
+
+def is_shipped_backbone(name: str) -> bool:
+    """``name`` is a backbone folder of :mod:`ctsl_hpc.backbones` (``tiny-ssl``)."""
+    return "/" not in name and (resources.files("ctsl_hpc.backbones") / name).is_dir()
 
 
 def pretrained_backbone(name_or_dir: str, num_layers: int) -> Wav2Vec2Model:
@@ -170,10 +174,10 @@ def pretrained_backbone(name_or_dir: str, num_layers: int) -> Wav2Vec2Model:
 def check_backbone(name: str) -> None:
     """Fail early, naming ``model.backbone``, when the backbone cannot be loaded here.
 
-    ``tiny`` is built locally; a folder must hold a Hugging Face ``config.json``; a hub id must be in
+    ``tiny`` is built locally and a shipped backbone (``tiny-ssl``) is in the package; a folder must hold a Hugging Face ``config.json``; a hub id must be in
     the local Hugging Face cache when the hub is offline (``HF_HUB_OFFLINE=1``, as on compute nodes).
     """
-    if name == "tiny":
+    if name == "tiny" or is_shipped_backbone(name):
         return
     path = Path(name)
     if path.exists():

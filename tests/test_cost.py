@@ -48,8 +48,12 @@ def test_counts_and_gpu_hours_follow_the_stages(overrides, small_corpus, tmp_pat
     assert kinds["teacher embeddings of train, once (cache)"] == (n["train"], False)
     assert kinds["RH: 2 epochs x train (forward: head only)"] == (2 * n["train"], False)
     assert kinds["RM+TL: 2 epochs x train"] == (2 * n["train"], True)
-    # 3 models x 1 checkpoint (eval.top_k=1) x (clean + 3 SNRs x 2 copies), and Table 2: 3 models x 4 conditions + 1
-    assert [p.passes for p in evaluation.passes] == [3 * 7 * n["test"], 13 * n["dev"]]
+    # 3 models x 1 checkpoint (eval.top_k=1) x 4 conditions, one pass each (eval.groups: splits, the demo's),
+    # and Table 2: 3 models x 4 conditions + 1
+    assert cfg.eval.groups == "splits" and [p.passes for p in evaluation.passes] == [3 * 4 * n["test"], 13 * n["dev"]]
+    cfg.eval.groups = "copies"  # clean once, each SNR once per copy (eval.n_groups=2)
+    copies = sweep_cost(cfg, Workdir(tmp_path / "work"))[2][2]
+    assert [p.passes for p in copies.passes] == [3 * (1 + 3 * 2) * n["test"], 13 * n["dev"]]
     cfg.student.cache_teacher_embeddings = False
     kinds = {p.what: p.passes for p in sweep_cost(cfg, Workdir(tmp_path / "work"))[2][1].passes}
     assert "teacher embeddings of train, once (cache)" not in kinds and kinds["RM+TL: live teacher, 2 epochs x train"] == 2 * n["train"]

@@ -117,3 +117,29 @@ def test_pretraining_is_reproducible_and_exports_an_encoder_that_model_backbone_
 def test_the_pretrain_command_is_part_of_the_one_cli():
     args = build_parser().parse_args(["pretrain", "--out", "x", "--steps", "7", "--seed", "3"])
     assert args.func is cmd_pretrain and (args.out, args.steps, args.seed, args.batch_size) == ("x", 7, 3, None)
+
+
+def test_the_shipped_tiny_ssl_backbone_passes_the_input_check_offline_and_loads_its_weights(monkeypatch):
+    """``model.backbone=tiny-ssl`` names the package's own folder: the offline input check accepts it
+    (no hub, no cache) and the model holds the shipped safetensors' encoder weights, feature encoder frozen."""
+    import json
+    from importlib import resources
+
+    import safetensors.torch
+    from huggingface_hub import constants
+
+    from ctsl_hpc.model import check_backbone, is_shipped_backbone
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    check_backbone("tiny-ssl")
+    assert is_shipped_backbone("tiny-ssl") and not is_shipped_backbone("tiny-ssl/..") and not is_shipped_backbone("x")
+    shipped = resources.files("ctsl_hpc.backbones") / "tiny-ssl"
+    provenance = json.loads((shipped / "PROVENANCE.json").read_text())
+    assert provenance["command"].startswith("python -m ctsl_hpc.launch pretrain") and provenance["settings"]["seed"] == 0
+    with resources.as_file(shipped / "model.safetensors") as weights:
+        saved = safetensors.torch.load_file(weights)
+    cfg = load_config(None, ["model.backbone=tiny-ssl", "model.freeze_feature_encoder=true"]).model
+    emotion = build_model(cfg)
+    loaded = emotion.backbone.state_dict()
+    assert loaded.keys() <= saved.keys() and all(torch.equal(tensor, saved[name]) for name, tensor in loaded.items())
+    assert not any(p.requires_grad for p in emotion.backbone.feature_extractor.parameters())
