@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--asha", nargs="+", default=None, metavar="GRACE:FACTOR",
                         help="ASHA settings to run against the grid (default: the config's)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument("--grid-json", type=Path,
+                        help="take the full grid's figures from an earlier --json of the same points, config and "
+                             "work directory instead of running it again (trials are deterministic)")
     parser.add_argument("overrides", nargs="*", help="config overrides on configs/sweep.yaml, e.g. tune.max_t=9")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -77,7 +80,13 @@ def main() -> None:
     grid = {"lambda_tl": args.lambda_tl, "lambda_cl": args.lambda_cl, "noise_minutes": args.noise_minutes}
     tc = cfg.tune
     settings = [tuple(int(v) for v in s.split(":")) for s in args.asha] if args.asha else [(tc.grace_period, tc.reduction_factor)]
-    full = run(exp, shared, grid, early_stopping=False, name="bench-grid")
+    if args.grid_json:
+        earlier = json.loads(args.grid_json.read_text())
+        if earlier["max_t"] != tc.max_t:
+            parser.error(f"--grid-json: {args.grid_json} was run with max_t={earlier['max_t']}, not {tc.max_t}")
+        full = earlier["searches"]["full grid (FIFO)"]
+    else:
+        full = run(exp, shared, grid, early_stopping=False, name="bench-grid")
     searches = {"full grid (FIFO)": full}
     for grace, factor in settings:
         searches[f"ASHA grace {grace}, factor {factor}"] = run(
