@@ -40,7 +40,8 @@ def _infonce_reference(
     k = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
     positive = (q * k).sum(axis=1) / tau
     similarity = q @ q.T / tau
-    is_negative = (np.abs(labels[:, None, :] - labels[None, :, :]) >= margin).all(axis=-1)
+    # the documented tolerance of ctsl_hpc.losses.margin_negatives (1e-6: exact 0.5 steps on the 1..7 grid count)
+    is_negative = (np.abs(labels[:, None, :] - labels[None, :, :]) >= margin - 1e-6).all(axis=-1)
     np.fill_diagonal(is_negative, False)
     losses = [
         -(positive[i] - logsumexp(np.concatenate([[positive[i]], similarity[i, is_negative[i]]])))
