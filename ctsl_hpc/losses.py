@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_MARGIN = 0.5 / 6  # 0.5 on the 1..7 scale, expressed on the [0, 1] scale
+MARGIN_TOLERANCE = 1e-6  # a label distance this much under the margin still counts (exact 0.5 steps on the 1..7 grid)
 
 
 def ccc(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -84,8 +85,8 @@ def margin_negatives(labels: torch.Tensor, margin: float = DEFAULT_MARGIN) -> to
 
     Args:
         labels: [B, 3] on the [0, 1] scale.
-        margin: the label distance a negative needs on every attribute (a tolerance of 1e-6 keeps
-            exact 0.5 steps on the 1..7 grid).
+        margin: the label distance a negative needs on every attribute (less ``MARGIN_TOLERANCE``,
+            which keeps exact 0.5 steps on the 1..7 grid).
 
     Returns:
         A bool matrix [B, B], row i marking the negatives of anchor i; the anchors that count are
@@ -97,7 +98,7 @@ def margin_negatives(labels: torch.Tensor, margin: float = DEFAULT_MARGIN) -> to
         tensor([ True,  True, False])
     """
     distance = (labels.unsqueeze(1) - labels.unsqueeze(0)).abs()  # [B, B, 3]
-    is_negative = (distance >= margin - 1e-6).all(dim=-1)
+    is_negative = (distance >= margin - MARGIN_TOLERANCE).all(dim=-1)
     return is_negative.fill_diagonal_(False)
 
 

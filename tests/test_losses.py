@@ -6,7 +6,7 @@ import pytest
 import torch
 from info_nce import info_nce
 
-from ctsl_hpc.losses import DEFAULT_MARGIN, ccc, ccc_loss, contrastive_loss, transfer_loss
+from ctsl_hpc.losses import DEFAULT_MARGIN, MARGIN_TOLERANCE, ccc, ccc_loss, contrastive_loss, transfer_loss
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def reference_contrastive(h_s, h_t, labels, margin, temperature):
     """Anchor by anchor with info-nce-pytorch, negatives chosen by the label margin in float64."""
     losses = []
     for i in range(len(h_s)):
-        far = np.all(np.abs(labels - labels[i]) >= margin - 1e-6, axis=1)
+        far = np.all(np.abs(labels - labels[i]) >= margin - MARGIN_TOLERANCE, axis=1)
         far[i] = False
         if far.any():
             losses.append(

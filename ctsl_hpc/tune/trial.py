@@ -107,7 +107,7 @@ def _catch_up(run: RunDir, reported: int, report: Callable[[dict[str, Any]], Non
 
 def _trial_run(base: Experiment, trial: Experiment, trial_id: str, params: dict[str, Any]):
     """The trial's MLflow run (on the base config's tracker) with its params and the data it trains on."""
-    if not base.cfg.tracking.enabled:
+    if not base.cfg.tracking.enabled:  # before the import: ctsl_hpc.track.runs imports MLflow (not on the GPU machine)
         return None
     from ctsl_hpc.track.runs import open_tracker
 

@@ -19,6 +19,7 @@ from ctsl_hpc.evaluate.embeddings import INFONCE_BATCH, compare_embeddings, embe
 from ctsl_hpc.evaluate.metrics import CONDITIONS, ccc_numpy
 from ctsl_hpc.evaluate.protocol import best_student
 from ctsl_hpc.evaluate.scoring import condition_set
+from ctsl_hpc.losses import MARGIN_TOLERANCE
 from ctsl_hpc.model import build_model, load_model, save_model
 from ctsl_hpc.train.inference import predict
 
@@ -40,8 +41,8 @@ def _infonce_reference(
     k = teacher / np.linalg.norm(teacher, axis=1, keepdims=True)
     positive = (q * k).sum(axis=1) / tau
     similarity = q @ q.T / tau
-    # the documented tolerance of ctsl_hpc.losses.margin_negatives (1e-6: exact 0.5 steps on the 1..7 grid count)
-    is_negative = (np.abs(labels[:, None, :] - labels[None, :, :]) >= margin - 1e-6).all(axis=-1)
+    # the documented tolerance of ctsl_hpc.losses.margin_negatives (exact 0.5 steps on the 1..7 grid count)
+    is_negative = (np.abs(labels[:, None, :] - labels[None, :, :]) >= margin - MARGIN_TOLERANCE).all(axis=-1)
     np.fill_diagonal(is_negative, False)
     losses = [
         -(positive[i] - logsumexp(np.concatenate([[positive[i]], similarity[i, is_negative[i]]])))
