@@ -48,6 +48,13 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
+def _speaking_frames(wave: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
+    """10 ms frames within 30 dB of the loudest one: where the voice is, pauses excluded."""
+    hop = sample_rate // 100
+    energy = np.square(wave[: wave.size // hop * hop].reshape(-1, hop)).mean(axis=1)
+    return energy > 1e-3 * energy.max()
+
+
 def _median_f0_and_spread(wave: np.ndarray, sample_rate: int = 16000) -> tuple[float, float]:
     """Autocorrelation pitch over 40 ms frames: median F0 (Hz) and std of log F0 over voiced frames."""
     frame, hop = 640, 160
@@ -75,24 +82,32 @@ def test_demo_is_a_16k_mono_csv_corpus_split_70_15_15(demo):
 
 
 def test_labels_are_functions_of_measured_prosody(demo):
+    # Measured on 266 seeds (30 utterances each): arousal R^2 0.86 +- 0.05 (min 0.70), dominance rho
+    # -0.91 +- 0.04 (max -0.76), valence R^2 0.75 +- 0.08 (min 0.50). Words per second of the whole file
+    # (an earlier measure, confounded by word gaps and word length) gave R^2 0.78 +- 0.07, min 0.54.
     corpus, out_dir, _ = demo
     manifest, prosody = _rows(corpus.manifest), _rows(out_dir / "prosody.csv")
-    features, pitch, spread = [], [], []
+    loudness, intonation, pitch = [], [], []
     for row, gen in zip(manifest, prosody, strict=True):
-        wave, rate = sf.read(out_dir / row["path"])
+        wave, _ = sf.read(out_dir / row["path"])
         active = np.abs(wave) > 0.02 * np.abs(wave).max()
-        words_per_second = len(gen["text"].split()) / (wave.size / rate)
-        features.append([np.log(words_per_second), np.log(np.sqrt(np.mean(wave[active] ** 2))), 1.0])
+        speaking = _speaking_frames(wave)
+        voiced_span = speaking[np.argmax(speaking) : speaking.size - np.argmax(speaking[::-1])]
+        characters_per_second = len(gen["text"]) / (speaking.sum() / 100)
+        loudness.append([characters_per_second, np.sqrt(np.mean(wave[active] ** 2)), 1.0])
         f0, f0_spread = _median_f0_and_spread(wave)
         pitch.append(f0)
-        spread.append(f0_spread)
+        intonation.append([f0_spread, 1.0 - voiced_span.mean(), 1.0])  # pause share between first and last word
     labels = {a: np.array([float(r[a]) for r in manifest]) for a in ("arousal", "dominance", "valence")}
-    arousal = labels["arousal"]
-    _, residual, *_ = np.linalg.lstsq(np.array(features), arousal, rcond=None)
-    r_squared = 1 - residual[0] / np.sum((arousal - arousal.mean()) ** 2)
-    assert r_squared > 0.6  # arousal <- speaking rate + loudness
+    assert _r_squared(loudness, labels["arousal"]) > 0.6  # faster and louder = more aroused
     assert spearmanr(pitch, labels["dominance"])[0] < -0.7  # lower pitch = more dominant
-    assert spearmanr(spread, labels["valence"])[0] > 0.4  # livelier intonation = more positive
+    assert _r_squared(intonation, labels["valence"]) > 0.4  # livelier intonation, fewer pauses = more positive
+
+
+def _r_squared(features: list[list[float]], target: np.ndarray) -> float:
+    """Share of ``target``'s variance a least-squares fit on ``features`` explains."""
+    _, residual, *_ = np.linalg.lstsq(np.array(features), target, rcond=None)
+    return float(1 - residual[0] / np.sum((target - target.mean()) ** 2))
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(demo, tmp_path):
