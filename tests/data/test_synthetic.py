@@ -71,7 +71,7 @@ def _median_f0_and_spread(wave: np.ndarray, sample_rate: int = 16000) -> tuple[f
 
 
 def test_demo_is_a_16k_mono_csv_corpus_split_70_15_15(demo):
-    corpus, out_dir, _ = demo
+    corpus, _, _ = demo
     splits = load_csv_manifest(corpus.manifest)
     assert [len(splits[s]) for s in ("train", "dev", "test")] == [21, 4, 5]
     for utt in splits["train"] + splits["dev"] + splits["test"]:
