@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.seeds import fresh_seed
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray binds the machine's own interface address unless told it is not a cluster: keep every Ray
@@ -85,10 +87,8 @@ def _tiny_overrides(corpus, workdir) -> list[str]:
 
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
-    """A freshly seeded generator; the seed is printed so a failure can be replayed."""
-    seed = int(np.random.SeedSequence().entropy % 2**32)
-    print(f"{request.node.name}: rng seed {seed}")
-    return np.random.default_rng(seed)
+    """A freshly seeded generator; the seed is printed so a failure can be replayed (tests/seeds.py)."""
+    return np.random.default_rng(fresh_seed(request.node.name))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from scipy.stats import spearmanr
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.data.synthetic import DemoCorpusError, build_demo_corpus
+from tests.seeds import fresh_seed
 
 SMALL_NOISE = (0.5, 0.5, 0.5)
 LICENCES = {"GPL-2", "GPL-2+", "CC-BY-SA-3.0", "CC-BY-3.0"}
@@ -26,8 +27,7 @@ LICENCES = {"GPL-2", "GPL-2+", "CC-BY-SA-3.0", "CC-BY-3.0"}
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """A 30-utterance single-voice demo built with a fresh seed: (corpus, out_dir, seed)."""
-    seed = int(np.random.SeedSequence().entropy % 10_000)
-    print(f"demo seed {seed}")
+    seed = int(fresh_seed("demo corpus").entropy % 10_000)
     out_dir = tmp_path_factory.mktemp("demo")
     return (
         build_demo_corpus(out_dir, n_utterances=30, seed=seed, max_voices=1, noise_minutes=SMALL_NOISE),

@@ -22,6 +22,7 @@ from ctsl_hpc.evaluate.scoring import condition_set
 from ctsl_hpc.losses import MARGIN_TOLERANCE
 from ctsl_hpc.model import build_model, load_model, save_model
 from ctsl_hpc.train.inference import predict
+from tests.seeds import fresh_seed
 
 SR = 16000
 
@@ -144,7 +145,7 @@ def _tiny_model(directory: Path, seed: int) -> Path:
 
 
 def test_embedding_metrics_per_model_and_condition_and_the_projected_models(tmp_path, dev_set, dev_pool):
-    seeds = np.random.SeedSequence().generate_state(4)
+    seeds = fresh_seed("tiny model weights").generate_state(4)
     variants = ["original", "RH", "RM", "RM+TL"]
     models = {v: _tiny_model(tmp_path / v, int(s)) for v, s in zip(variants, seeds, strict=True)}
     margin, tau = 0.5 / 6, 0.1

@@ -20,6 +20,7 @@ from ctsl_hpc.evaluate.scores import Scores
 from ctsl_hpc.evaluate.scoring import score_models
 from ctsl_hpc.model import WEIGHTS_FILE, build_model, load_model, save_model
 from ctsl_hpc.workdir import ReportFiles
+from tests.seeds import fresh_seed
 
 SR = 16000
 N_GROUPS = 2
@@ -55,7 +56,7 @@ def _tiny_model(directory: Path, seed: int) -> Path:
 
 @pytest.fixture
 def models(tmp_path) -> dict[str, dict[int, Path]]:
-    seeds = np.random.SeedSequence().generate_state(3)
+    seeds = fresh_seed("tiny model weights").generate_state(3)
     return {
         "original": {4: _tiny_model(tmp_path / "orig", int(seeds[0]))},
         "RM": {2: _tiny_model(tmp_path / "rm2", int(seeds[1])), 5: _tiny_model(tmp_path / "rm5", int(seeds[2]))},
@@ -63,7 +64,7 @@ def models(tmp_path) -> dict[str, dict[int, Path]]:
 
 
 def _score(models, test_set, pool, mode, scores=None, real_noisy=None) -> Scores:
-    groups = test_groups(len(test_set), N_GROUPS, mode, seed=int(np.random.SeedSequence().entropy % 2**31))
+    groups = test_groups(len(test_set), N_GROUPS, mode, seed=int(fresh_seed("test groups").entropy % 2**31))
     return score_models(models, test_set, pool, groups, mode, "rms", 8, real_noisy, scores)
 
 
@@ -99,7 +100,7 @@ def _alone(model, wave: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["copies", "splits"])
 def test_scores_are_the_ccc_of_each_groups_predictions(models, test_set, pool, mode):
     """Reference: each utterance mixed with its test copy's noise and run alone through the model."""
-    groups = test_groups(len(test_set), N_GROUPS, mode, seed=int(np.random.SeedSequence().entropy % 2**31))
+    groups = test_groups(len(test_set), N_GROUPS, mode, seed=int(fresh_seed("test groups").entropy % 2**31))
     epoch, model_dir = next(iter(models["RM"].items()))
     scores = score_models({"RM": {epoch: model_dir}}, test_set, pool, groups, mode, "rms", 8)
     model, _, _ = load_model(model_dir)
@@ -155,7 +156,7 @@ def test_a_real_noisy_recording_set_is_scored_once_in_copies_mode(models, test_s
 def test_saved_predictions_hold_one_partition_for_every_condition_and_rebuild_every_score(models, test_set, pool, tmp_path):
     """splits: the groups are disjoint, cover the test set and are the same in every condition (paired)."""
     files = ReportFiles(tmp_path / "report")
-    groups = test_groups(len(test_set), N_GROUPS, "splits", seed=int(np.random.SeedSequence().entropy % 2**31))
+    groups = test_groups(len(test_set), N_GROUPS, "splits", seed=int(fresh_seed("test groups").entropy % 2**31))
     scores = score_models(models, test_set, pool, groups, "splits", "rms", 8, save_to=files)
     saved = read_predictions(files)
     assert {v: sorted(e) for v, e in saved.items()} == {v: sorted(e) for v, e in models.items()}
