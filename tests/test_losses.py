@@ -9,11 +9,6 @@ from info_nce import info_nce
 from ctsl_hpc.losses import DEFAULT_MARGIN, MARGIN_TOLERANCE, ccc, ccc_loss, contrastive_loss, transfer_loss
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng()  # fresh inputs on every run
-
-
 def test_ccc_matches_audmetric_per_attribute(rng):
     n = int(rng.integers(5, 200))
     target = rng.uniform(0, 1, size=(n, 3))

@@ -235,10 +235,10 @@ def test_a_csv_without_path_column_is_named_in_the_error(tmp_path):
         collect_inputs([listing])
 
 
-def test_missing_or_unreadable_file_stops_with_its_name(model_dir, write_speech, tmp_path):
+def test_missing_or_unreadable_file_stops_with_its_name(model_dir, write_speech, tmp_path, rng):
     good = write_speech("good.wav", 3.0)
     garbage = tmp_path / "garbage.wav"
-    garbage.write_bytes(np.random.default_rng().bytes(5000))
+    garbage.write_bytes(rng.bytes(5000))
     for bad in (tmp_path / "missing.wav", garbage):
         with pytest.raises(PredictError, match=str(bad)):
             predict_files(model_dir, [good, bad], 10.0, 5.0, 4)

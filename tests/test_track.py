@@ -79,13 +79,16 @@ def experiment() -> str:
 
 
 def test_run_tree_with_params_tags_metrics_and_artifacts_reaches_the_server(
-    mlflow_server: MlflowServer, tmp_path: Path, experiment: str, monkeypatch: pytest.MonkeyPatch
+    mlflow_server: MlflowServer,
+    tmp_path: Path,
+    experiment: str,
+    monkeypatch: pytest.MonkeyPatch,
+    rng: np.random.Generator,
 ):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv(RUN_TAGS_ENV, "")
     slurm_env.export_run_tags()  # what a Slurm job does before it opens runs
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
-    rng = np.random.default_rng()
     config = load_config(None, [f"name={experiment}", "train.epochs=3", f"train.lr={rng.uniform()}", "student.variants=[RM]"])
     tracker = Tracker(tmp_path / "work", mlflow_server.url, experiment, system_metrics=True)
     parent = tracker.parent(config=config)
@@ -148,9 +151,8 @@ _KILLED_JOB = textwrap.dedent(
 
 
 def test_restarted_job_reopens_its_runs_and_logs_no_duplicate_steps(
-    mlflow_server: MlflowServer, tmp_path: Path, experiment: str
+    mlflow_server: MlflowServer, tmp_path: Path, experiment: str, rng: np.random.Generator
 ):
-    rng = np.random.default_rng()
     before, after = rng.uniform(size=3).tolist(), rng.uniform(size=4).tolist()
     job = subprocess.run(
         [sys.executable, "-c", _KILLED_JOB, str(tmp_path), mlflow_server.url, experiment, json.dumps(before)],
@@ -177,9 +179,8 @@ def test_restarted_job_reopens_its_runs_and_logs_no_duplicate_steps(
 
 
 def test_server_stopped_mid_run_spools_and_next_call_replays_everything_once(
-    mlflow_server: MlflowServer, tmp_path: Path, experiment: str
+    mlflow_server: MlflowServer, tmp_path: Path, experiment: str, rng: np.random.Generator
 ):
-    rng = np.random.default_rng()
     values = rng.uniform(size=5).tolist()
     tracker = Tracker(tmp_path, mlflow_server.url, experiment, system_metrics=False, retry_interval_s=0)
     parent = tracker.parent(config=load_config(None, ["seed=2"]))
@@ -231,11 +232,10 @@ def test_server_stopped_mid_run_spools_and_next_call_replays_everything_once(
 
 
 def test_sync_replays_a_sweep_that_never_reached_its_server(
-    mlflow_server: MlflowServer, tmp_path: Path, experiment: str
+    mlflow_server: MlflowServer, tmp_path: Path, experiment: str, rng: np.random.Generator
 ):
     from ctsl_hpc.processes import free_port
 
-    rng = np.random.default_rng()
     values = rng.uniform(size=3).tolist()
     unreachable = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
@@ -298,12 +298,13 @@ def test_parallel_jobs_share_the_embedded_sqlite_store_of_a_fresh_workdir(tmp_pa
         assert sorted(m.step for m in history) == [1, 2, 3]
 
 
-def test_a_line_torn_by_a_crash_is_set_aside_and_the_rest_of_the_spool_replays(tmp_path: Path):
+def test_a_line_torn_by_a_crash_is_set_aside_and_the_rest_of_the_spool_replays(
+    tmp_path: Path, rng: np.random.Generator
+):
     from mlflow import MlflowClient
 
     from ctsl_hpc.processes import free_port
 
-    rng = np.random.default_rng()
     values = rng.uniform(size=4).tolist()
     tracker = Tracker(tmp_path, f"http://127.0.0.1:{free_port()}", "torn", system_metrics=False, retry_interval_s=3600)
     tracker.parent()

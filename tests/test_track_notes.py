@@ -28,8 +28,7 @@ def test_corpus_digest_follows_the_manifest_not_where_the_corpus_lies(small_corp
     assert len({corpus_digest(splits), corpus_digest(relabelled), corpus_digest(resplit)}) == 3
 
 
-def test_pool_digest_changes_with_the_minutes_and_the_samples():
-    rng = np.random.default_rng()
+def test_pool_digest_changes_with_the_minutes_and_the_samples(rng):
     arrays = [rng.normal(size=16000).astype(np.float32) for _ in range(3)]
     pool = NoisePool.from_arrays(arrays, 16000)
     assert pool_digest(pool) == pool_digest(NoisePool.from_arrays(arrays, 16000))

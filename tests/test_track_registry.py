@@ -39,12 +39,11 @@ def _model_dir(path: Path, rng: np.random.Generator) -> Path:
 
 
 def test_registry_inputs_and_descriptions_are_spooled_and_replayed_once(
-    mlflow_server: MlflowServer, tmp_path: Path, small_corpus, tiny_overrides
+    mlflow_server: MlflowServer, tmp_path: Path, small_corpus, tiny_overrides, rng: np.random.Generator
 ):
     from ctsl_hpc.data.corpus import load_csv_manifest
     from ctsl_hpc.data.noise import NoisePool
 
-    rng = np.random.default_rng()
     experiment = f"reg-{uuid.uuid4().hex[:8]}"
     cfg = load_config(None, [*tiny_overrides(tmp_path / "w"), f"name={experiment}"])
     splits = load_csv_manifest(small_corpus.manifest)
@@ -104,8 +103,9 @@ def test_registry_inputs_and_descriptions_are_spooled_and_replayed_once(
     assert {p.name: p.read_bytes() for p in fetched.iterdir()} == {p.name: p.read_bytes() for p in dirs[3].iterdir()}
 
 
-def test_a_better_epoch_of_a_later_sweep_takes_the_best_alias(mlflow_server: MlflowServer, tmp_path: Path):
-    rng = np.random.default_rng()
+def test_a_better_epoch_of_a_later_sweep_takes_the_best_alias(
+    mlflow_server: MlflowServer, tmp_path: Path, rng: np.random.Generator
+):
     experiment = f"reg-{uuid.uuid4().hex[:8]}"
     name = model_name(experiment, "RM+TL")
     for sweep, score in (("a", 0.3), ("b", 0.6), ("c", 0.45)):

@@ -41,9 +41,9 @@ def test_matching_rate_reads_samples_unchanged(tmp_path, speech, write_wav):
     np.testing.assert_array_equal(read_audio(path, 16000), original)
 
 
-def test_bad_clips_raise_audio_error_naming_the_file(tmp_path, speech, write_wav):
+def test_bad_clips_raise_audio_error_naming_the_file(tmp_path, speech, write_wav, rng):
     garbage = tmp_path / "garbage.wav"
-    garbage.write_bytes(np.random.default_rng().bytes(2000))
+    garbage.write_bytes(rng.bytes(2000))
     empty = tmp_path / "empty.wav"
     sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
     silent = write_wav(tmp_path / "silent.wav", np.zeros(16000, dtype=np.float32))

@@ -163,8 +163,8 @@ def test_the_config_takes_corpus_names_and_required_keys_from_the_registry(tmp_p
         load_config(None, ["data.corpus=csv", f"data.manifest={tmp_path / 'm.csv'}"])
 
 
-def test_a_new_corpus_is_one_registration(tmp_path, small_corpus):
-    name = f"toy{np.random.default_rng().integers(10**6)}"
+def test_a_new_corpus_is_one_registration(tmp_path, small_corpus, rng):
+    name = f"toy{rng.integers(10**6)}"
     register(CorpusSpec(name, lambda cfg, _dir: Corpus(load_csv_manifest(small_corpus.manifest)), own_noise=False))
     noise = [f"noise.{split}={tmp_path / split}" for split in ("train", "dev", "test")]
     cfg = load_config(None, [f"data.corpus={name}", *noise])

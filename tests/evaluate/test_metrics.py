@@ -24,8 +24,7 @@ def test_conditions_have_an_snr_each_and_only_clean_is_noise_free() -> None:
 
 
 @pytest.mark.parametrize("n", [2, 7, 300])
-def test_ccc_matches_audmetric_on_fresh_random_inputs(n: int) -> None:
-    rng = np.random.default_rng()
+def test_ccc_matches_audmetric_on_fresh_random_inputs(n: int, rng: np.random.Generator) -> None:
     target = rng.uniform(1, 7, size=(n, 3))
     pred = 0.6 * target + rng.normal(0.5, 1.0, size=(n, 3))
     got = ccc_numpy(pred, target)
@@ -35,25 +34,24 @@ def test_ccc_matches_audmetric_on_fresh_random_inputs(n: int) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_ccc_is_symmetric_in_prediction_and_target() -> None:
-    rng = np.random.default_rng()
+def test_ccc_is_symmetric_in_prediction_and_target(rng: np.random.Generator) -> None:
     a, b = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
     np.testing.assert_allclose(ccc_numpy(a, b), ccc_numpy(b, a), rtol=1e-12)
 
 
-def test_constant_predictions_give_zero() -> None:
-    target = np.random.default_rng().uniform(0, 1, size=(20, 3))
+def test_constant_predictions_give_zero(rng: np.random.Generator) -> None:
+    target = rng.uniform(0, 1, size=(20, 3))
     pred = np.full((20, 3), 0.5)
     np.testing.assert_array_equal(ccc_numpy(pred, target), np.zeros(3))
 
 
-def test_perfect_predictions_give_one() -> None:
-    target = np.random.default_rng().uniform(0, 1, size=(20, 3))
+def test_perfect_predictions_give_one(rng: np.random.Generator) -> None:
+    target = rng.uniform(0, 1, size=(20, 3))
     np.testing.assert_allclose(ccc_numpy(target.copy(), target), np.ones(3), rtol=1e-12)
 
 
-def test_shifted_predictions_are_penalised_unlike_pearson() -> None:
-    target = np.random.default_rng().uniform(0, 1, size=(40, 3))
+def test_shifted_predictions_are_penalised_unlike_pearson(rng: np.random.Generator) -> None:
+    target = rng.uniform(0, 1, size=(40, 3))
     ccc = ccc_numpy(target + 1.0, target)
     assert np.all(ccc < 0.5)
 
@@ -82,8 +80,7 @@ def test_bad_inputs_raise_clear_errors(pred: np.ndarray, target: np.ndarray, mes
 
 
 @pytest.mark.parametrize("n", [2, 9, 300])
-def test_pearson_r_matches_scipy_and_numpy_on_fresh_random_inputs(n: int) -> None:
-    rng = np.random.default_rng()
+def test_pearson_r_matches_scipy_and_numpy_on_fresh_random_inputs(n: int, rng: np.random.Generator) -> None:
     target = rng.uniform(1, 7, size=(n, 3))
     pred = rng.uniform(-1, 1, 3) * target + rng.normal(rng.uniform(-2, 2), rng.uniform(0.1, 2), size=(n, 3))
     got = pearson_numpy(pred, target)
@@ -92,17 +89,16 @@ def test_pearson_r_matches_scipy_and_numpy_on_fresh_random_inputs(n: int) -> Non
     assert got.dtype == np.float64 and np.all(np.abs(got) <= 1.0)
 
 
-def test_pearson_r_ignores_offset_and_scale_that_ccc_punishes() -> None:
-    rng = np.random.default_rng()
+def test_pearson_r_ignores_offset_and_scale_that_ccc_punishes(rng: np.random.Generator) -> None:
     target = rng.uniform(1, 7, size=(50, 3))
     squeezed = 0.3 * target - 2.0
     np.testing.assert_allclose(pearson_numpy(squeezed, target), np.ones(3), rtol=1e-12)
     assert np.all(ccc_numpy(squeezed, target) < 0.2)
 
 
-def test_pearson_r_is_nan_where_a_column_is_constant_like_audmetric() -> None:
-    target = np.random.default_rng().uniform(1, 7, size=(6, 3))
-    pred = np.random.default_rng().uniform(1, 7, size=(6, 3))
+def test_pearson_r_is_nan_where_a_column_is_constant_like_audmetric(rng: np.random.Generator) -> None:
+    target = rng.uniform(1, 7, size=(6, 3))
+    pred = rng.uniform(1, 7, size=(6, 3))
     pred[:, 1] = 4.0
     got = pearson_numpy(pred, target)
     assert np.isnan(got[1]) and np.isfinite(got[[0, 2]]).all()
@@ -110,8 +106,7 @@ def test_pearson_r_is_nan_where_a_column_is_constant_like_audmetric() -> None:
 
 
 @pytest.mark.parametrize("n", [1, 7, 300])
-def test_bias_is_the_mean_of_prediction_minus_label_on_fresh_random_inputs(n: int) -> None:
-    rng = np.random.default_rng()
+def test_bias_is_the_mean_of_prediction_minus_label_on_fresh_random_inputs(n: int, rng: np.random.Generator) -> None:
     target, pred = rng.uniform(0, 1, size=(n, 3)), rng.uniform(0, 1, size=(n, 3))
     got = bias_numpy(to_label_scale(pred), to_label_scale(target))
     expected = [np.mean([6 * (pred[i, k] - target[i, k]) for i in range(n)]) for k in range(3)]

@@ -78,8 +78,7 @@ def _welch_reference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("trial", range(5))
-def test_welch_greater_matches_scipy_and_float64_reference(trial: int) -> None:
-    rng = np.random.default_rng()
+def test_welch_greater_matches_scipy_and_float64_reference(trial: int, rng: np.random.Generator) -> None:
     na, nb = rng.integers(2, 100, size=2)
     a = rng.normal(rng.uniform(0.2, 0.5), rng.uniform(0.01, 0.1), size=na)
     b = rng.normal(rng.uniform(0.2, 0.5), rng.uniform(0.01, 0.1), size=nb)
@@ -91,8 +90,7 @@ def test_welch_greater_matches_scipy_and_float64_reference(trial: int) -> None:
     assert p == pytest.approx(ref_p, rel=1e-7, abs=1e-14)
 
 
-def test_welch_greater_is_one_tailed() -> None:
-    rng = np.random.default_rng()
+def test_welch_greater_is_one_tailed(rng: np.random.Generator) -> None:
     high, low = rng.normal(0.6, 0.02, size=90), rng.normal(0.4, 0.02, size=90)
     t_up, p_up = welch_greater(high, low)
     t_down, p_down = welch_greater(low, high)
@@ -172,8 +170,8 @@ def _random_scores(rng: np.random.Generator, variants: tuple[str, ...], epochs: 
     return scores
 
 
-def test_scores_csv_round_trip_is_exact(tmp_path: Path) -> None:
-    scores = _random_scores(np.random.default_rng(), ("original", "RH", "RM+TL"))
+def test_scores_csv_round_trip_is_exact(tmp_path: Path, rng: np.random.Generator) -> None:
+    scores = _random_scores(rng, ("original", "RH", "RM+TL"))
     path = scores.write_csv(tmp_path / "report" / "scores.csv")
     loaded = Scores.read_csv(path)
     assert loaded.rows == scores.rows
@@ -183,8 +181,7 @@ def test_scores_csv_round_trip_is_exact(tmp_path: Path) -> None:
     assert path.read_text().splitlines()[0] == "variant,model_epoch,condition,group,attribute,ccc,r,bias"
 
 
-def test_scores_keep_r_and_bias_and_read_an_older_file_without_them(tmp_path: Path) -> None:
-    rng = np.random.default_rng()
+def test_scores_keep_r_and_bias_and_read_an_older_file_without_them(tmp_path: Path, rng: np.random.Generator) -> None:
     scores = Scores()
     r, bias = rng.uniform(-1, 1, 3), rng.normal(0, 2, 3)
     scores.add("RM", 1, "snr5", 0, [0.1, 0.2, 0.3], r=r, bias=bias)
@@ -249,8 +246,7 @@ def test_read_csv_missing_file_names_it(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- significance
 
 
-def test_significance_statistics_and_p_values_per_cell() -> None:
-    rng = np.random.default_rng()
+def test_significance_statistics_and_p_values_per_cell(rng: np.random.Generator) -> None:
     variants = ("original", "RH", "RM", "RM+TL")
     scores = _random_scores(rng, variants)
     table = significance(scores, alpha=0.05)
@@ -276,9 +272,8 @@ def test_significance_statistics_and_p_values_per_cell() -> None:
     assert table["RM+TL"]["snr0"]["arousal"].significant["original"]
 
 
-def test_each_model_is_tested_only_against_the_baselines_listed_before_it() -> None:
+def test_each_model_is_tested_only_against_the_baselines_listed_before_it(rng: np.random.Generator) -> None:
     """The paper's markers: none on original, only * on RH, * and † on RM, all three below (whatever the scores)."""
-    rng = np.random.default_rng()
     level = {"MINE": 0.8, "RM+TL+CL": 0.4, "RM+CL": 0.3, "RM+TL": 0.7, "RM": 0.2, "RH": 0.1, "original": 0.6}
     scores = Scores()
     for variant, centre in level.items():  # inserted in reverse: the rule follows the table order
@@ -295,8 +290,7 @@ def test_each_model_is_tested_only_against_the_baselines_listed_before_it() -> N
     assert all(table["original"]["snr0"][a].p == {} for a in ATTRIBUTES)  # above RH and RM, yet no marker
 
 
-def test_cells_average_r_and_bias_over_their_finite_values() -> None:
-    rng = np.random.default_rng()
+def test_cells_average_r_and_bias_over_their_finite_values(rng: np.random.Generator) -> None:
     scores, r, bias = Scores(), rng.uniform(-1, 1, (4, 3)), rng.normal(0, 1, (4, 3))
     r[2, 1] = math.nan  # undefined r (constant predictions) is left out
     for group in range(4):

@@ -56,8 +56,10 @@ def _cell(text: str) -> tuple[float, bool, set[str]]:
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.3])
-def test_table1_has_every_cell_bold_maxima_and_markers_exactly_where_significant(tmp_path: Path, alpha: float) -> None:
-    scores = _scores(np.random.default_rng())
+def test_table1_has_every_cell_bold_maxima_and_markers_exactly_where_significant(
+    tmp_path: Path, alpha: float, rng: np.random.Generator
+) -> None:
+    scores = _scores(rng)
     md_path, json_path, _ = report.write_table1(scores, tmp_path, alpha=alpha)
     header, rows = _parse_table(md_path.read_text())
     data = json.loads(json_path.read_text())
@@ -79,8 +81,8 @@ def test_table1_has_every_cell_bold_maxima_and_markers_exactly_where_significant
     assert "p <= " + f"{alpha:g}" in md_path.read_text()
 
 
-def test_table1_json_keeps_mean_std_n_p_r_and_bias_of_every_cell(tmp_path: Path) -> None:
-    scores = _scores(np.random.default_rng(), models=3, groups=5)
+def test_table1_json_keeps_mean_std_n_p_r_and_bias_of_every_cell(tmp_path: Path, rng: np.random.Generator) -> None:
+    scores = _scores(rng, models=3, groups=5)
     _, json_path, _ = report.write_table1(scores, tmp_path)
     data = json.loads(json_path.read_text())
     assert list(data) == list(VARIANTS)
@@ -129,8 +131,8 @@ def _emb_metrics(rng: np.random.Generator) -> dict[str, dict[str, dict[str, floa
     }
 
 
-def test_table2_round_trips_and_bolds_the_best_of_each_metric(tmp_path: Path) -> None:
-    metrics = _emb_metrics(np.random.default_rng())
+def test_table2_round_trips_and_bolds_the_best_of_each_metric(tmp_path: Path, rng: np.random.Generator) -> None:
+    metrics = _emb_metrics(rng)
     md_path, json_path = table2.write_table2(metrics, tmp_path)
     assert table2.read_table2_json(json_path) == metrics
     header, rows = _parse_table(md_path.read_text())
@@ -172,8 +174,8 @@ def test_table2_rejects_bad_metrics(tmp_path: Path, metrics: dict, message: str)
         table2.write_table2(metrics, tmp_path)
 
 
-def test_diagnostics_table_shows_r_and_bias_of_every_cell(tmp_path: Path) -> None:
-    scores = _scores(np.random.default_rng(), models=2, groups=3)
+def test_diagnostics_table_shows_r_and_bias_of_every_cell(tmp_path: Path, rng: np.random.Generator) -> None:
+    scores = _scores(rng, models=2, groups=3)
     _, json_path, md_path = report.write_table1(scores, tmp_path)
     assert md_path == ReportFiles(tmp_path).diagnostics_md
     data = json.loads(json_path.read_text())
@@ -201,8 +203,9 @@ def _predictions(rng: np.random.Generator, n: int = 40) -> dict[str, dict[int, M
     return found
 
 
-def test_predictions_round_trip_and_plot_original_and_the_best_student_at_0db(tmp_path: Path) -> None:
-    rng = np.random.default_rng()
+def test_predictions_round_trip_and_plot_original_and_the_best_student_at_0db(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     files = ReportFiles(tmp_path)
     predictions = _predictions(rng)
     for variant, by_epoch in predictions.items():
@@ -228,13 +231,12 @@ def _assert_png(path: Path) -> None:
     assert image[..., :3].std() > 0.01, "the plot is blank"
 
 
-def test_ccc_vs_snr_plot_is_a_non_empty_png(tmp_path: Path) -> None:
-    path = report.plot_ccc_vs_snr(_scores(np.random.default_rng(), groups=3), tmp_path / "plots" / "ccc.png")
+def test_ccc_vs_snr_plot_is_a_non_empty_png(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = report.plot_ccc_vs_snr(_scores(rng, groups=3), tmp_path / "plots" / "ccc.png")
     _assert_png(path)
 
 
-def test_embedding_projection_plot_and_npz_round_trip(tmp_path: Path) -> None:
-    rng = np.random.default_rng()
+def test_embedding_projection_plot_and_npz_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     teacher = rng.normal(size=(300, 16))
     students = {
         "original": teacher + rng.normal(0, 1.0, size=teacher.shape),
@@ -253,8 +255,8 @@ def test_embedding_projection_rejects_mismatched_dimensions(tmp_path: Path) -> N
         report.plot_embedding_projection(np.zeros((5, 4)), {"RM": np.zeros((5, 3))}, tmp_path / "p.png")
 
 
-def test_build_report_from_scores_csv_alone(tmp_path: Path) -> None:
-    scores = _scores(np.random.default_rng(), groups=4)
+def test_build_report_from_scores_csv_alone(tmp_path: Path, rng: np.random.Generator) -> None:
+    scores = _scores(rng, groups=4)
     scores.write_csv(tmp_path / ReportFiles.SCORES_CSV)
     expected_dir = tmp_path / "in_memory"
     report.write_table1(scores, expected_dir, alpha=0.1)
@@ -266,8 +268,7 @@ def test_build_report_from_scores_csv_alone(tmp_path: Path) -> None:
     _assert_png(tmp_path / ReportFiles.CCC_PLOT)
 
 
-def test_build_report_also_renders_saved_embedding_results(tmp_path: Path) -> None:
-    rng = np.random.default_rng()
+def test_build_report_also_renders_saved_embedding_results(tmp_path: Path, rng: np.random.Generator) -> None:
     _scores(rng, groups=2).write_csv(tmp_path / ReportFiles.SCORES_CSV)
     metrics = _emb_metrics(rng)
     table2.write_table2(metrics, tmp_path)

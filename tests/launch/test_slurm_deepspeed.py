@@ -19,7 +19,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -40,8 +39,8 @@ TWO_TASKS = [
 ]  # fmt: skip
 
 
-def test_tasks_per_node_from_the_config_reaches_submitit_for_training_stages_only():
-    tasks = int(np.random.default_rng().integers(2, 9))
+def test_tasks_per_node_from_the_config_reaches_submitit_for_training_stages_only(rng):
+    tasks = int(rng.integers(2, 9))
     cfg = load_config(None, ["train.engine=deepspeed", f"slurm.tasks_per_node={tasks}", "slurm.gpus_per_node=1"])
     for stage in ("teacher", "students"):
         params = executor_parameters("x", cfg.slurm.stage(stage), tasks_per_node(cfg, stage))

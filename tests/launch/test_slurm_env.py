@@ -6,7 +6,6 @@ import json
 import os
 from unittest import mock
 
-import numpy as np
 import pytest
 
 from ctsl_hpc.launch import slurm_env
@@ -34,8 +33,8 @@ def _restore_environment():
         yield
 
 
-def test_slurm_task_variables_become_torch_rank_variables(monkeypatch):
-    job = int(np.random.default_rng().integers(1, 10**6))
+def test_slurm_task_variables_become_torch_rank_variables(monkeypatch, rng):
+    job = int(rng.integers(1, 10**6))
     ports = []
     for procid, localid in ((0, 0), (3, 1)):
         _slurm_task(monkeypatch, job, procid, localid)

@@ -165,10 +165,10 @@ def test_multi_node_settings_are_checked_before_submission(overrides, key, messa
     assert not (tmp_path / "w").exists()
 
 
-def test_several_nodes_keep_the_evaluation_on_one_and_export_slurm_env(tmp_path: Path):
+def test_several_nodes_keep_the_evaluation_on_one_and_export_slurm_env(tmp_path: Path, rng: np.random.Generator):
     from ctsl_hpc.launch.backends.slurm import stage_parameters
 
-    nodes = int(np.random.default_rng().integers(2, 9))
+    nodes = int(rng.integers(2, 9))
     cfg = load_config(None, ["train.engine=ddp", f"slurm.nodes={nodes}", f"train.batch_size={4 * nodes}",
                              "slurm.env={GLOO_SOCKET_IFNAME: eth0, NCCL_SOCKET_IFNAME: ib0}"])
     for stage, expected in (("teacher", nodes), ("students", nodes), ("eval", 1), ("tune", nodes)):

@@ -33,8 +33,8 @@ EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
 # ---- fast unit tests -------------------------------------------------------------------------
 
 
-def test_ranks_together_see_exactly_the_global_batches():
-    lengths = np.random.default_rng().integers(8000, 32000, size=37)
+def test_ranks_together_see_exactly_the_global_batches(rng):
+    lengths = rng.integers(8000, 32000, size=37)
     full = LengthBucketSampler(lengths, 6, seed=4)
     full.set_epoch(2)
     shards = [ShardedBatchSampler(LengthBucketSampler(lengths, 6, seed=4), r, 3) for r in range(3)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -20,6 +19,7 @@ from ctsl_hpc.train.embed_cache import CACHE_TENSOR, cache_key, cached_teacher, 
 from ctsl_hpc.train.loop import fit, make_sampler
 from ctsl_hpc.train.objective import student_loss
 from ctsl_hpc.train.recipe import recipe
+from tests.seeds import fresh_seed
 
 FP32_TOL = {"rtol": 1e-4, "atol": 1e-5}
 
@@ -42,7 +42,7 @@ def setup(small_corpus, tiny_overrides, tmp_path_factory):
     noisy = UtteranceSet(splits["train"], noise=pool, snr_db=5.0, **common)
     clean = UtteranceSet(splits["train"], **common)
     assert len(set(noisy.lengths.tolist())) > 3  # utterances of different lengths: batches are padded
-    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    torch.manual_seed(fresh_seed("tiny teacher weights").entropy)
     teacher = build_model(cfg.model).eval()
     teacher_dir = save_model(teacher, root / "teacher", stats)
     return cfg, noisy, clean, teacher, teacher_dir, root

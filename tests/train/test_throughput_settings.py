@@ -75,23 +75,23 @@ def test_training_with_persistent_workers_equals_training_in_process(setup, tmp_
         assert torch.equal(value, results[2][1][name]), name
 
 
-def batch_of(noisy: UtteranceSet, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_of(noisy: UtteranceSet, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     from ctsl_hpc.data.batching import collate
 
-    batch = collate([noisy[i] for i in np.random.default_rng().choice(len(noisy), n, replace=False)])
+    batch = collate([noisy[i] for i in rng.choice(len(noisy), n, replace=False)])
     return batch["noisy"], batch["mask"]
 
 
-def test_activation_checkpointing_recomputes_layers_and_keeps_loss_and_gradients(setup):
+def test_activation_checkpointing_recomputes_layers_and_keeps_loss_and_gradients(setup, rng):
     cfg, noisy = setup
     plain_cfg = dataclasses.replace(cfg.model, freeze_feature_encoder=False)
-    torch.manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    torch.manual_seed(int(rng.integers(1 << 30)))
     plain = build_model(plain_cfg).train()
     checkpointed = build_model(dataclasses.replace(plain_cfg, gradient_checkpointing=True)).train()
     checkpointed.load_state_dict(plain.state_dict())
     layer_runs = []
     checkpointed.backbone.encoder.layers[0].layer_norm.register_forward_pre_hook(lambda *_: layer_runs.append(1))
-    wave, mask = batch_of(noisy, 3)
+    wave, mask = batch_of(noisy, 3, rng)
     losses, grads = [], []
     for model in (plain, checkpointed):
         out = model(wave, mask)
@@ -106,7 +106,7 @@ def test_activation_checkpointing_recomputes_layers_and_keeps_loss_and_gradients
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_fused_adam_steps_like_plain_adam(setup):
+def test_fused_adam_steps_like_plain_adam(setup, rng):
     cfg, noisy = setup
     settings = OptimSettings(1e-3, 1.0, 1, 0.0, "auto", True, 4)
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ def test_fused_adam_steps_like_plain_adam(setup):
     engines = [Engine(models[0], settings), Engine(models[1], dataclasses.replace(settings, fused=False))]
     assert engines[0].optimizer.defaults["fused"] and not engines[1].optimizer.defaults["fused"]
     for _ in range(3):
-        wave, mask = batch_of(noisy, 2)
+        wave, mask = batch_of(noisy, 2, rng)
         for engine in engines:
             out = engine.forward(wave, mask)
             engine.backward(out.pred.pow(2).mean())
