@@ -48,9 +48,12 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
+FRAMES_PER_SECOND = 100
+
+
 def _speaking_frames(wave: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
-    """10 ms frames within 30 dB of the loudest one: where the voice is, pauses excluded."""
-    hop = sample_rate // 100
+    """Which 10 ms frames lie within 30 dB of the loudest one: where the voice is, pauses excluded."""
+    hop = sample_rate // FRAMES_PER_SECOND
     energy = np.square(wave[: wave.size // hop * hop].reshape(-1, hop)).mean(axis=1)
     return energy > 1e-3 * energy.max()
 
@@ -87,21 +90,23 @@ def test_labels_are_functions_of_measured_prosody(demo):
     # (an earlier measure, confounded by word gaps and word length) gave R^2 0.78 +- 0.07, min 0.54.
     corpus, out_dir, _ = demo
     manifest, prosody = _rows(corpus.manifest), _rows(out_dir / "prosody.csv")
-    loudness, intonation, pitch = [], [], []
+    rate_and_loudness, intonation_and_pauses, pitch = [], [], []
     for row, gen in zip(manifest, prosody, strict=True):
         wave, _ = sf.read(out_dir / row["path"])
         active = np.abs(wave) > 0.02 * np.abs(wave).max()
         speaking = _speaking_frames(wave)
-        voiced_span = speaking[np.argmax(speaking) : speaking.size - np.argmax(speaking[::-1])]
-        characters_per_second = len(gen["text"]) / (speaking.sum() / 100)
-        loudness.append([characters_per_second, np.sqrt(np.mean(wave[active] ** 2)), 1.0])
+        speech_span = speaking[np.argmax(speaking) : speaking.size - np.argmax(speaking[::-1])]
+        characters_per_second = len(gen["text"]) / (speaking.sum() / FRAMES_PER_SECOND)
+        rate_and_loudness.append([characters_per_second, np.sqrt(np.mean(wave[active] ** 2)), 1.0])
         f0, f0_spread = _median_f0_and_spread(wave)
         pitch.append(f0)
-        intonation.append([f0_spread, 1.0 - voiced_span.mean(), 1.0])  # pause share between first and last word
+        pause_share = 1.0 - speech_span.mean()  # silent frames between the first and the last word
+        intonation_and_pauses.append([f0_spread, pause_share, 1.0])
     labels = {a: np.array([float(r[a]) for r in manifest]) for a in ("arousal", "dominance", "valence")}
-    assert _r_squared(loudness, labels["arousal"]) > 0.6  # faster and louder = more aroused
+    assert _r_squared(rate_and_loudness, labels["arousal"]) > 0.6  # faster and louder = more aroused
     assert spearmanr(pitch, labels["dominance"])[0] < -0.7  # lower pitch = more dominant
-    assert _r_squared(intonation, labels["valence"]) > 0.4  # livelier intonation, fewer pauses = more positive
+    # livelier intonation, fewer pauses = more positive
+    assert _r_squared(intonation_and_pauses, labels["valence"]) > 0.4
 
 
 def _r_squared(features: list[list[float]], target: np.ndarray) -> float:
