@@ -15,7 +15,7 @@ from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool, noisy_copy
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS, SNR_OF, bias_numpy, ccc_numpy, pearson_numpy
 from ctsl_hpc.evaluate.predictions import read_predictions
-from ctsl_hpc.evaluate.protocol import test_groups
+from ctsl_hpc.evaluate.protocol import GroupSpec, test_groups
 from ctsl_hpc.evaluate.scores import Scores
 from ctsl_hpc.evaluate.scoring import score_models
 from ctsl_hpc.model import WEIGHTS_FILE, build_model, load_model, save_model
@@ -63,8 +63,12 @@ def models(tmp_path) -> dict[str, dict[int, Path]]:
     }
 
 
+def _random_groups(test_set, mode: str) -> list[GroupSpec]:
+    return test_groups(len(test_set), N_GROUPS, mode, seed=int(fresh_seed("test groups").entropy % 2**31))
+
+
 def _score(models, test_set, pool, mode, scores=None, real_noisy=None) -> Scores:
-    groups = test_groups(len(test_set), N_GROUPS, mode, seed=int(fresh_seed("test groups").entropy % 2**31))
+    groups = _random_groups(test_set, mode)
     return score_models(models, test_set, pool, groups, mode, "rms", 8, real_noisy, scores)
 
 
@@ -100,7 +104,7 @@ def _alone(model, wave: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["copies", "splits"])
 def test_scores_are_the_ccc_of_each_groups_predictions(models, test_set, pool, mode):
     """Reference: each utterance mixed with its test copy's noise and run alone through the model."""
-    groups = test_groups(len(test_set), N_GROUPS, mode, seed=int(fresh_seed("test groups").entropy % 2**31))
+    groups = _random_groups(test_set, mode)
     epoch, model_dir = next(iter(models["RM"].items()))
     scores = score_models({"RM": {epoch: model_dir}}, test_set, pool, groups, mode, "rms", 8)
     model, _, _ = load_model(model_dir)
@@ -156,7 +160,7 @@ def test_a_real_noisy_recording_set_is_scored_once_in_copies_mode(models, test_s
 def test_saved_predictions_hold_one_partition_for_every_condition_and_rebuild_every_score(models, test_set, pool, tmp_path):
     """splits: the groups are disjoint, cover the test set and are the same in every condition (paired)."""
     files = ReportFiles(tmp_path / "report")
-    groups = test_groups(len(test_set), N_GROUPS, "splits", seed=int(fresh_seed("test groups").entropy % 2**31))
+    groups = _random_groups(test_set, "splits")
     scores = score_models(models, test_set, pool, groups, "splits", "rms", 8, save_to=files)
     saved = read_predictions(files)
     assert {v: sorted(e) for v, e in saved.items()} == {v: sorted(e) for v, e in models.items()}
