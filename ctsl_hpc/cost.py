@@ -29,8 +29,8 @@ import soundfile as sf
 from ctsl_hpc.config import LARGE_ROBUST, ExperimentConfig
 from ctsl_hpc.data.corpora import corpus_spec
 from ctsl_hpc.data.corpus import SPLITS, Utterance
-from ctsl_hpc.evaluate.conditions import CONDITIONS
-from ctsl_hpc.records import atomic_write_json
+from ctsl_hpc.data.conditions import CONDITIONS
+from ctsl_hpc.atomic_io import atomic_write_json
 from ctsl_hpc.train.recipe import recipe
 from ctsl_hpc.variants import TEACHER
 from ctsl_hpc.workdir import Workdir

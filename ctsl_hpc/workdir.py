@@ -18,13 +18,13 @@ Layout (``Workdir`` attributes in brackets)::
     LOCK                   who drives the work directory now [lock]
     tracking/              the MLflow journal and run ids (its files: ctsl_hpc.track.journal)
     slurm/<job id>/        submitit's scripts and logs [submitit]
-    code/<hash>/ctsl_hpc/  the package the sweep's jobs import (ctsl_hpc.code) [code]
+    code/<hash>/ctsl_hpc/  the package the sweep's jobs import (ctsl_hpc.snapshot) [code]
     ray/<job id>/          a Ray allocation's rendezvous [ray]
     tune/, final/, best_config.yaml, trials.csv, tune_summary.png   the Ray Tune search
 
 The inside of a checkpoint (engine files), of a model directory (:mod:`ctsl_hpc.model`) and of the
 tracking folder belong to the modules that write them. Every record here is written atomically and
-read back with an error naming a torn file (:mod:`ctsl_hpc.records`). Torch-free: submitting stays fast.
+read back with an error naming a torn file (:mod:`ctsl_hpc.atomic_io`). Torch-free: submitting stays fast.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import yaml
 
 from ctsl_hpc.config import ConfigError, ExperimentConfig, config_from_dict, flatten
 from ctsl_hpc.processes import pid_alive
-from ctsl_hpc.records import RecordError, atomic_write_json, atomic_write_text, read_json
+from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text, read_json
 
 # what may change on an existing sweep: where and how it runs, not what it computes (a section or a dotted key)
 RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "cost", "data.on_bad_audio", "tune.max_failures")

@@ -18,7 +18,7 @@ MAX_LINES = 400
 # modules whose public numeric functions carry examples (CCC, the three losses, Welch, chunk bounds, ...)
 DOCTESTED = (
     "ctsl_hpc.losses", "ctsl_hpc.evaluate.metrics", "ctsl_hpc.evaluate.protocol", "ctsl_hpc.predict",
-    "ctsl_hpc.variants", "ctsl_hpc.data.corpora", "ctsl_hpc.config", "ctsl_hpc.config.files", "ctsl_hpc.code",
+    "ctsl_hpc.variants", "ctsl_hpc.data.corpora", "ctsl_hpc.config", "ctsl_hpc.config.files", "ctsl_hpc.snapshot",
     "ctsl_hpc.cost", "ctsl_hpc.train.flops",
 )
 

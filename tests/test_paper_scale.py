@@ -41,7 +41,7 @@ from ctsl_hpc.experiment import evaluate as evaluate_stage
 from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.model import load_model, load_weights
 from ctsl_hpc.predict import chunk_bounds
-from ctsl_hpc.records import atomic_write_csv
+from ctsl_hpc.atomic_io import atomic_write_csv
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.embed_cache import live_teacher
 from ctsl_hpc.train.loop import TrainingInterrupted, make_loader, make_sampler

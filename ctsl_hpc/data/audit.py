@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..records import atomic_write_json
+from ..atomic_io import atomic_write_json
 from .audio import AudioError, read_audio
 from .corpus import Utterance
 

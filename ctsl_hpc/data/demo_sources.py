@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..records import atomic_write_csv
+from ..atomic_io import atomic_write_csv
 from .audio import resample
 from .corpus import SPLITS
 

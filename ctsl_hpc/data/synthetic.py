@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from ..records import atomic_write_csv, atomic_write_text
+from ..atomic_io import atomic_write_csv, atomic_write_text
 from .audio import resample
 from .corpus import SPLITS
 from .demo_sources import APT_HINT, SAMPLE_RATE, DemoCorpusError, build_noise_split, collect_noise_sources

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ctsl_hpc.data.corpus import ATTRIBUTES, LABEL_MAX, LABEL_MIN
-from ctsl_hpc.evaluate.conditions import CONDITIONS, SNR_OF
+from ctsl_hpc.data.conditions import CONDITIONS, SNR_OF
 from ctsl_hpc.losses import ccc
 
 __all__ = ["ATTRIBUTES", "CONDITIONS", "SNR_OF", "bias_numpy", "ccc_numpy", "pearson_numpy", "to_label_scale"]

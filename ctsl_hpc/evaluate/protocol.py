@@ -1,6 +1,6 @@
 """The paper's evaluation protocol: checkpoint selection, test groups, the scores table, Welch tests.
 
-Model-independent: the pipeline feeds per-group metrics in (:class:`ctsl_hpc.evaluate.scores.Scores`),
+Model-independent: the pipeline feeds per-group metrics in (:class:`ctsl_hpc.evaluate.score_table.Scores`),
 this module turns them into per-cell statistics with one-tailed Welch t-tests of CCC against the
 baselines listed before each model.
 """
@@ -17,7 +17,7 @@ from scipy import stats
 
 from ctsl_hpc import variants as variant_table
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
-from ctsl_hpc.evaluate.scores import Scores
+from ctsl_hpc.evaluate.score_table import Scores
 
 GroupMode = Literal["copies", "splits"]
 BASELINES: tuple[str, ...] = ("original", "RH", "RM")

@@ -30,7 +30,7 @@ from ctsl_hpc.evaluate import diagnostics
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES
 from ctsl_hpc.evaluate.predictions import read_predictions
 from ctsl_hpc.evaluate.protocol import BASELINES, CellStats, significance, table_order
-from ctsl_hpc.evaluate.scores import Scores
+from ctsl_hpc.evaluate.score_table import Scores
 from ctsl_hpc.evaluate.table2 import read_table2_json, write_table2
 from ctsl_hpc.evaluate.tables import (
     ATTRIBUTE_SHORT,
@@ -41,7 +41,7 @@ from ctsl_hpc.evaluate.tables import (
     write_json,
     write_text,
 )
-from ctsl_hpc.records import atomic_write_bytes
+from ctsl_hpc.atomic_io import atomic_write_bytes
 from ctsl_hpc.workdir import ReportFiles
 
 MARKER_SYMBOLS: tuple[str, ...] = ("*", "†", "‡", "§", "¶")

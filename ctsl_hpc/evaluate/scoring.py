@@ -20,7 +20,7 @@ from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.evaluate.metrics import CONDITIONS, SNR_OF, to_label_scale
 from ctsl_hpc.evaluate.predictions import ModelPredictions, group_metrics, load_predictions, save_predictions
 from ctsl_hpc.evaluate.protocol import GroupSpec, groups_for_condition
-from ctsl_hpc.evaluate.scores import Scores
+from ctsl_hpc.evaluate.score_table import Scores
 from ctsl_hpc.model import load_model
 from ctsl_hpc.train.inference import predict
 from ctsl_hpc.workdir import ReportFiles

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ctsl_hpc.records import atomic_write_text
+from ctsl_hpc.atomic_io import atomic_write_text
 
 PAPER_CONDITION_ORDER: tuple[str, ...] = ("snr0", "snr5", "snr10", "clean")
 CONDITION_LABEL = {"snr0": "0 dB", "snr5": "5 dB", "snr10": "10 dB", "clean": "clean"}

@@ -18,7 +18,7 @@ from ctsl_hpc.experiment.stages import (
     train_student,
     train_teacher,
 )
-from ctsl_hpc.experiment.workspace import Experiment, RunSink, SinkFactory, StopRequest, never
+from ctsl_hpc.experiment.experiment import Experiment, RunSink, SinkFactory, StopRequest, never
 
 __all__ = [
     "Data", "Experiment", "RunSink", "SinkFactory", "StopRequest", "evaluate", "fit_student", "never", "run_key",

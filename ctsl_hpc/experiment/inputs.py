@@ -18,7 +18,7 @@ from ctsl_hpc.data.corpora import corpus_spec
 from ctsl_hpc.data.corpus import SPLITS, CorpusError, Utterance
 from ctsl_hpc.data.noise import NoiseError, NoisePool
 from ctsl_hpc.model import check_backbone
-from ctsl_hpc.records import RecordError, atomic_write_json, atomic_write_text
+from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text
 from ctsl_hpc.workdir import Workdir
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from ctsl_hpc.data.corpus import Utterance
 from ctsl_hpc.evaluate import report
 from ctsl_hpc.evaluate.embeddings import embedding_metrics
 from ctsl_hpc.evaluate.protocol import select_checkpoints, test_groups
-from ctsl_hpc.evaluate.scores import DIAGNOSTICS, Scores
+from ctsl_hpc.evaluate.score_table import DIAGNOSTICS, Scores
 from ctsl_hpc.evaluate.scoring import score_models
 from ctsl_hpc.evaluate.table2 import read_table2_json, write_table2
-from ctsl_hpc.experiment.workspace import Experiment, RunSink, SinkFactory, StopRequest, never
+from ctsl_hpc.experiment.experiment import Experiment, RunSink, SinkFactory, StopRequest, never
 from ctsl_hpc.model import build_model, load_model
 from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
 from ctsl_hpc.train.loop import EpochRecord, FitResult, TrainingInterrupted, fit

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ctsl_hpc import jobs
+from ctsl_hpc import stage_jobs
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.launch.backends.base import Backend
-from ctsl_hpc.launch.registry import ACTIVE, Registry
+from ctsl_hpc.launch.job_registry import ACTIVE, Registry
 from ctsl_hpc.launch.task import Task
 from ctsl_hpc.workdir import Workdir
 
@@ -34,12 +34,12 @@ def sweep_tasks(workdir: Workdir, cfg: ExperimentConfig, backend: Backend | None
     """Every task of the sweep, in graph order (``backend`` adds its usage report to the evaluation)."""
     root = str(workdir.root)
     usage = None if backend is None else backend.usage_metrics
-    tasks = [Task("teacher", "teacher", jobs.teacher_job, (root,), workdir.teacher.done)]
+    tasks = [Task("teacher", "teacher", stage_jobs.teacher_job, (root,), workdir.teacher.done)]
     tasks += [
-        Task(f"student/{v}", "students", jobs.student_job, (root, v), workdir.student(v).done, label=v)
+        Task(f"student/{v}", "students", stage_jobs.student_job, (root, v), workdir.student(v).done, label=v)
         for v in cfg.student.variants
     ]
-    tasks.append(Task("eval", "eval", jobs.evaluate_job, (root,), workdir.report.done, kwargs=(("usage", usage),)))
+    tasks.append(Task("eval", "eval", stage_jobs.evaluate_job, (root,), workdir.report.done, kwargs=(("usage", usage),)))
     return tasks
 
 

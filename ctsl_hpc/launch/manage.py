@@ -16,7 +16,7 @@ from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.cost import cost_lines
 from ctsl_hpc.launch.backends import Backend, make_backend
 from ctsl_hpc.launch.graph import plan_sweep, stage_names, sweep_tasks
-from ctsl_hpc.launch.registry import ACTIVE, JobRecord, JobUsage, Registry
+from ctsl_hpc.launch.job_registry import ACTIVE, JobRecord, JobUsage, Registry
 from ctsl_hpc.launch.slurm_cli import SlurmError
 from ctsl_hpc.processes import pid_alive
 from ctsl_hpc.workdir import RunDir, Workdir
@@ -209,7 +209,7 @@ def sweep_usage(workdir: Workdir, cfg: ExperimentConfig) -> dict[str, float]:
 def describe_sweep(workdir: Workdir, cfg: ExperimentConfig) -> str:
     """Put the rebuilt report's Table 1 and the stages into the sweep run's description; what happened."""
     from ctsl_hpc.experiment import Experiment
-    from ctsl_hpc.jobs import sweep_description
+    from ctsl_hpc.stage_jobs import sweep_description
     from ctsl_hpc.track.replay import PARENT_KEY
     from ctsl_hpc.track.runs import open_tracker
     from ctsl_hpc.variants import TEACHER

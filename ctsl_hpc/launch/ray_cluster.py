@@ -39,13 +39,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ctsl_hpc.code import snapshot
+from ctsl_hpc.snapshot import snapshot
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.launch import slurm_env
 from ctsl_hpc.launch.slurm_job import log_code_origin
 from ctsl_hpc.logs import setup_logging
 from ctsl_hpc.processes import free_port, stop_process_group
-from ctsl_hpc.records import atomic_write_text
+from ctsl_hpc.atomic_io import atomic_write_text
 from ctsl_hpc.workdir import ReportFiles, Workdir
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ctsl_hpc.config import ExperimentConfig
-from ctsl_hpc.launch.registry import JobUsage, Registry
+from ctsl_hpc.launch.job_registry import JobUsage, Registry
 
 
 class SlurmError(RuntimeError):

@@ -24,9 +24,9 @@ from typing import Any
 
 import submitit
 
-from ctsl_hpc.code import PACKAGE, package_hash
+from ctsl_hpc.snapshot import PACKAGE, package_hash
 from ctsl_hpc.launch import slurm_env
-from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.task import Task, run_task
 from ctsl_hpc.logs import setup_logging
 

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from filelock import FileLock
 
-from ctsl_hpc.records import atomic_write_json, read_json, writing
+from ctsl_hpc.atomic_io import atomic_write_json, read_json, writing
 from ctsl_hpc.workdir import Workdir
 
 _log = logging.getLogger(__name__)

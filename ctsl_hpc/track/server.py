@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from ctsl_hpc.processes import stop_process_group
-from ctsl_hpc.records import atomic_write_text
+from ctsl_hpc.atomic_io import atomic_write_text
 
 
 def serve(

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import ctsl_hpc
-from ctsl_hpc.code import package_hash
+from ctsl_hpc.snapshot import package_hash
 
 RUN_TAGS_ENV = "CTSL_RUN_TAGS"  # JSON tags a launcher exports for every run of its job (and its Ray workers)
 SOURCE_NAME, SOURCE_TYPE = "mlflow.source.name", "mlflow.source.type"
@@ -28,7 +28,7 @@ _MODULE_PREFIX = "python -m "
 
 
 def context_tags() -> dict[str, str]:
-    """Package version, the content hash of the code running (:mod:`ctsl_hpc.code`), git commit, host,
+    """Package version, the content hash of the code running (:mod:`ctsl_hpc.snapshot`), git commit, host,
     source name and type, command line, and the tags the job's launcher exported in ``$CTSL_RUN_TAGS``
     (those win)."""
     tags = {"ctsl.version": ctsl_hpc.__version__, "ctsl.code_hash": package_hash(), "ctsl.host": socket.gethostname(),

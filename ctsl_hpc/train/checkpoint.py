@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctsl_hpc.records import atomic_write_text, writing
+from ctsl_hpc.atomic_io import atomic_write_text, writing
 from ctsl_hpc.workdir import RunDir
 
 MARKER = "COMPLETE"

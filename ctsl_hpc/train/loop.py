@@ -30,7 +30,7 @@ from ctsl_hpc.data.batching import LengthBucketSampler, RandomBatchSampler, Shar
 from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.losses import ccc
 from ctsl_hpc.model import EmotionModel, save_model
-from ctsl_hpc.records import atomic_write_json, read_json
+from ctsl_hpc.atomic_io import atomic_write_json, read_json
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.engines import OptimSettings, make_engine
 from ctsl_hpc.train.inference import predict

@@ -23,7 +23,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ctsl_hpc import jobs
+from ctsl_hpc import stage_jobs
 from ctsl_hpc.config import ExperimentConfig, TuneConfig
 from ctsl_hpc.experiment import Experiment, never, teacher_embedder, teacher_summary
 from ctsl_hpc.track.runs import open_tracker
@@ -150,7 +150,7 @@ def make_tuner(
 def prepare_shared(exp: Experiment, should_stop: Callable[[], bool] = never) -> SharedInputs:
     """Train the teacher (once), fill the embedding cache, read the noise pools: before any trial."""
     cfg = exp.cfg
-    jobs.teacher_job(exp.workdir.root, should_stop=should_stop)
+    stage_jobs.teacher_job(exp.workdir.root, should_stop=should_stop)
     if cfg.student.cache_teacher_embeddings and recipe(cfg.tune.variant, cfg).needs_teacher:
         teacher_embedder(exp, teacher_summary(exp).best_dir)  # computed here once, read by every trial
     return shared_inputs(exp)

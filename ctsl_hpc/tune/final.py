@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ctsl_hpc import jobs
+from ctsl_hpc import stage_jobs
 from ctsl_hpc.experiment import Experiment, evaluate, run_key, train_student
 from ctsl_hpc.tune.space import apply_params
 from ctsl_hpc.variants import TEACHER
@@ -38,13 +38,13 @@ def train_and_evaluate_final(exp: Experiment, best: dict[str, Any], tracker) -> 
     for variant in variants:
         run = sink(run_key(variant))
         if run is not None:
-            run.log_inputs(jobs.dataset_inputs(final, jobs.NOISY_SPLITS))
+            run.log_inputs(stage_jobs.dataset_inputs(final, stage_jobs.NOISY_SPLITS))
         train_student(final, variant, sink=run)
         if run is not None:
             run.finish("FINISHED")
     everything = [TEACHER, *variants]
     report_dir = evaluate(final, everything, sink_for=sink)
     if tracker is not None:
-        jobs.publish_models(tracker, final, everything, {}, key_prefix=FINAL_PREFIX)
-        tracker.parent().set_description(jobs.sweep_description(final, everything, {}, key_prefix=FINAL_PREFIX))
+        stage_jobs.publish_models(tracker, final, everything, {}, key_prefix=FINAL_PREFIX)
+        tracker.parent().set_description(stage_jobs.sweep_description(final, everything, {}, key_prefix=FINAL_PREFIX))
     return report_dir

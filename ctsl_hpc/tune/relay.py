@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ctsl_hpc.config import ExperimentConfig
-from ctsl_hpc.records import atomic_write_text
+from ctsl_hpc.atomic_io import atomic_write_text
 from ctsl_hpc.workdir import Workdir
 
 log = logging.getLogger(__name__)

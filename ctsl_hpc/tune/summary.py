@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from ctsl_hpc.config import ExperimentConfig
-from ctsl_hpc.records import atomic_write_csv, atomic_write_text
+from ctsl_hpc.atomic_io import atomic_write_csv, atomic_write_text
 from ctsl_hpc.tune.space import SEARCHED, overrides_for
 from ctsl_hpc.workdir import Workdir
 

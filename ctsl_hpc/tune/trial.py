@@ -27,7 +27,7 @@ from typing import Any
 from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.experiment import Experiment, fit_student
-from ctsl_hpc.jobs import NOISY_SPLITS, dataset_inputs
+from ctsl_hpc.stage_jobs import NOISY_SPLITS, dataset_inputs
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
 from ctsl_hpc.tune.space import SEARCHED, apply_params
 from ctsl_hpc.workdir import RunDir

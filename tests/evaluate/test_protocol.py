@@ -14,7 +14,7 @@ from scipy import stats
 from ctsl_hpc.evaluate import protocol
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
 from ctsl_hpc.evaluate.protocol import select_checkpoints, significance, table_order, welch_greater
-from ctsl_hpc.evaluate.scores import ScoreRow, Scores
+from ctsl_hpc.evaluate.score_table import ScoreRow, Scores
 
 # ----------------------------------------------------------------------------- select_checkpoints
 

@@ -15,7 +15,7 @@ from ctsl_hpc.evaluate import diagnostics, report, table2
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
 from ctsl_hpc.evaluate.predictions import ModelPredictions, read_predictions, save_predictions
 from ctsl_hpc.evaluate.protocol import significance
-from ctsl_hpc.evaluate.scores import Scores
+from ctsl_hpc.evaluate.score_table import Scores
 from ctsl_hpc.evaluate.tables import CONDITION_LABEL
 from ctsl_hpc.workdir import ReportFiles
 

@@ -16,7 +16,7 @@ from ctsl_hpc.data.noise import NoisePool, noisy_copy
 from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS, SNR_OF, bias_numpy, ccc_numpy, pearson_numpy
 from ctsl_hpc.evaluate.predictions import read_predictions
 from ctsl_hpc.evaluate.protocol import GroupSpec, test_groups
-from ctsl_hpc.evaluate.scores import Scores
+from ctsl_hpc.evaluate.score_table import Scores
 from ctsl_hpc.evaluate.scoring import score_models
 from ctsl_hpc.model import WEIGHTS_FILE, build_model, load_model, save_model
 from ctsl_hpc.workdir import ReportFiles

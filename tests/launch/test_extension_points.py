@@ -17,7 +17,7 @@ import torch
 from ctsl_hpc import variants
 from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.launch.backends import Backend, register
-from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.task import Task
 from ctsl_hpc.model import load_weights
 from ctsl_hpc.workdir import Workdir

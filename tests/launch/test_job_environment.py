@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.workdir import Workdir
 from tests.conftest import pip_install
 

@@ -37,7 +37,7 @@ from mlflow.tracking import MlflowClient
 
 from ctsl_hpc.config import load_config
 from ctsl_hpc.experiment import Experiment, train_student, train_teacher
-from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.train.checkpoint import complete_checkpoints
 from ctsl_hpc.workdir import RunDir
 from tests.launch.conftest import SlurmCluster

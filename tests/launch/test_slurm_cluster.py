@@ -25,7 +25,7 @@ import yaml
 from ctsl_hpc.config import config_from_dict
 from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.launch.backends.slurm import SlurmBackend
-from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.slurm_cli import job_states
 from ctsl_hpc.model import load_weights
 from ctsl_hpc.train.checkpoint import complete_checkpoints

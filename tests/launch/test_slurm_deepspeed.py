@@ -25,7 +25,7 @@ import torch
 from ctsl_hpc.config import ConfigError, load_config
 from ctsl_hpc.experiment import Experiment, train_student, train_teacher
 from ctsl_hpc.launch.backends.slurm import executor_parameters, tasks_per_node
-from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.workdir import Workdir
 from tests.launch.training_runs import (
     RESUMED, assert_close_runs, assert_identical_runs, copy_with_teacher, finished, submit, task_log,

@@ -17,7 +17,7 @@ from ctsl_hpc.config import ConfigError, load_config
 from ctsl_hpc.launch import slurm_cli
 from ctsl_hpc.launch.backends.slurm import executor_parameters, tasks_per_node
 from ctsl_hpc.launch.graph import plan_sweep
-from ctsl_hpc.launch.registry import JobRecord, Registry
+from ctsl_hpc.launch.job_registry import JobRecord, Registry
 from ctsl_hpc.workdir import RunDir, Workdir
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ctsl_hpc.config import ExperimentConfig, load_config
 from ctsl_hpc.launch.backends.slurm import SlurmBackend
-from ctsl_hpc.launch.registry import Registry
+from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.model import load_weights
 from ctsl_hpc.workdir import RunDir, Workdir
 from tests.launch.conftest import sweep_task

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from ctsl_hpc.config import ExperimentConfig
-from ctsl_hpc.launch.registry import JobUsage, Registry
+from ctsl_hpc.launch.job_registry import JobUsage, Registry
 from ctsl_hpc.workdir import Workdir
 
 if TYPE_CHECKING:

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ctsl_hpc.code import package_hash, snapshot
+from ctsl_hpc.snapshot import package_hash, snapshot
 from ctsl_hpc.config import ExperimentConfig, SlurmStageConfig, check_training_ranks
 from ctsl_hpc.launch import slurm_cli
 from ctsl_hpc.launch.backends.base import Backend, register
-from ctsl_hpc.launch.registry import JobUsage
+from ctsl_hpc.launch.job_registry import JobUsage
 from ctsl_hpc.launch.slurm_job import SlurmJob
 from ctsl_hpc.launch.task import Task
 
@@ -54,7 +54,7 @@ def job_environment(stage: SlurmStageConfig, code: Path | None) -> tuple[str | N
     """How a stage's job script starts Python: (interpreter command, setup lines, srun options).
 
     Setup: ``slurm.env`` exported, the user's lines (``module load``, ``source .../activate``), then the
-    frozen code first on ``PYTHONPATH`` (``code``: a :func:`ctsl_hpc.code.snapshot` folder) and the
+    frozen code first on ``PYTHONPATH`` (``code``: a :func:`ctsl_hpc.snapshot.snapshot` folder) and the
     working directory off it. A container
     runs the interpreter inside it: Apptainer wraps the command (``--nv`` with GPUs, ``--bind`` per
     mount), pyxis takes srun options; the environment, ``PYTHONPATH`` included, passes into both.
@@ -109,7 +109,7 @@ def make_executor(folder: Path, python: str | None, params: dict[str, Any]):
 class SlurmBackend(Backend):
     """Submits through submitit to Slurm; returns as soon as sbatch accepted the jobs.
 
-    Every job imports a frozen copy of the package (:mod:`ctsl_hpc.code`), made when the first
+    Every job imports a frozen copy of the package (:mod:`ctsl_hpc.snapshot`), made when the first
     stage is submitted: requeued jobs run the code they were submitted with.
     """
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from ctsl_hpc.records import atomic_write_json, read_json
+from ctsl_hpc.atomic_io import atomic_write_json, read_json
 from ctsl_hpc.workdir import Workdir
 
 TERMINAL = frozenset(
@@ -44,7 +44,7 @@ class JobRecord:
     message: str = ""
     resources: dict[str, Any] = field(default_factory=dict)
     history: list[str] = field(default_factory=list)  # earlier job ids of this key
-    code: str = ""  # the content hash of the package the job imports (ctsl_hpc.code); "" where it runs in place
+    code: str = ""  # the content hash of the package the job imports (ctsl_hpc.snapshot); "" where it runs in place
     host: str = ""  # where a process-backed job (local) runs, and its pid: status tells a dead one
     pid: int = 0
     updated: float = 0.0

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ctsl_hpc.records import atomic_write_json
+from ctsl_hpc.atomic_io import atomic_write_json
 from ctsl_hpc.workdir import StageSummary
 
 if TYPE_CHECKING:
