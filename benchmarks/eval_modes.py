@@ -24,9 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from ctsl_hpc.atomic_io import atomic_write_text  # noqa: E402
 from ctsl_hpc.config import load_config  # noqa: E402
 from ctsl_hpc.experiment import Experiment, evaluate  # noqa: E402
-from ctsl_hpc.atomic_io import atomic_write_text  # noqa: E402
 from ctsl_hpc.workdir import Workdir  # noqa: E402
 
 

@@ -40,10 +40,10 @@ import torch
 from ctsl_hpc.config import load_config
 from ctsl_hpc.cost import stage_costs
 from ctsl_hpc.data.corpus import SPLITS
-from ctsl_hpc.experiment import Experiment, evaluate, fit_student, train_student, train_teacher
+from ctsl_hpc.experiment import Experiment, evaluate, student_trainer, train_student, train_teacher
 from ctsl_hpc.model import load_model, write_standin_backbone
+from ctsl_hpc.train.batches import make_loader, make_sampler
 from ctsl_hpc.train.flops import counted_flops, mfu, peak_bf16_tflops
-from ctsl_hpc.train.loop import make_loader, make_sampler
 from ctsl_hpc.tune.trial import run_trial, shared_inputs
 from ctsl_hpc.workdir import RunDir
 
@@ -184,7 +184,7 @@ def main() -> None:
             continue
         live = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, cache_teacher_embeddings=False))
         row = check.training(f"student {VARIANT}, live teacher (cache off)", engine,
-                             lambda sink: fit_student(Experiment(live, exp.workdir), VARIANT, RunDir(work / "live"), sink))
+                             lambda sink: student_trainer(Experiment(live, exp.workdir), VARIANT, RunDir(work / "live"), sink).fit())
         check.add_mfu(row, train_flops + flops_per_padded_second(exp, teacher_dir, training=False))
 
         n = {s: len(exp.data.splits[s]) for s in SPLITS}

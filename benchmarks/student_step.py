@@ -6,7 +6,7 @@ MSP-Podcast-like length mix (2.75 to 11 s, log-normal by default):
 
 (a) naive, like the paper's code: random batches padded to the longest item, the frozen teacher run
     on the clean batch every step, plain (unfused) Adam;
-(b) the package: ``ctsl_hpc.train.loop.make_sampler`` (length buckets), ``make_loader``, the engine of
+(b) the package: ``ctsl_hpc.train.batches.make_sampler`` (length buckets), ``make_loader``, the engine of
     ``make_engine`` (mixed precision, fused optimiser where available), ``student_loss`` with
     ``cached_teacher`` over ``teacher_embeddings`` (built once before timing; its cost is printed).
 
@@ -37,16 +37,17 @@ from types import SimpleNamespace
 import numpy as np
 import soundfile as sf
 import torch
+
 from ctsl_hpc.config import ExperimentConfig, load_config
 from ctsl_hpc.data.audio import WaveformStats
 from ctsl_hpc.data.batching import RandomBatchSampler, UtteranceSet, collate, padding_waste
 from ctsl_hpc.data.corpus import Utterance
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.model import EmotionModel, build_model, large_robust_config, model_from_backbone_config, save_model
+from ctsl_hpc.train.batches import make_loader, make_sampler
 from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
 from ctsl_hpc.train.engines import OptimSettings, make_engine
 from ctsl_hpc.train.flops import counted_flops, mfu, peak_bf16_tflops
-from ctsl_hpc.train.loop import make_loader, make_sampler
 from ctsl_hpc.train.objective import student_loss
 from ctsl_hpc.train.recipe import Recipe, recipe
 
@@ -154,7 +155,7 @@ def interleaved(loops: dict[str, Loop], warmup: int, steps: int, reps: int) -> d
 
 
 def epochs_of(loader, dataset: UtteranceSet, sampler) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of epoch 0, 1, ... without end (dataset and sampler re-set per epoch, as ``fit`` does)."""
+    """Batches of epoch 0, 1, ... without end (dataset and sampler re-set per epoch, as the trainer does)."""
     epoch = 0
     while True:
         dataset.set_epoch(epoch)

@@ -97,9 +97,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
 
 
-def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """:func:`atomic_write_text` of ``data`` as indented JSON."""
-    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+def atomic_write_json(path: str | os.PathLike[str], data: Any, *, sort_keys: bool = True, allow_nan: bool = True) -> Path:
+    """:func:`atomic_write_text` of ``data`` as indented JSON; ``sort_keys=False`` keeps the mappings' order (a
+    table's rows), ``allow_nan=False`` refuses NaN and infinities (tables write them as null)."""
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=sort_keys, allow_nan=allow_nan))
 
 
 def atomic_write_csv(path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:

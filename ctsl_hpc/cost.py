@@ -26,11 +26,11 @@ from pathlib import Path
 
 import soundfile as sf
 
-from ctsl_hpc.config import LARGE_ROBUST, ExperimentConfig
+from ctsl_hpc.atomic_io import atomic_write_json
+from ctsl_hpc.config import EVAL_STAGE, LARGE_ROBUST, STUDENTS_STAGE, TEACHER_STAGE, ExperimentConfig
+from ctsl_hpc.data.conditions import CONDITIONS, NOISY_CONDITIONS
 from ctsl_hpc.data.corpora import corpus_spec
 from ctsl_hpc.data.corpus import SPLITS, Utterance
-from ctsl_hpc.data.conditions import CONDITIONS
-from ctsl_hpc.atomic_io import atomic_write_json
 from ctsl_hpc.train.recipe import recipe
 from ctsl_hpc.variants import TEACHER
 from ctsl_hpc.workdir import Workdir
@@ -152,8 +152,7 @@ def test_passes_per_model(cfg: ExperimentConfig) -> int:
         4
     """
     e = cfg.eval
-    noisy = [c for c in CONDITIONS if c != "clean"]
-    return 1 + sum(1 if c in e.noisy_roots or e.groups == "splits" else e.n_groups for c in noisy)
+    return 1 + sum(1 if c in e.noisy_roots or e.groups == "splits" else e.n_groups for c in NOISY_CONDITIONS)
 
 
 test_passes_per_model.__test__ = False  # type: ignore[attr-defined]  # a library function, not a pytest test
@@ -162,7 +161,7 @@ test_passes_per_model.__test__ = False  # type: ignore[attr-defined]  # a librar
 def stage_costs(cfg: ExperimentConfig, n: dict[str, int], audio: dict[str, float]) -> list[StageCost]:
     """The passes of each stage for ``n`` utterances and ``audio`` seconds per split."""
     t, s, e = cfg.train, cfg.student, cfg.eval
-    teacher = StageCost("teacher", [Passes(f"{t.epochs} epochs x train", t.epochs * n["train"], t.epochs * audio["train"], True),
+    teacher = StageCost(TEACHER_STAGE, [Passes(f"{t.epochs} epochs x train", t.epochs * n["train"], t.epochs * audio["train"], True),
                                     Passes(f"{t.epochs} epochs x dev", t.epochs * n["dev"], t.epochs * audio["dev"], False)])
     students: list[Passes] = []
     needs_teacher = [v for v in s.variants if recipe(v, cfg).needs_teacher]
@@ -179,13 +178,13 @@ def stage_costs(cfg: ExperimentConfig, n: dict[str, int], audio: dict[str, float
     models = {TEACHER: t.epochs, **dict.fromkeys(s.variants, s.epochs)}
     checkpoints = sum(min(e.top_k, math.ceil(epochs / 2)) for epochs in models.values())  # non-consecutive epochs
     per_model = test_passes_per_model(cfg)
-    evaluation = StageCost("eval", [
+    evaluation = StageCost(EVAL_STAGE, [
         Passes(f"{checkpoints} checkpoints x {per_model} test passes ({e.groups}, n_groups {e.n_groups})",
                checkpoints * per_model * n["test"], checkpoints * per_model * audio["test"], False),
         Passes(f"Table 2: {len(models)} models x {len(CONDITIONS)} conditions + the teacher's clean x dev",
                (len(models) * len(CONDITIONS) + 1) * n["dev"], (len(models) * len(CONDITIONS) + 1) * audio["dev"], False),
     ])
-    return [teacher, StageCost("students", students), evaluation]
+    return [teacher, StageCost(STUDENTS_STAGE, students), evaluation]
 
 
 def sweep_cost(cfg: ExperimentConfig, workdir: Workdir) -> tuple[dict[str, int], dict[str, float], list[StageCost]] | str:

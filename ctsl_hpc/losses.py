@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_MARGIN = 0.5 / 6  # 0.5 on the 1..7 scale, expressed on the [0, 1] scale
+from ctsl_hpc.data.corpus import label_distance_on_model_scale
+
+DEFAULT_MARGIN = label_distance_on_model_scale(0.5)  # 0.5 on the 1..7 scale, expressed on the [0, 1] scale
 MARGIN_TOLERANCE = 1e-6  # a label distance this much under the margin still counts (exact 0.5 steps on the 1..7 grid)
 
 

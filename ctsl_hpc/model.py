@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
+from ctsl_hpc.atomic_io import atomic_write_bytes, atomic_write_text
 from ctsl_hpc.config import ConfigError, ModelConfig, build_section
 from ctsl_hpc.data.audio import WaveformStats
-from ctsl_hpc.atomic_io import atomic_write_bytes, atomic_write_text
 
 WEIGHTS_FILE = "model.safetensors"
 LEGACY_WEIGHTS_FILE = "model.pt"  # a torch pickle, written before the safetensors format: read, never written

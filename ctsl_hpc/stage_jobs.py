@@ -13,7 +13,6 @@ they would race on the same files.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ctsl_hpc.atomic_io import atomic_write_json
+from ctsl_hpc.config import TEACHER_STAGE
 from ctsl_hpc.workdir import StageSummary
 
 if TYPE_CHECKING:
@@ -30,8 +30,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StopRequest = Callable[[], bool]
+EVAL_KEY = "eval"  # the evaluation's job key (the training runs' keys: run_key)
 NOISY_SPLITS = ("train", "dev")  # the noise pools a student (or trial) trains and selects on
 UsageMetrics = Callable[[Path], Mapping[str, float]]
+
+
+def run_key(variant: str) -> str:
+    """The job and tracked-run key of a variant's training: the teacher stage's name, or ``student/<variant>``.
+
+    Example:
+        >>> run_key("original"), run_key("RM+TL")
+        ('teacher', 'student/RM+TL')
+    """
+    from ctsl_hpc.variants import TEACHER
+
+    return TEACHER_STAGE if variant == TEACHER else f"student/{variant}"
 
 
 def _open(workdir: str | Path, check_inputs: bool = False) -> Experiment:
@@ -84,11 +97,12 @@ def _close(run, exp: Experiment, summary: StageSummary) -> None:
 
 def teacher_job(workdir: str | Path, should_stop: StopRequest | None = None) -> StageSummary:
     """Train (or resume, or reuse) the teacher."""
-    from ctsl_hpc.experiment import never, run_key, train_teacher
+    from ctsl_hpc.experiment import never, train_teacher
+    from ctsl_hpc.variants import TEACHER
 
     exp = _open(workdir, check_inputs=True)
     tracker = _tracker(exp)
-    run = None if tracker is None else tracker.child(run_key("teacher"))
+    run = None if tracker is None else tracker.child(run_key(TEACHER))
     if run is not None:
         run.log_inputs(dataset_inputs(exp))
     summary = train_teacher(exp, sink=run, should_stop=should_stop or never)
@@ -98,7 +112,7 @@ def teacher_job(workdir: str | Path, should_stop: StopRequest | None = None) -> 
 
 def student_job(workdir: str | Path, variant: str, should_stop: StopRequest | None = None) -> StageSummary:
     """Train (or resume, or reuse) one student variant."""
-    from ctsl_hpc.experiment import never, run_key, train_student
+    from ctsl_hpc.experiment import never, train_student
 
     exp = _open(workdir)
     tracker = _tracker(exp)
@@ -124,7 +138,8 @@ def evaluate_job(
     variants = [TEACHER, *exp.cfg.student.variants]
     reopened = {}
 
-    def sink_for(key: str):
+    def sink_for(variant: str):
+        key = run_key(variant)
         run = None if tracker is None else tracker.child(key, retag=False)  # its tags tell where and how it trained
         if run is not None:
             reopened[key] = run
@@ -150,13 +165,14 @@ def publish_models(tracker, exp: Experiment, variants: Sequence[str], runs: Mapp
     """Per variant's run: the test noise it was scored on, its selected model directories registered
     (``<experiment>-<variant>``, a version per selected epoch), its description; then end the run.
     ``runs`` holds the runs already open (by key); the others are reopened."""
-    from ctsl_hpc.experiment import run_key, selected_models
+    from ctsl_hpc.evaluate.report import read_table1
+    from ctsl_hpc.experiment import selected_models
     from ctsl_hpc.track.datasets import pool_input
     from ctsl_hpc.track.notes import model_note
     from ctsl_hpc.track.registry import EPOCH_TAG, SCORE_TAG, SWEEP_TAG, model_name
 
     models = selected_models(exp, list(variants))
-    table1 = json.loads(exp.workdir.report.table1_json.read_text())
+    table1 = read_table1(exp.workdir.report.table1_json)
     test_noise = pool_input("test", exp.data.pool("test"), exp.data.noise_dirs["test"], "test")
     for variant in variants:
         key = key_prefix + run_key(variant)
@@ -185,7 +201,6 @@ def sweep_description(
     exp: Experiment, variants: Sequence[str], usage: Mapping[str, float], key_prefix: str = ""
 ) -> str:
     """The sweep run's description: Table 1 of the report and a line per stage (status, GPU-hours)."""
-    from ctsl_hpc.experiment import run_key
     from ctsl_hpc.track.notes import GPU_HOURS_PREFIX, stages, sweep_note
 
     files = exp.workdir.report

@@ -40,9 +40,11 @@ from urllib.parse import quote, unquote
 
 import yaml
 
+from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text, read_json
 from ctsl_hpc.config import ConfigError, ExperimentConfig, config_from_dict, flatten
 from ctsl_hpc.processes import pid_alive
-from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text, read_json
+from ctsl_hpc.run_records import read_history
+from ctsl_hpc.variants import TEACHER
 
 # what may change on an existing sweep: where and how it runs, not what it computes (a section or a dotted key)
 RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "cost", "data.on_bad_audio", "tune.max_failures")
@@ -132,12 +134,10 @@ class RunDir:
 
     def progress(self) -> tuple[int | None, float | None]:
         """(last finished epoch, best development CCC) from the run's history."""
-        if not self.history.is_file():
+        history = read_history(self.history)
+        if not history.epochs:
             return None, None
-        epochs = read_json(self.history, "delete it: the run rewrites it from its newest checkpoint")
-        if not epochs:
-            return None, None
-        return max(e["epoch"] for e in epochs), max(e["dev_score"] for e in epochs)
+        return history.last_epoch, history.best.dev_score
 
 
 @dataclass(frozen=True)
@@ -293,8 +293,8 @@ class Workdir:
         return RunDir(self.root / "students" / variant.replace("+", "_"))
 
     def run(self, variant: str) -> RunDir:
-        """The training run of ``variant`` (``original``/``teacher``: the teacher's)."""
-        return self.teacher if variant in ("original", "teacher") else self.student(variant)
+        """The training run of ``variant`` (:data:`~ctsl_hpc.variants.TEACHER`: the teacher's)."""
+        return self.teacher if variant == TEACHER else self.student(variant)
 
     def trial(self, trial_id: str) -> RunDir:
         """A Ray Tune trial's training run."""

@@ -19,7 +19,8 @@ MAX_LINES = 400
 DOCTESTED = (
     "ctsl_hpc.losses", "ctsl_hpc.evaluate.metrics", "ctsl_hpc.evaluate.protocol", "ctsl_hpc.predict",
     "ctsl_hpc.variants", "ctsl_hpc.data.corpora", "ctsl_hpc.config", "ctsl_hpc.config.files", "ctsl_hpc.snapshot",
-    "ctsl_hpc.cost", "ctsl_hpc.train.flops",
+    "ctsl_hpc.cost", "ctsl_hpc.train.flops", "ctsl_hpc.run_records", "ctsl_hpc.data.corpus", "ctsl_hpc.data.conditions",
+    "ctsl_hpc.stage_jobs", "ctsl_hpc.train.batches",
 )
 
 

@@ -23,8 +23,8 @@ from mlflow import MlflowClient
 from ctsl_hpc.data.corpus import ATTRIBUTES, load_csv_manifest
 from ctsl_hpc.evaluate.protocol import select_checkpoints
 from ctsl_hpc.evaluate.report import PAPER_CONDITION_ORDER
-from ctsl_hpc.stage_jobs import evaluate_job
 from ctsl_hpc.launch.__main__ import main
+from ctsl_hpc.stage_jobs import evaluate_job
 from ctsl_hpc.track.registry import BEST_ALIAS, EPOCH_TAG, model_name
 from ctsl_hpc.track.server import training_runs_url
 from ctsl_hpc.workdir import Workdir

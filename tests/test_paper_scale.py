@@ -27,11 +27,12 @@ import pytest
 import soundfile as sf
 import torch
 
+from ctsl_hpc.atomic_io import atomic_write_csv
 from ctsl_hpc.config import load_config
 from ctsl_hpc.data.audio import read_audio
 from ctsl_hpc.experiment import (
     Experiment,
-    fit_student,
+    student_trainer,
     teacher_embedder,
     teacher_summary,
     train_student,
@@ -41,10 +42,10 @@ from ctsl_hpc.experiment import evaluate as evaluate_stage
 from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.model import load_model, load_weights
 from ctsl_hpc.predict import chunk_bounds
-from ctsl_hpc.atomic_io import atomic_write_csv
 from ctsl_hpc.train import checkpoint as ckpt
+from ctsl_hpc.train.batches import make_loader, make_sampler
 from ctsl_hpc.train.embed_cache import live_teacher
-from ctsl_hpc.train.loop import TrainingInterrupted, make_loader, make_sampler
+from ctsl_hpc.train.trainer import TrainingInterrupted
 from ctsl_hpc.workdir import RunDir
 
 pytestmark = [pytest.mark.paper_scale, pytest.mark.slow]
@@ -152,8 +153,8 @@ def test_the_teacher_stage_trains_the_full_size_model(paper):
     model, _, cfg = load_model(summary.best_dir)
     assert len(model.backbone.encoder.layers) == 12 and model.embedding_dim == 1024 and cfg.head_hidden == 1024
     assert np.isfinite(summary.dev_scores[1])
-    history = ckpt.load_trainer_state(ckpt.latest_complete_checkpoint(paper.exp.workdir.teacher.path))
-    assert history["global_step"] == SPLIT_SIZES["train"] // 2
+    state = ckpt.TrainerState.read(ckpt.latest_complete_checkpoint(paper.exp.workdir.teacher.path))
+    assert state.global_step == SPLIT_SIZES["train"] // 2
 
 
 def test_the_student_resumes_mid_epoch_bitwise_with_the_embedding_cache(paper):
@@ -162,13 +163,13 @@ def test_the_student_resumes_mid_epoch_bitwise_with_the_embedding_cache(paper):
     reference_run = RunDir(exp.workdir.root / "reference")
     sink = Recorder()
     with Measured() as measured:
-        straight = fit_student(exp, VARIANT, reference_run, sink)
+        straight = student_trainer(exp, VARIANT, reference_run, sink).fit()
     paper.log(f"{VARIANT} student, cache on (1 epoch, cache built)", measured, sink)
     with Measured() as measured, pytest.raises(TrainingInterrupted) as stopped:
         train_student(exp, VARIANT, should_stop=StopAfter(1))
     paper.log(f"{VARIANT} student, stopped after 1 step (checkpoint written)", measured)
-    saved = ckpt.load_trainer_state(stopped.value.checkpoint)
-    assert (saved["epoch"], saved["batch"]) == (0, 1)  # inside the first epoch
+    saved = ckpt.TrainerState.read(stopped.value.checkpoint)
+    assert (saved.epoch, saved.batch) == (0, 1)  # inside the first epoch
     with Measured() as measured:
         summary = train_student(exp, VARIANT)
     paper.log(f"{VARIANT} student, resumed to the end of the epoch", measured)
@@ -193,7 +194,7 @@ def test_the_student_without_the_cache_runs_a_live_teacher_that_agrees_with_it(p
     without = Experiment(dataclasses.replace(exp.cfg, student=uncached), exp.workdir)
     sink = Recorder()
     with Measured() as measured:
-        result = fit_student(without, VARIANT, RunDir(exp.workdir.root / "live-teacher"), sink)
+        result = student_trainer(without, VARIANT, RunDir(exp.workdir.root / "live-teacher"), sink).fit()
     shutil.rmtree(exp.workdir.root / "live-teacher")
     paper.log(f"{VARIANT} student, cache off (teacher forward every step)", measured, sink)
     losses = result.epochs[0].losses

@@ -7,10 +7,10 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from ctsl_hpc.stage_jobs import evaluate_job
 from ctsl_hpc.launch.__main__ import main
-from ctsl_hpc.workdir import Workdir
 from ctsl_hpc.model import WEIGHTS_FILE
+from ctsl_hpc.stage_jobs import evaluate_job
+from ctsl_hpc.workdir import Workdir
 
 pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 

@@ -12,9 +12,14 @@ Example:
 from ctsl_hpc.config.files import CONFIG_DIR, DEMO_CONFIG, SWEEP_CONFIG, shipped_file
 from ctsl_hpc.config.loading import build_section, config_from_dict, flatten, load_config, parse_override
 from ctsl_hpc.config.schema import (
+    EVAL_STAGE,
+    GRAPH_STAGES,
     LARGE_ROBUST,
     SLURM_STAGES,
+    STUDENTS_STAGE,
+    TEACHER_STAGE,
     TRAINING_STAGES,
+    TUNE_STAGE,
     ConfigError,
     ContainerConfig,
     CostConfig,
@@ -35,7 +40,8 @@ from ctsl_hpc.config.schema import (
 from ctsl_hpc.config.validation import check_training_ranks, validate
 
 __all__ = [
-    "CONFIG_DIR", "DEMO_CONFIG", "LARGE_ROBUST", "SWEEP_CONFIG", "SLURM_STAGES", "TRAINING_STAGES", "ConfigError",
+    "CONFIG_DIR", "DEMO_CONFIG", "EVAL_STAGE", "GRAPH_STAGES", "LARGE_ROBUST", "SWEEP_CONFIG", "SLURM_STAGES",
+    "STUDENTS_STAGE", "TEACHER_STAGE", "TRAINING_STAGES", "TUNE_STAGE", "ConfigError",
     "ContainerConfig", "CostConfig", "DataConfig", "EvalConfig",
     "ExperimentConfig", "ModelConfig", "NoiseConfig", "SlurmConfig", "SlurmStageConfig", "StudentConfig",
     "SyntheticConfig", "TinyBackboneConfig", "TrackingConfig", "TrainConfig", "TuneConfig", "build_section",

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ctsl_hpc.run_records import DEV_METRICS, DEV_SCORE
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown or its value is invalid; the message names the key."""
@@ -149,7 +151,7 @@ class TuneConfig:
     noise_minutes: list[float] = field(default_factory=lambda: [0.5, 2.0, 10.0, 30.0])  # choice
     num_samples: int = 8
     search_alg: Literal["random", "optuna"] = "random"
-    metric: Literal["dev/ccc_mean", "dev/ccc/arousal", "dev/ccc/dominance", "dev/ccc/valence"] = "dev/ccc_mean"
+    metric: Literal[DEV_METRICS] = DEV_SCORE  # the development metric the search maximises
     grace_period: int = 1  # ASHA, in epochs
     reduction_factor: int = 2
     max_t: int = 4  # epochs of a trial that is never stopped early
@@ -196,8 +198,10 @@ class SlurmStageConfig:
     env: dict[str, str] | None = None  # merged over slurm.env
 
 
-SLURM_STAGES = ("teacher", "students", "eval", "tune")  # job stages, each with its own overrides (tune: the Ray allocation)
-TRAINING_STAGES = ("teacher", "students")  # stages whose jobs run the training engine (several ranks with ddp/deepspeed)
+TEACHER_STAGE, STUDENTS_STAGE, EVAL_STAGE, TUNE_STAGE = "teacher", "students", "eval", "tune"
+SLURM_STAGES = (TEACHER_STAGE, STUDENTS_STAGE, EVAL_STAGE, TUNE_STAGE)  # job stages, each with its own overrides (tune: the Ray allocation)
+GRAPH_STAGES = (TEACHER_STAGE, STUDENTS_STAGE, EVAL_STAGE)  # the job graph of a sweep, in order
+TRAINING_STAGES = (TEACHER_STAGE, STUDENTS_STAGE)  # stages whose jobs run the training engine (several ranks with ddp/deepspeed)
 
 
 @dataclass
@@ -238,7 +242,7 @@ class SlurmConfig:
             values[f.name] = getattr(self, f.name) if mine is None else mine
         values["additional"] = {**self.additional, **(override.additional or {})}
         values["env"] = {**self.env, **(override.env or {})}
-        if name == "eval" and override.nodes is None:
+        if name == EVAL_STAGE and override.nodes is None:
             values["nodes"] = 1  # one process: a multi-node default is for training and the Tune allocation
         return SlurmStageConfig(**values)
 

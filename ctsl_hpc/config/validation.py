@@ -12,6 +12,7 @@ from pathlib import Path
 from ctsl_hpc import variants
 from ctsl_hpc.config.files import shipped_file
 from ctsl_hpc.config.schema import (
+    EVAL_STAGE,
     SLURM_STAGES,
     TRAINING_STAGES,
     ConfigError,
@@ -21,7 +22,9 @@ from ctsl_hpc.config.schema import (
     TrainConfig,
     TuneConfig,
 )
+from ctsl_hpc.data.conditions import NOISY_CONDITIONS
 from ctsl_hpc.data.corpora import corpus_names, corpus_spec
+from ctsl_hpc.data.corpus import LABEL_MAX, LABEL_MIN
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -92,7 +95,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _require_students(s.variants, "student.variants")
     _require(s.lambda_tl >= 0, "student.lambda_tl", "must be >= 0")
     _require(s.lambda_cl >= 0, "student.lambda_cl", "must be >= 0")
-    _require(0 < s.margin <= 6, "student.margin", "must be in (0, 6] on the 1..7 label scale")
+    span = LABEL_MAX - LABEL_MIN
+    _require(0 < s.margin <= span, "student.margin", f"must be in (0, {span:g}] on the {LABEL_MIN:g}..{LABEL_MAX:g} label scale")
     _require(s.temperature > 0, "student.temperature", "must be positive")
     _require(e.n_groups >= 2, "eval.n_groups", "must be at least 2 (Welch needs two values)")
     _require(e.top_k >= 1, "eval.top_k", "must be at least 1")
@@ -107,9 +111,9 @@ def validate(cfg: ExperimentConfig) -> None:
     _validate_slurm(cfg.slurm, t)
     for condition in e.noisy_roots:
         _require(
-            condition in ("snr10", "snr5", "snr0"),
+            condition in NOISY_CONDITIONS,
             f"eval.noisy_roots.{condition}",
-            "conditions are snr10, snr5, snr0",
+            f"conditions are {', '.join(NOISY_CONDITIONS)}",
         )
 
 
@@ -142,7 +146,7 @@ def _validate_slurm(slurm: SlurmConfig, train: TrainConfig) -> None:
                 engine in ("ddp", "deepspeed") or st.tasks_per_node in (None, 1),
                 f"{key}.tasks_per_node", f"several tasks need train.engine ddp or deepspeed (train.engine is {engine!r})",
             )
-        if name == "eval":
+        if name == EVAL_STAGE:
             _require(st.nodes == 1, f"{key}.nodes", "evaluation is one process: it runs on 1 node")
         _require(st.time_min >= 1, f"{key}.time_min", "must be at least 1 minute")
         _require(st.gpus_per_node >= 0, f"{key}.gpus_per_node", "must be >= 0")

@@ -11,12 +11,22 @@ from typing import Any
 
 ATTRIBUTES: tuple[str, str, str] = ("arousal", "dominance", "valence")
 SPLITS: tuple[str, str, str] = ("train", "dev", "test")
-LABEL_MIN, LABEL_MAX = 1.0, 7.0
+LABEL_MIN, LABEL_MAX = 1.0, 7.0  # the corpora's scale; the model predicts (y - LABEL_MIN) / (LABEL_MAX - LABEL_MIN)
 
 MSP_LABEL_FILES = ("labels_consensus.csv", "labels_concensus.csv")
 MSP_COLUMNS = ("FileName", "EmoClass", "EmoAct", "EmoVal", "EmoDom", "SpkrID", "Gender", "Split_Set")
 MSP_KNOWN_SPLITS = ("Train", "Development", "Test1", "Test2", "Test3")
 CSV_REQUIRED = ("path", "arousal", "dominance", "valence", "split")
+
+
+def label_distance_on_model_scale(distance: float) -> float:
+    """A distance between labels on the 1..7 scale, on the model's [0, 1] scale.
+
+    Example:
+        >>> label_distance_on_model_scale(0.5)  # the InfoNCE margin of the paper
+        0.08333333333333333
+    """
+    return distance / (LABEL_MAX - LABEL_MIN)
 
 
 class CorpusError(ValueError):
@@ -33,7 +43,7 @@ class Utterance:
     speaker: str | None = None
 
     def scaled_labels(self) -> tuple[float, float, float]:
-        """Labels mapped to the model's [0, 1] scale, (y - 1) / 6."""
+        """Labels mapped to the model's [0, 1] scale, (y - LABEL_MIN) / (LABEL_MAX - LABEL_MIN)."""
         a, d, v = ((y - LABEL_MIN) / (LABEL_MAX - LABEL_MIN) for y in self.labels)
         return (a, d, v)
 

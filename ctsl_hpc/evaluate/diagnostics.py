@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ctsl_hpc.data.corpus import LABEL_MAX, LABEL_MIN
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES, bias_numpy, pearson_numpy
+from ctsl_hpc.data.conditions import CLEAN, HARDEST
+from ctsl_hpc.data.corpus import ATTRIBUTES, LABEL_MAX, LABEL_MIN
+from ctsl_hpc.evaluate.metrics import bias_numpy, pearson_numpy
 from ctsl_hpc.evaluate.predictions import ModelPredictions
 from ctsl_hpc.evaluate.protocol import CellStats, best_student, table_order
 from ctsl_hpc.evaluate.tables import ATTRIBUTE_SHORT, CONDITION_LABEL, PAPER_CONDITION_ORDER, markdown_table
 from ctsl_hpc.variants import TEACHER
 
-PLOTTED_CONDITIONS: tuple[str, ...] = ("clean", "snr0")
+PLOTTED_CONDITIONS: tuple[str, ...] = (CLEAN, HARDEST)
 
 Table = Mapping[str, Mapping[str, Mapping[str, CellStats]]]
 
@@ -59,9 +60,9 @@ def diagnostics_markdown(table: Table) -> str:
 def plotted_models(table: Table, predictions: Mapping[str, Mapping[int, ModelPredictions]]) -> list[str]:
     """``original`` and the student with the highest mean 0 dB test CCC (over A/D/V), those with predictions."""
     at_0db = {
-        v: float(np.mean([cell.mean for cell in table[v]["snr0"].values()]))
+        v: float(np.mean([cell.mean for cell in table[v][HARDEST].values()]))
         for v in table
-        if "snr0" in table[v] and v in predictions
+        if HARDEST in table[v] and v in predictions
     }
     best = best_student(at_0db)
     return [v for v in (TEACHER, best) if v is not None and v in predictions]
@@ -80,7 +81,7 @@ def plot_predictions(
     ``max_points`` with a seeded generator); the legend gives r and bias over all of them.
     """
     if not shown:
-        raise ValueError("no model to plot: the report has no predictions of 'original' or a student")
+        raise ValueError(f"no model to plot: the report has no predictions of {TEACHER!r} or a student")
     rng = np.random.default_rng(seed)
     figure = Figure(figsize=(4.0 * len(ATTRIBUTES), 3.9 * len(PLOTTED_CONDITIONS)), layout="constrained")
     axes = figure.subplots(len(PLOTTED_CONDITIONS), len(ATTRIBUTES), squeeze=False)

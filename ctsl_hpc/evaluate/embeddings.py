@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.data.conditions import CONDITIONS, HARDEST
 from ctsl_hpc.data.noise import NoisePool
-from ctsl_hpc.evaluate.metrics import CONDITIONS, ccc_numpy
+from ctsl_hpc.evaluate.metrics import ccc_numpy
 from ctsl_hpc.evaluate.protocol import best_student
 from ctsl_hpc.evaluate.scoring import condition_set
 from ctsl_hpc.losses import contrastive_loss, margin_negatives, transfer_loss
 from ctsl_hpc.model import load_model
 from ctsl_hpc.train.inference import predict
+from ctsl_hpc.variants import TEACHER
 
 INFONCE_BATCH = 32
 
@@ -69,7 +71,7 @@ def embedding_metrics(
     plot, the teacher's clean embeddings with the 0 dB embeddings of ``original`` and of the best
     student (highest mean CCC on the 0 dB development set, see :func:`best_student`).
     """
-    teacher, _, _ = load_model(models["original"])
+    teacher, _, _ = load_model(models[TEACHER])
     _, teacher_clean = predict(teacher, dev_set, batch_size)
     table: dict[str, dict[str, dict[str, float | int]]] = {}
     at_0db: dict[str, np.ndarray] = {}
@@ -81,9 +83,9 @@ def embedding_metrics(
             view = condition_set(dev_set, condition, seed, pool, snr_mode)
             pred, emb = predict(model, view, batch_size, use_noisy=view.noise is not None)
             table[variant][condition] = compare_embeddings(teacher_clean, emb, dev_set.labels, margin, temperature)
-            if condition == "snr0":
+            if condition == HARDEST:
                 at_0db[variant] = emb
                 ccc_0db[variant] = float(np.mean(ccc_numpy(pred, dev_set.labels)))
     best = best_student(ccc_0db)
-    shown = ["original"] if best is None else ["original", best]
+    shown = [TEACHER] if best is None else [TEACHER, best]
     return table, (teacher_clean, {v: at_0db[v] for v in shown})

@@ -1,4 +1,4 @@
-"""Evaluation constants and the metrics of a test group on numpy arrays: CCC, Pearson r, mean bias."""
+"""The metrics of a test group on numpy arrays: CCC, Pearson r, mean bias; the 1..7 label scale."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import numpy as np
 import torch
 
 from ctsl_hpc.data.corpus import ATTRIBUTES, LABEL_MAX, LABEL_MIN
-from ctsl_hpc.data.conditions import CONDITIONS, SNR_OF
 from ctsl_hpc.losses import ccc
-
-__all__ = ["ATTRIBUTES", "CONDITIONS", "SNR_OF", "bias_numpy", "ccc_numpy", "pearson_numpy", "to_label_scale"]
 
 
 def _as_matrix(name: str, values: np.ndarray) -> np.ndarray:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ctsl_hpc.evaluate.metrics import CONDITIONS, bias_numpy, ccc_numpy, pearson_numpy
 from ctsl_hpc.atomic_io import atomic_write_bytes
+from ctsl_hpc.data.conditions import CONDITIONS
+from ctsl_hpc.evaluate.metrics import bias_numpy, ccc_numpy, pearson_numpy
 from ctsl_hpc.workdir import ReportFiles
 
 _LABELS = "labels"

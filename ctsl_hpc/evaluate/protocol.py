@@ -1,8 +1,8 @@
 """The paper's evaluation protocol: checkpoint selection, test groups, the scores table, Welch tests.
 
 Model-independent: the pipeline feeds per-group metrics in (:class:`ctsl_hpc.evaluate.score_table.Scores`),
-this module turns them into per-cell statistics with one-tailed Welch t-tests of CCC against the
-baselines listed before each model.
+this module turns them into per-cell statistics with one-tailed Welch t-tests of CCC against each
+model's baselines (:attr:`ctsl_hpc.variants.VariantSpec.baselines`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 from scipy import stats
 
 from ctsl_hpc import variants as variant_table
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
+from ctsl_hpc.data.conditions import CLEAN, CONDITIONS
+from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.evaluate.score_table import Scores
 
 GroupMode = Literal["copies", "splits"]
-BASELINES: tuple[str, ...] = ("original", "RH", "RM")
 
 
 # --------------------------------------------------------------------------- checkpoint selection
@@ -144,7 +144,7 @@ def groups_for_condition(condition: str, groups: list[GroupSpec], mode: GroupMod
     """
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
-    if mode == "copies" and condition == "clean":
+    if mode == "copies" and condition == CLEAN:
         return groups[:1]
     return list(groups)
 
@@ -158,10 +158,19 @@ def best_student(mean_ccc: Mapping[str, float]) -> str | None:
     None when there is no student. The projection plot ranks by 0 dB development CCC, the
     predictions plot by 0 dB test CCC (Table 1).
     """
-    students = [v for v in mean_ccc if v != "original"]
+    students = [v for v in mean_ccc if v != variant_table.TEACHER]
     if not students:
         return None
     return max(students, key=lambda v: -np.inf if np.isnan(mean_ccc[v]) else mean_ccc[v])
+
+
+def baselines_of(variant: str) -> tuple[str, ...]:
+    """The models Table 1 tests ``variant`` against: its spec's baselines; a name the variant table does not
+    know (scores from elsewhere) is tested against every marked baseline, like an added variant."""
+    try:
+        return variant_table.spec(variant).baselines
+    except ValueError:
+        return variant_table.marked_baselines()
 
 
 def table_order(names: Iterable[str]) -> list[str]:
@@ -200,22 +209,20 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
     return mean, float(np.std(finite, ddof=1)) if finite.size >= 2 else math.nan
 
 
-def significance(
-    scores: Scores, baselines: Sequence[str] = BASELINES, alpha: float = 0.05
-) -> dict[str, dict[str, dict[str, CellStats]]]:
+def significance(scores: Scores, alpha: float = 0.05) -> dict[str, dict[str, dict[str, CellStats]]]:
     """Mean, std, n and Welch p-values of CCC, and the mean r and bias, per variant x condition x attribute.
 
-    As in the paper, a variant is tested only against the baselines listed before it in
-    :func:`table_order` (``original`` against none, ``RH`` against ``original``, ``RM`` against both,
-    every later row against all three), and only where the baseline has scores for that condition.
-    A comparison where either side has fewer than 2 values gets p = NaN.
+    As in the paper, a variant is tested only against its baselines (:func:`baselines_of`: ``original``
+    against none, ``RH`` against ``original``, ``RM`` against both, every later row against all three),
+    and only where the baseline has scores for that condition. A comparison where either side has fewer
+    than 2 values gets p = NaN.
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"eval.alpha must be in (0, 1), got {alpha}")
     table: dict[str, dict[str, dict[str, CellStats]]] = {}
-    order = table_order(scores.variants())
-    for row, variant in enumerate(order):
-        earlier = [b for b in baselines if b in order[:row]]
+    present = scores.variants()
+    for variant in table_order(present):
+        earlier = [b for b in baselines_of(variant) if b in present]
         for condition in scores.conditions():
             for attribute in ATTRIBUTES:
                 values = scores.values(variant, condition, attribute)

@@ -19,17 +19,18 @@ Files of ``<workdir>/report/`` (names in :class:`ctsl_hpc.workdir.ReportFiles`):
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from ctsl_hpc.atomic_io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.evaluate import diagnostics
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES
 from ctsl_hpc.evaluate.predictions import read_predictions
-from ctsl_hpc.evaluate.protocol import BASELINES, CellStats, significance, table_order
+from ctsl_hpc.evaluate.protocol import CellStats, significance, table_order
 from ctsl_hpc.evaluate.score_table import Scores
 from ctsl_hpc.evaluate.table2 import read_table2_json, write_table2
 from ctsl_hpc.evaluate.tables import (
@@ -38,10 +39,8 @@ from ctsl_hpc.evaluate.tables import (
     PAPER_CONDITION_ORDER,
     finite_or_none,
     markdown_table,
-    write_json,
-    write_text,
 )
-from ctsl_hpc.atomic_io import atomic_write_bytes
+from ctsl_hpc.variants import marked_baselines
 from ctsl_hpc.workdir import ReportFiles
 
 MARKER_SYMBOLS: tuple[str, ...] = ("*", "†", "‡", "§", "¶")
@@ -51,7 +50,9 @@ _STUDENT_KEY = "student:"
 # --------------------------------------------------------------------------- helpers
 
 
-def _markers(baselines: Sequence[str]) -> dict[str, str]:
+def _markers() -> dict[str, str]:
+    """A symbol per marked baseline (:func:`ctsl_hpc.variants.marked_baselines`), in the paper's order."""
+    baselines = marked_baselines()
     if len(baselines) > len(MARKER_SYMBOLS):
         raise ValueError(f"at most {len(MARKER_SYMBOLS)} baselines can be marked, got {list(baselines)}")
     return dict(zip(baselines, MARKER_SYMBOLS, strict=False))
@@ -86,7 +87,7 @@ def table1_json(table: Mapping[str, Mapping[str, Mapping[str, CellStats]]]) -> d
 
 
 def table1_markdown(
-    table: Mapping[str, Mapping[str, Mapping[str, CellStats]]], alpha: float, baselines: Sequence[str] = BASELINES
+    table: Mapping[str, Mapping[str, Mapping[str, CellStats]]], alpha: float
 ) -> str:
     """Table 1 in the paper's shape: a row per variant, columns condition (0, 5, 10 dB, clean) x A/D/V.
 
@@ -94,7 +95,7 @@ def table1_markdown(
     marker per baseline listed before the variant that it beats significantly (p <= alpha); a
     legend follows.
     """
-    markers = _markers(baselines)
+    markers = _markers()
     variants = table_order(table)
     columns = [(c, a) for c in PAPER_CONDITION_ORDER for a in ATTRIBUTES]
     best = {}
@@ -112,36 +113,42 @@ def table1_markdown(
             text = f"{cell.mean:.3f}"
             if cell.mean == best[condition, attribute]:
                 text = f"**{text}**"
-            text += "".join(_md_escape(markers[b]) for b in baselines if cell.significant.get(b, False))
+            text += "".join(_md_escape(symbol) for b, symbol in markers.items() if cell.significant.get(b, False))
             row.append(text)
         rows.append(row)
     header = ["model"] + [f"{CONDITION_LABEL[c]} {ATTRIBUTE_SHORT[a]}" for c, a in columns]
     ns = sorted({cell.n for by_c in table.values() for cells in by_c.values() for cell in cells.values()})
-    legend = ", ".join(f"{_md_escape(markers[b])} vs {b}" for b in baselines)
+    legend = ", ".join(f"{_md_escape(symbol)} vs {b}" for b, symbol in markers.items())
     notes = [
         "",
         f"Mean CCC over the models x test groups of each cell (n = {', '.join(map(str, ns))}; "
         f"mean, std, n and p-values in {ReportFiles.TABLE1_JSON}). A = arousal, D = dominance, V = valence.",
         f"Markers: significantly greater (one-tailed Welch t-test, unequal variances, p <= {alpha:g}) {legend}; "
-        "each model is tested only against the baselines listed above it. **Bold**: best mean of the column. "
+        "each model is tested only against its baselines, rows above it. **Bold**: best mean of the column. "
         f"Pearson r and mean bias beside CCC: {ReportFiles.DIAGNOSTICS_MD}.",
     ]
     return "\n".join(markdown_table(header, rows) + notes) + "\n"
 
 
 def write_table1(
-    scores: Scores, out_dir: str | Path, alpha: float = 0.05, baselines: Sequence[str] = BASELINES
+    scores: Scores, out_dir: str | Path, alpha: float = 0.05
 ) -> tuple[Path, Path, Path]:
     """Compute the statistics of ``scores`` and write ``table1.md``, ``table1.json`` and the second
     table, ``diagnostics.md`` (Pearson r and mean bias), into ``out_dir``."""
     if len(scores) == 0:
         raise ValueError("no scores: Table 1 needs at least one CCC value")
     files = ReportFiles(Path(out_dir))
-    table = significance(scores, baselines=baselines, alpha=alpha)
+    table = significance(scores, alpha=alpha)
     ordered = {v: table[v] for v in table_order(table)}
-    md = write_text(files.table1_md, table1_markdown(ordered, alpha, baselines))
-    diagnostics_md = write_text(files.diagnostics_md, diagnostics.diagnostics_markdown(ordered))
-    return md, write_json(files.table1_json, table1_json(ordered)), diagnostics_md
+    files.path.mkdir(parents=True, exist_ok=True)
+    md = atomic_write_text(files.table1_md, table1_markdown(ordered, alpha))
+    diagnostics_md = atomic_write_text(files.diagnostics_md, diagnostics.diagnostics_markdown(ordered))
+    return md, atomic_write_json(files.table1_json, table1_json(ordered), sort_keys=False, allow_nan=False), diagnostics_md
+
+
+def read_table1(path: str | Path) -> dict[str, Any]:
+    """A saved ``table1.json`` (its format: :func:`table1_json`)."""
+    return read_json(path, "rebuild it: python -m ctsl_hpc.launch report --workdir <the work directory>")
 
 
 # --------------------------------------------------------------------------- plots
@@ -274,7 +281,7 @@ def load_projection(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]
 # --------------------------------------------------------------------------- the whole report
 
 
-def build_report(report_dir: str | Path, alpha: float = 0.05, baselines: Sequence[str] = BASELINES) -> list[Path]:
+def build_report(report_dir: str | Path, alpha: float = 0.05) -> list[Path]:
     """Rebuild every table and plot of ``report_dir`` from its saved files; returns the files written.
 
     Needs ``scores.csv``; re-renders Table 2 when ``table2.json`` exists, the projection plot when
@@ -282,11 +289,11 @@ def build_report(report_dir: str | Path, alpha: float = 0.05, baselines: Sequenc
     """
     files = ReportFiles(Path(report_dir))
     scores = Scores.read_csv(files.scores_csv)
-    written = [*write_table1(scores, files.path, alpha=alpha, baselines=baselines)]
+    written = [*write_table1(scores, files.path, alpha=alpha)]
     written.append(plot_ccc_vs_snr(scores, files.ccc_plot))
     predictions = read_predictions(files)
     if predictions:
-        shown = diagnostics.plotted_models(significance(scores, baselines=baselines, alpha=alpha), predictions)
+        shown = diagnostics.plotted_models(significance(scores, alpha=alpha), predictions)
         written.append(diagnostics.plot_predictions(predictions, shown, files.prediction_plot))
     if files.table2_json.is_file():
         written.extend(write_table2(read_table2_json(files.table2_json), files.path))

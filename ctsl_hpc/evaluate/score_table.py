@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
 from ctsl_hpc.atomic_io import atomic_write_csv
+from ctsl_hpc.data.conditions import CONDITIONS
+from ctsl_hpc.data.corpus import ATTRIBUTES
 
 SCORE_KEYS: tuple[str, ...] = ("variant", "model_epoch", "condition", "group", "attribute")
 METRICS: tuple[str, ...] = ("ccc", "r", "bias")

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.data.conditions import CLEAN, CONDITIONS, SNR_OF
 from ctsl_hpc.data.noise import NoisePool
-from ctsl_hpc.evaluate.metrics import CONDITIONS, SNR_OF, to_label_scale
+from ctsl_hpc.evaluate.metrics import to_label_scale
 from ctsl_hpc.evaluate.predictions import ModelPredictions, group_metrics, load_predictions, save_predictions
 from ctsl_hpc.evaluate.protocol import GroupSpec, groups_for_condition
 from ctsl_hpc.evaluate.score_table import Scores
@@ -37,7 +38,7 @@ def condition_set(
     real_noisy: UtteranceSet | None = None,
 ) -> UtteranceSet:
     """The test set as heard under ``condition`` (a real noisy recording set when one is given)."""
-    if condition == "clean":
+    if condition == CLEAN:
         return test_set
     if real_noisy is not None:
         return real_noisy
@@ -78,7 +79,7 @@ def score_models(
             for condition in CONDITIONS:
                 if (variant, epoch, condition) in done:
                     continue
-                fixed = condition == "clean" or condition in real_noisy
+                fixed = condition == CLEAN or condition in real_noisy
                 wanted = groups[:1] if fixed and mode == "copies" else groups_for_condition(condition, groups, mode)
                 by_seed: dict[int, list[GroupSpec]] = {}
                 for spec in wanted:

@@ -12,17 +12,10 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from ctsl_hpc.evaluate.metrics import CONDITIONS
+from ctsl_hpc.atomic_io import atomic_write_json, atomic_write_text, read_json
+from ctsl_hpc.data.conditions import CONDITIONS
 from ctsl_hpc.evaluate.protocol import table_order
-from ctsl_hpc.evaluate.tables import (
-    CONDITION_LABEL,
-    PAPER_CONDITION_ORDER,
-    finite_or_none,
-    markdown_table,
-    read_json,
-    write_json,
-    write_text,
-)
+from ctsl_hpc.evaluate.tables import CONDITION_LABEL, PAPER_CONDITION_ORDER, finite_or_none, markdown_table
 from ctsl_hpc.workdir import ReportFiles
 
 EMBEDDING_METRICS: dict[str, str] = {"rmse": "min", "cosine": "max", "infonce": "min"}
@@ -107,14 +100,15 @@ def write_table2(emb_metrics: EmbeddingTable, out_dir: str | Path) -> tuple[Path
             ordered[v][c] = {m: None if cell[m] is None else finite_or_none(float(cell[m])) for m in EMBEDDING_METRICS}
             if ANCHORS in cell:
                 ordered[v][c][ANCHORS] = int(cell[ANCHORS])
-    md = write_text(files.table2_md, table2_markdown(ordered))
-    return md, write_json(files.table2_json, ordered)
+    files.path.mkdir(parents=True, exist_ok=True)
+    md = atomic_write_text(files.table2_md, table2_markdown(ordered))
+    return md, atomic_write_json(files.table2_json, ordered, sort_keys=False, allow_nan=False)
 
 
 def read_table2_json(path: str | Path) -> dict[str, dict[str, dict[str, float | int | None]]]:
     """Read and check a ``table2.json``."""
     path = Path(path)
-    data = read_json(path)
+    data = read_json(path, "rebuild it: run the evaluation again (its scores are kept)")
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f"{path}: expected {{variant: {{condition: {{metric: value}}}}}}")
     _check_emb_metrics(data, str(path))

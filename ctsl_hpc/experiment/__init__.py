@@ -7,20 +7,21 @@ process, Slurm jobs, Ray trials) calls these functions; nothing here knows which
 Tracking reaches the stages as sinks (:class:`RunSink`): this module never imports MLflow.
 """
 
+from ctsl_hpc.experiment.experiment import Experiment, RunSink, SinkFactory, StopRequest, never
 from ctsl_hpc.experiment.inputs import Data
 from ctsl_hpc.experiment.stages import (
     evaluate,
-    fit_student,
-    run_key,
     selected_models,
+    student_trainer,
     teacher_embedder,
     teacher_summary,
+    teacher_trainer,
     train_student,
     train_teacher,
 )
-from ctsl_hpc.experiment.experiment import Experiment, RunSink, SinkFactory, StopRequest, never
 
 __all__ = [
-    "Data", "Experiment", "RunSink", "SinkFactory", "StopRequest", "evaluate", "fit_student", "never", "run_key",
-    "selected_models", "teacher_embedder", "teacher_summary", "train_student", "train_teacher",
+    "Data", "Experiment", "RunSink", "SinkFactory", "StopRequest", "evaluate", "never",
+    "selected_models", "student_trainer", "teacher_embedder", "teacher_summary", "teacher_trainer", "train_student",
+    "train_teacher",
 ]

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.experiment.inputs import Data
-from ctsl_hpc.train.loop import MetricsSink
+from ctsl_hpc.train.trainer import MetricsSink
 from ctsl_hpc.workdir import Workdir
 
 
@@ -22,7 +22,7 @@ class RunSink(MetricsSink, Protocol):
     def log_artifacts(self, directory: Path, artifact_path: str | None = None) -> None: ...
 
 
-SinkFactory = Callable[[str], RunSink | None]
+SinkFactory = Callable[[str], RunSink | None]  # a variant -> its tracked run (None: not tracked)
 StopRequest = Callable[[], bool]
 
 

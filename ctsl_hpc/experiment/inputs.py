@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
+from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.data.audio import AudioError, WaveformStats, compute_stats
 from ctsl_hpc.data.audit import AudioVerdict, audit, fingerprint
@@ -18,7 +19,6 @@ from ctsl_hpc.data.corpora import corpus_spec
 from ctsl_hpc.data.corpus import SPLITS, CorpusError, Utterance
 from ctsl_hpc.data.noise import NoiseError, NoisePool
 from ctsl_hpc.model import check_backbone
-from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text
 from ctsl_hpc.workdir import Workdir
 
 log = logging.getLogger(__name__)

@@ -7,15 +7,13 @@ so running it again reuses what is done and resumes what is not.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ctsl_hpc.data.batching import UtteranceSet
-from ctsl_hpc.data.corpus import Utterance
+from ctsl_hpc.data.corpus import Utterance, label_distance_on_model_scale
 from ctsl_hpc.evaluate import report
 from ctsl_hpc.evaluate.embeddings import embedding_metrics
 from ctsl_hpc.evaluate.protocol import select_checkpoints, test_groups
@@ -24,10 +22,11 @@ from ctsl_hpc.evaluate.scoring import score_models
 from ctsl_hpc.evaluate.table2 import read_table2_json, write_table2
 from ctsl_hpc.experiment.experiment import Experiment, RunSink, SinkFactory, StopRequest, never
 from ctsl_hpc.model import build_model, load_model
+from ctsl_hpc.run_records import History
 from ctsl_hpc.train.embed_cache import cached_teacher, live_teacher, teacher_embeddings
-from ctsl_hpc.train.loop import EpochRecord, FitResult, TrainingInterrupted, fit
 from ctsl_hpc.train.objective import TeacherEmbedder
 from ctsl_hpc.train.recipe import recipe
+from ctsl_hpc.train.trainer import Trainer, TrainingData, TrainingInterrupted, build_trainer
 from ctsl_hpc.variants import TEACHER
 from ctsl_hpc.workdir import RunDir, StageSummary
 
@@ -37,24 +36,26 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------ training
 
 
+def teacher_trainer(exp: Experiment, sink: RunSink | None = None) -> Trainer:
+    """The teacher (:data:`~ctsl_hpc.variants.TEACHER`) fine-tuned on clean speech from the pre-trained backbone."""
+    cfg = exp.cfg
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    data = TrainingData(exp.data.clean("train"), exp.data.clean("dev"), exp.data.stats)
+    return build_trainer(model, recipe(TEACHER, cfg), data, cfg.train, exp.workdir.teacher, sink)
+
+
 def train_teacher(exp: Experiment, sink: RunSink | None = None, should_stop: StopRequest = never) -> StageSummary:
-    """Fine-tune the teacher on clean speech (the ``original`` model); resumable."""
+    """Train the teacher (or resume it, or reuse the finished one)."""
     run = exp.workdir.teacher
     done = run.summary()
     if done is not None:
         return done
-    cfg = exp.cfg
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
-    result = fit(
-        model, recipe(TEACHER, cfg), exp.data.clean("train"), exp.data.clean("dev"), cfg.train, run.path,
-        stats=exp.data.stats, sink=sink, should_stop=should_stop,
-    )
-    return _finish(run, result)
+    return _finish(run, teacher_trainer(exp, sink).fit(should_stop))
 
 
-def _finish(run: RunDir, result: FitResult) -> StageSummary:
-    return run.write_summary(result.best.epoch, result.dev_scores())
+def _finish(run: RunDir, history: History) -> StageSummary:
+    return run.write_summary(history.best.epoch, history.dev_scores())
 
 
 def teacher_summary(exp: Experiment) -> StageSummary:
@@ -74,15 +75,8 @@ def teacher_embedder(exp: Experiment, teacher_dir: Path) -> TeacherEmbedder:
     return live_teacher(teacher)
 
 
-def fit_student(
-    exp: Experiment,
-    variant: str,
-    run: RunDir,
-    sink: RunSink | None = None,
-    should_stop: StopRequest = never,
-    on_epoch_end: Callable[[EpochRecord, Path], None] | None = None,
-) -> FitResult:
-    """Adapt a copy of the teacher to noisy speech as ``variant`` prescribes, in ``run``; resumable.
+def student_trainer(exp: Experiment, variant: str, run: RunDir, sink: RunSink | None = None) -> Trainer:
+    """A copy of the finished teacher, to be adapted to noisy speech as ``variant`` prescribes, in ``run``.
 
     The one student set-up: the sweep's students and the Ray Tune trials both train through here.
     """
@@ -91,11 +85,9 @@ def fit_student(
     rec = recipe(variant, cfg)
     student, _, _ = load_model(teacher_dir)
     embed = teacher_embedder(exp, teacher_dir) if rec.needs_teacher else None
-    return fit(
-        student, rec, exp.data.noisy("train", cfg.student.snr_db), exp.data.noisy("dev", cfg.student.snr_db),
-        cfg.train, run.path, stats=exp.data.stats, teacher_embed=embed, sink=sink, should_stop=should_stop,
-        on_epoch_end=on_epoch_end,
-    )
+    data = TrainingData(exp.data.noisy("train", cfg.student.snr_db), exp.data.noisy("dev", cfg.student.snr_db),
+                        exp.data.stats, embed)
+    return build_trainer(student, rec, data, cfg.train, run, sink)
 
 
 def train_student(
@@ -106,7 +98,7 @@ def train_student(
     done = run.summary()
     if done is not None:
         return done
-    return _finish(run, fit_student(exp, variant, run, sink, should_stop))
+    return _finish(run, student_trainer(exp, variant, run, sink).fit(should_stop))
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -163,7 +155,7 @@ def evaluate(
             raise TrainingInterrupted(files.scores_csv)
     best = {v: next(iter(m.values())) for v, m in models.items()}
     emb, projection = embedding_metrics(
-        best, exp.data.clean("dev"), exp.data.pool("dev"), cfg.noise.snr_mode, cfg.student.margin / 6,
+        best, exp.data.clean("dev"), exp.data.pool("dev"), cfg.noise.snr_mode, label_distance_on_model_scale(cfg.student.margin),
         cfg.student.temperature, cfg.eval.batch_size,
     )
     write_table2(emb, files.path)
@@ -173,19 +165,14 @@ def evaluate(
     return files.path
 
 
-def run_key(variant: str) -> str:
-    """The tracked run (and job) key of a variant: ``teacher`` or ``student/<variant>``."""
-    return "teacher" if variant in (TEACHER, "teacher") else f"student/{variant}"
-
-
 def _log_evaluation(exp: Experiment, variants: list[str], sink_for: SinkFactory) -> None:
     """Send each variant's mean test CCC, Pearson r and bias and its embedding metrics to its tracked run
     (undefined values are left out)."""
     files = exp.workdir.report
-    table1 = json.loads(files.table1_json.read_text())
+    table1 = report.read_table1(files.table1_json)
     table2 = read_table2_json(files.table2_json)
     for variant in variants:
-        sink = sink_for(run_key(variant))
+        sink = sink_for(variant)
         if sink is None:
             continue
         epoch = max(exp.workdir.run(variant).summary().dev_scores)

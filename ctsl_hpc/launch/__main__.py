@@ -17,14 +17,14 @@ import os
 import sys
 import time
 
+from ctsl_hpc.atomic_io import RecordError
 from ctsl_hpc.config import SWEEP_CONFIG, ConfigError, ExperimentConfig, load_config
 from ctsl_hpc.launch.backends import backend_names, make_backend
 from ctsl_hpc.launch.graph import submit_sweep
-from ctsl_hpc.launch.manage import ManageError
 from ctsl_hpc.launch.job_registry import Registry
+from ctsl_hpc.launch.manage import ManageError
 from ctsl_hpc.launch.slurm_cli import SlurmError
 from ctsl_hpc.logs import setup_logging
-from ctsl_hpc.atomic_io import RecordError
 from ctsl_hpc.track.tags import command_tags, exported_run_tags
 from ctsl_hpc.workdir import ConfigMismatch, Workdir, WorkdirLocked
 

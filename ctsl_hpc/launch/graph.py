@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ctsl_hpc import stage_jobs
-from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.config import EVAL_STAGE, STUDENTS_STAGE, TEACHER_STAGE, ExperimentConfig
 from ctsl_hpc.launch.backends.base import Backend
 from ctsl_hpc.launch.job_registry import ACTIVE, Registry
 from ctsl_hpc.launch.task import Task
+from ctsl_hpc.stage_jobs import EVAL_KEY, run_key
+from ctsl_hpc.variants import TEACHER
 from ctsl_hpc.workdir import Workdir
 
 
@@ -32,14 +34,13 @@ class PlannedStage:
 
 def sweep_tasks(workdir: Workdir, cfg: ExperimentConfig, backend: Backend | None = None) -> list[Task]:
     """Every task of the sweep, in graph order (``backend`` adds its usage report to the evaluation)."""
-    root = str(workdir.root)
-    usage = None if backend is None else backend.usage_metrics
-    tasks = [Task("teacher", "teacher", stage_jobs.teacher_job, (root,), workdir.teacher.done)]
+    root, usage = workdir.root, None if backend is None else backend.usage_metrics
+    tasks = [Task(run_key(TEACHER), TEACHER_STAGE, stage_jobs.teacher_job, root, workdir.teacher.done)]
     tasks += [
-        Task(f"student/{v}", "students", stage_jobs.student_job, (root, v), workdir.student(v).done, label=v)
+        Task(run_key(v), STUDENTS_STAGE, stage_jobs.student_job, root, workdir.student(v).done, args=(v,), label=v)
         for v in cfg.student.variants
     ]
-    tasks.append(Task("eval", "eval", stage_jobs.evaluate_job, (root,), workdir.report.done, kwargs=(("usage", usage),)))
+    tasks.append(Task(EVAL_KEY, EVAL_STAGE, stage_jobs.evaluate_job, root, workdir.report.done, kwargs=(("usage", usage),)))
     return tasks
 
 

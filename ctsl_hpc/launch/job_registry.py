@@ -18,6 +18,7 @@ from typing import Any
 from filelock import FileLock
 
 from ctsl_hpc.atomic_io import atomic_write_json, read_json
+from ctsl_hpc.config import SLURM_STAGES
 from ctsl_hpc.workdir import Workdir
 
 TERMINAL = frozenset(
@@ -109,7 +110,7 @@ class Registry:
 
     def all(self) -> list[JobRecord]:
         """Every record, teacher first, then students in variant order, then eval."""
-        order = {"teacher": 0, "students": 1, "eval": 2}
+        order = {stage: i for i, stage in enumerate(SLURM_STAGES)}
         records = [self.get(key) for key in self.workdir.job_keys()]
         return sorted((r for r in records if r is not None), key=lambda r: (order.get(r.stage, 9), r.key))
 

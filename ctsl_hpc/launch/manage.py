@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.config import TRAINING_STAGES, ExperimentConfig
 from ctsl_hpc.cost import cost_lines
 from ctsl_hpc.launch.backends import Backend, make_backend
 from ctsl_hpc.launch.graph import plan_sweep, stage_names, sweep_tasks
@@ -64,7 +64,8 @@ def status_rows(workdir: Workdir, cfg: ExperimentConfig) -> list[StatusRow]:
     for task in sweep_tasks(workdir, cfg):
         record = records.get(task.key)
         run = RunDir(task.marker.parent)
-        last, best = run.progress() if task.stage != "eval" else (None, None)
+        trains = task.stage in TRAINING_STAGES
+        last, best = run.progress() if trains else (None, None)
         if record is None:
             state = "DONE" if task.done else "NOT SUBMITTED"
             rows.append(StatusRow(task.stage, task.label, "", state, None, 0, last, best, None))
@@ -79,7 +80,7 @@ def status_rows(workdir: Workdir, cfg: ExperimentConfig) -> list[StatusRow]:
         hours = None
         if usage:
             hours = sum(usage[j].gpu_hours for j in (*record.history, record.job_id) if j in usage)
-        starts = run.starts() if task.stage != "eval" else []
+        starts = run.starts() if trains else []
         nodes = acct.nodes if acct else ""
         if not nodes and starts:
             nodes = ",".join(dict.fromkeys(starts[-1]["hosts"]))

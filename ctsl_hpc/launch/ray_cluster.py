@@ -39,13 +39,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ctsl_hpc.snapshot import snapshot
-from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.atomic_io import atomic_write_text
+from ctsl_hpc.config import TUNE_STAGE, ExperimentConfig
 from ctsl_hpc.launch import slurm_env
 from ctsl_hpc.launch.slurm_job import log_code_origin
 from ctsl_hpc.logs import setup_logging
 from ctsl_hpc.processes import free_port, stop_process_group
-from ctsl_hpc.atomic_io import atomic_write_text
+from ctsl_hpc.snapshot import snapshot
 from ctsl_hpc.workdir import ReportFiles, Workdir
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ def submit(cfg: ExperimentConfig, workdir: Workdir):
     """Submit the sweep (Ray cluster + Tune driver) as one Slurm allocation; returns the submitit job."""
     from ctsl_hpc.launch.backends.slurm import make_executor, stage_parameters
 
-    python, params = stage_parameters(cfg, "tune", code=snapshot(workdir.code), requeue=True)
+    python, params = stage_parameters(cfg, TUNE_STAGE, code=snapshot(workdir.code), requeue=True)
     params["name"] = f"{cfg.name}-tune"
     job = make_executor(workdir.submitit / "tune", python, params).submit(tune_allocation, str(workdir.root))
     workdir.ray.mkdir(exist_ok=True)

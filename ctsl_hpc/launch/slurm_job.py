@@ -24,11 +24,11 @@ from typing import Any
 
 import submitit
 
-from ctsl_hpc.snapshot import PACKAGE, package_hash
 from ctsl_hpc.launch import slurm_env
 from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.task import Task, run_task
 from ctsl_hpc.logs import setup_logging
+from ctsl_hpc.snapshot import PACKAGE, package_hash
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,8 @@ class SlurmJob(submitit.helpers.Checkpointable):
     def __init__(self, task: Task, max_requeues: int):
         self.task, self.max_requeues = task, max_requeues
 
-    @property
-    def _workdir(self) -> str:
-        return str(self.task.args[0])
-
     def __call__(self) -> Any:
-        from ctsl_hpc.train.loop import TrainingInterrupted
+        from ctsl_hpc.train.trainer import TrainingInterrupted
 
         _job_setup()
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
@@ -73,7 +69,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         slurm_env.export_run_tags()
         log_code_origin()
         env = submitit.JobEnvironment()
-        registry, restarts = Registry(self._workdir), slurm_env.restart_count()
+        registry, restarts = Registry(self.task.workdir), slurm_env.restart_count()
         if env.global_rank == 0:
             registry.update(self.task.key, state="RUNNING", job_id=env.job_id, requeues=restarts, message="")
         if restarts > self.max_requeues:
@@ -81,7 +77,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
                        f"slurm.{self.task.stage}.max_requeues={self.max_requeues}; raise it and run `resume`")
         try:
             return run_task(
-                self.task, self._workdir, should_stop=flag.is_set, is_main=env.global_rank == 0,
+                self.task, should_stop=flag.is_set, is_main=env.global_rank == 0,
                 interruptions=(TrainingInterrupted,),
             )
         except TrainingInterrupted as exc:

@@ -16,13 +16,14 @@ from ctsl_hpc.launch.job_registry import Registry
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """One unit of a sweep: ``fn(*args, **kwargs, should_stop=...)``, done once ``marker`` exists."""
+    """One unit of a sweep: ``fn(workdir, *args, **kwargs, should_stop=...)``, done once ``marker`` exists."""
 
-    key: str  # registry key and tracked-run key: "teacher", "student/RM+TL", "eval"
+    key: str  # registry key and tracked-run key: "teacher", "student/RM+TL", "eval" (ctsl_hpc.stage_jobs)
     stage: str  # the resource section it runs with (config.SLURM_STAGES)
     fn: Callable[..., Any]
-    args: tuple[Any, ...]
+    workdir: Path  # the sweep's work directory: its job registry, and the callable's first argument
     marker: Path
+    args: tuple[Any, ...] = ()
     label: str = ""  # what status and dry runs print (a variant)
     kwargs: tuple[tuple[str, Any], ...] = ()
 
@@ -35,12 +36,11 @@ class Task:
         return self.marker.is_file()
 
     def __call__(self, should_stop: Callable[[], bool] | None = None) -> Any:
-        return self.fn(*self.args, should_stop=should_stop, **dict(self.kwargs))
+        return self.fn(str(self.workdir), *self.args, should_stop=should_stop, **dict(self.kwargs))
 
 
 def run_task(
     task: Task,
-    workdir: str | Path,
     should_stop: Callable[[], bool] | None = None,
     is_main: bool = True,
     interruptions: tuple[type[BaseException], ...] = (),
@@ -49,7 +49,7 @@ def run_task(
 
     An exception in ``interruptions`` (a stop on request, handled by the caller) is not a failure.
     """
-    registry = Registry(workdir)
+    registry = Registry(task.workdir)
     if is_main:
         registry.update(task.key, state="RUNNING", message="")
     try:

@@ -14,9 +14,10 @@ from typing import Any
 
 from ctsl_hpc import variants
 from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.data.conditions import HARDEST
 from ctsl_hpc.workdir import ReportFiles, RunDir
 
-GAIN_CONDITION = "snr0"
+GAIN_CONDITION = HARDEST
 GPU_HOURS_PREFIX = "gpu_hours/"  # the usage metrics of a scheduler's accounting, per job key
 
 

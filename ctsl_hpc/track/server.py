@@ -12,8 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ctsl_hpc.processes import stop_process_group
 from ctsl_hpc.atomic_io import atomic_write_text
+from ctsl_hpc.processes import stop_process_group
 
 
 def serve(

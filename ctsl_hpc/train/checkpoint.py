@@ -1,9 +1,10 @@
 """Resumable checkpoints: one directory per save, written atomically, complete once marked.
 
 Layout: one folder per save (:meth:`ctsl_hpc.workdir.RunDir.checkpoint`) holding the engine's files
-(weights, optimiser, scheduler) and ``trainer.pt`` (epoch, position in the epoch, RNG states,
-history). The folder is first written under a ``.tmp`` name and renamed; the ``COMPLETE`` marker is
-written last, so a checkpoint cut short by a kill is never loaded.
+(weights, optimiser, scheduler) and ``trainer.pt`` (:class:`TrainerState`: epoch, position in the
+epoch, RNG states, history). The folder is first written under a ``.tmp`` name and renamed; the
+``COMPLETE`` marker is written last, so a checkpoint cut short by a kill is never loaded.
+:class:`Checkpointer` is the component a trainer saves and resumes through.
 """
 
 from __future__ import annotations
@@ -11,19 +12,21 @@ from __future__ import annotations
 import random
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ctsl_hpc.atomic_io import atomic_write_text, writing
+from ctsl_hpc.run_records import History
+from ctsl_hpc.train.engines import Engine
+from ctsl_hpc.train.safe_load import load_state
 from ctsl_hpc.workdir import RunDir
 
 MARKER = "COMPLETE"
 TRAINER_FILE = "trainer.pt"
-# what numpy.random.get_state() pickles to (an ndarray of the MT19937 keys)
-NUMPY_RNG_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), np._core.multiarray._reconstruct]
 
 
 def rng_state() -> dict[str, Any]:
@@ -100,16 +103,36 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_state(path: Path, map_location: Any = "cpu") -> Any:
-    """A file this package saved with ``torch.save``, loaded tensors-only (``weights_only``): plain
-    containers, numbers and tensors, plus the numpy types of numpy's RNG state. Anything else in it
-    (a pickled object that would run code) is refused."""
-    with torch.serialization.safe_globals(NUMPY_RNG_GLOBALS):
-        return torch.load(path, map_location=map_location, weights_only=True)
+@dataclass
+class TrainerState:
+    """Where a run stands: ``trainer.pt`` of a checkpoint holds it with the RNG states (:func:`rng_state`)."""
+
+    epoch: int = 0  # epochs finished (the epoch in progress, 0-based)
+    batch: int = 0  # batches of that epoch done (this rank's; 0 at an epoch's end)
+    global_step: int = 0  # optimiser steps
+    history: History = field(default_factory=History)
+    running: dict[str, Any] | None = None  # the epoch's totals so far (ctsl_hpc.train.batches.EpochTotals)
+
+    def to_dict(self, rng: dict[str, Any]) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "running": self.running, "global_step": self.global_step,
+                "history": self.history.to_list(), "rng": rng}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainerState:
+        return cls(values["epoch"], values["batch"], values["global_step"], History.from_list(values["history"]),
+                   values.get("running"))
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> TrainerState:
+        """The state saved in ``checkpoint`` (its RNG states left out)."""
+        return cls.from_dict(load_trainer_state(checkpoint))
 
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """The saved :meth:`TrainerState.to_dict` of ``checkpoint`` (its ``rng`` included)."""
     return load_state(checkpoint / TRAINER_FILE)
+
+
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int, protect: set[Path]) -> None:
@@ -119,3 +142,37 @@ def prune_checkpoints(run_dir: Path, keep_last: int, protect: set[Path]) -> None
     for path in complete_checkpoints(run_dir)[:-keep_last]:
         if path not in protect:
             shutil.rmtree(path)
+
+
+class Stateful(Protocol):
+    """What a checkpoint holds besides the engine's files (the trainer)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Checkpointer:
+    """A run's checkpoints: the engine's files and the trainer's state, saved together by every rank."""
+
+    def __init__(self, run: RunDir, engine: Engine, keep_last: int = 0):
+        self.run, self.engine, self.keep_last = run, engine, keep_last
+
+    def latest(self) -> Path | None:
+        return latest_complete_checkpoint(self.run.path)
+
+    def save(self, trainer: Stateful, global_step: int) -> Path:
+        """A complete checkpoint of ``trainer`` after optimiser step ``global_step``; older ones pruned
+        (``train.keep_checkpoints``)."""
+        engine = self.engine
+        path = save_checkpoint(self.run.path, global_step, trainer.state_dict(), engine.save, engine.is_main,
+                               engine.barrier)
+        if engine.is_main:
+            prune_checkpoints(self.run.path, self.keep_last, {path})
+        return path
+
+    def load(self, path: Path, trainer: Stateful) -> None:
+        """Restore ``trainer`` from ``path``: its state and the shared RNG states first, then the engine's
+        files (a distributed engine restores each rank's own RNG states)."""
+        trainer.load_state_dict(load_trainer_state(path))
+        self.engine.load(path)

@@ -17,9 +17,9 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from ctsl_hpc.atomic_io import atomic_write_bytes
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.model import EmotionModel, weights_file
-from ctsl_hpc.atomic_io import atomic_write_bytes
 from ctsl_hpc.train.inference import predict
 from ctsl_hpc.train.objective import TeacherEmbedder
 

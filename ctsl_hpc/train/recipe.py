@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ctsl_hpc import variants
 from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.data.corpus import label_distance_on_model_scale
 
 
 @dataclass(frozen=True)
@@ -34,18 +35,18 @@ class Recipe:
 
 
 def recipe(variant: str, cfg: ExperimentConfig) -> Recipe:
-    """The recipe of ``variant`` (``teacher``/``original`` or a student variant) under ``cfg``."""
+    """The recipe of ``variant`` (the teacher, :data:`ctsl_hpc.variants.TEACHER`, or a student) under ``cfg``."""
     spec = variants.spec(variant)
     s = cfg.student
     section = s if spec.student else cfg.train
     return Recipe(
-        name=spec.name if spec.student else "teacher",
+        name=spec.name,
         epochs=section.epochs,
         lr=section.lr,
         lr_decay=section.lr_decay,
         noisy_input=spec.noisy_input,
         train_backbone=spec.train_backbone,
         weights={term.name: float(getattr(s, term.weight)) for term in spec.terms},
-        margin=s.margin / 6,
+        margin=label_distance_on_model_scale(s.margin),
         temperature=s.temperature,
     )

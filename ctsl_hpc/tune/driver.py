@@ -30,7 +30,7 @@ from ctsl_hpc.track.runs import open_tracker
 from ctsl_hpc.train.recipe import recipe
 from ctsl_hpc.tune.final import train_and_evaluate_final
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
-from ctsl_hpc.tune.space import search_space
+from ctsl_hpc.tune.space import TIME_ATTR, search_space
 from ctsl_hpc.tune.summary import best_of, trial_table, write_summary
 from ctsl_hpc.tune.trial import SharedInputs, shared_inputs, train_trial, trial_key
 from ctsl_hpc.workdir import Workdir
@@ -125,7 +125,7 @@ def make_tuner(
         log.info("continuing the search in %s", path)
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     scheduler = ASHAScheduler(
-        time_attr="epoch", max_t=tc.max_t, grace_period=tc.grace_period, reduction_factor=tc.reduction_factor
+        time_attr=TIME_ATTR, max_t=tc.max_t, grace_period=tc.grace_period, reduction_factor=tc.reduction_factor
     ) if early_stopping else FIFOScheduler()
     return tune.Tuner(
         trainable,
@@ -187,7 +187,7 @@ def run_search(exp: Experiment, grace_s: float = 60.0):
 
     From here on SIGUSR2 (Slurm's preemption warning) asks the teacher or the trials to save and stop.
     """
-    from ctsl_hpc.train.loop import TrainingInterrupted
+    from ctsl_hpc.train.trainer import TrainingInterrupted
 
     relay = PreemptionRelay(tune_dir(exp.cfg, exp.workdir))
     relay.clear()

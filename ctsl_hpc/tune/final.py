@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ctsl_hpc import stage_jobs
-from ctsl_hpc.experiment import Experiment, evaluate, run_key, train_student
+from ctsl_hpc.experiment import Experiment, evaluate, train_student
 from ctsl_hpc.tune.space import apply_params
 from ctsl_hpc.variants import TEACHER
 
@@ -31,12 +31,12 @@ def train_and_evaluate_final(exp: Experiment, best: dict[str, Any], tracker) -> 
     selected models and describe the runs (the sweep's run: the final Table 1)."""
     final = final_experiment(exp, best)
 
-    def sink(key: str):
-        return None if tracker is None else tracker.child(FINAL_PREFIX + key)
+    def sink(variant: str):
+        return None if tracker is None else tracker.child(FINAL_PREFIX + stage_jobs.run_key(variant))
 
     variants = final.cfg.student.variants
     for variant in variants:
-        run = sink(run_key(variant))
+        run = sink(variant)
         if run is not None:
             run.log_inputs(stage_jobs.dataset_inputs(final, stage_jobs.NOISY_SPLITS))
         train_student(final, variant, sink=run)

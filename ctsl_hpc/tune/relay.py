@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.atomic_io import atomic_write_text
+from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.workdir import Workdir
 
 log = logging.getLogger(__name__)

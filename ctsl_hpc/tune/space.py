@@ -7,6 +7,7 @@ from typing import Any
 from ctsl_hpc.config import ExperimentConfig, TuneConfig, config_from_dict
 
 SEARCHED = ("lambda_tl", "lambda_cl", "noise_minutes")
+TIME_ATTR = "epoch"  # the trials' clock: what they report their progress in, and what the scheduler counts
 
 
 def search_space(tc: TuneConfig) -> dict[str, Any]:

@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.atomic_io import atomic_write_csv, atomic_write_text
-from ctsl_hpc.tune.space import SEARCHED, overrides_for
+from ctsl_hpc.config import ExperimentConfig
+from ctsl_hpc.tune.space import SEARCHED, TIME_ATTR, overrides_for
 from ctsl_hpc.workdir import Workdir
 
 
@@ -23,7 +23,7 @@ def best_of(results, metric: str) -> dict[str, Any]:
         "trial_id": best.metrics["trial_id"],
         "metric": metric,
         "value": float(row[metric]),
-        "epoch": int(row["epoch"]),
+        "epoch": int(row[TIME_ATTR]),
     }
 
 
@@ -38,7 +38,7 @@ def trial_table(results, metric: str) -> list[dict[str, Any]]:
             {
                 "trial_id": result.metrics["trial_id"],
                 **{k: float(result.config[k]) for k in SEARCHED},
-                "epochs": int(frame["epoch"].max()),
+                "epochs": int(frame[TIME_ATTR].max()),
                 "best": float(frame[metric].max()),
             }
         )

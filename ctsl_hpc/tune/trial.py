@@ -1,7 +1,7 @@
 """One Ray Tune trial: the sweep's own student set-up with the trial's loss weights and noise budget.
 
 A trial trains in its own run folder (``<workdir>/tune/trials/<trial id>``) through
-:func:`ctsl_hpc.experiment.fit_student`, the same code as the sweep's students. It reports every
+:func:`ctsl_hpc.experiment.student_trainer`, the same code as the sweep's students. It reports every
 epoch to Tune *after* the epoch's checkpoint is on disk, with a small Tune checkpoint that records
 the epoch. A restored trial continues from its newest complete checkpoint (mid-epoch after a
 preemption); the epochs Tune never saw are reported first, so Tune, ASHA and the trial agree and
@@ -15,7 +15,6 @@ when tracking is on, so the trial runs where neither Ray nor MLflow is installed
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import tempfile
@@ -24,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.data.noise import NoisePool
-from ctsl_hpc.experiment import Experiment, fit_student
+from ctsl_hpc.experiment import Experiment, student_trainer
+from ctsl_hpc.run_records import EpochRecord
 from ctsl_hpc.stage_jobs import NOISY_SPLITS, dataset_inputs
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
-from ctsl_hpc.tune.space import SEARCHED, apply_params
+from ctsl_hpc.tune.space import SEARCHED, TIME_ATTR, apply_params
 from ctsl_hpc.workdir import RunDir
 
 log = logging.getLogger(__name__)
@@ -65,21 +64,13 @@ def trial_key(trial_id: str) -> str:
     return f"trial/{trial_id}"
 
 
-def _epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
-    metrics = {"epoch": int(record["epoch"]), "dev/ccc_mean": float(record["dev_score"])}
-    metrics.update({f"dev/ccc/{a}": float(c) for a, c in zip(ATTRIBUTES, record["dev_ccc"], strict=True)})
-    metrics.update({f"loss/{k}": float(v) for k, v in record["losses"].items()})
-    return metrics
-
-
-def _report(record: dict[str, Any]) -> None:
+def _report(record: EpochRecord) -> None:
     """Send one epoch to Tune with a checkpoint naming it (the weights stay in the trial's run folder)."""
     from ray import tune
 
     with tempfile.TemporaryDirectory(prefix="ctsl-tune-") as tmp:
-        state = {"epoch": int(record["epoch"])}
-        (Path(tmp) / TRIAL_STATE).write_text(json.dumps(state))
-        tune.report(_epoch_metrics(record), checkpoint=tune.Checkpoint.from_directory(tmp))
+        (Path(tmp) / TRIAL_STATE).write_text(json.dumps({TIME_ATTR: record.epoch}))
+        tune.report({TIME_ATTR: record.epoch, **record.metrics()}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def _reported_epoch() -> int:
@@ -90,18 +81,18 @@ def _reported_epoch() -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as path:
-        return int(json.loads((Path(path) / TRIAL_STATE).read_text())["epoch"])
+        return int(json.loads((Path(path) / TRIAL_STATE).read_text())[TIME_ATTR])
 
 
-def _catch_up(run: RunDir, reported: int, report: Callable[[dict[str, Any]], None]) -> None:
+def _catch_up(run: RunDir, reported: int, report: Callable[[EpochRecord], None]) -> None:
     """Report the epochs the trial finished but Tune never recorded (the driver died in between)."""
     from ctsl_hpc.train import checkpoint as ckpt
 
     latest = ckpt.latest_complete_checkpoint(run.path)
     if latest is None:
         return
-    for record in ckpt.load_trainer_state(latest)["history"]:
-        if record["epoch"] > reported:
+    for record in ckpt.TrainerState.read(latest).history.epochs:
+        if record.epoch > reported:
             report(record)
 
 
@@ -128,7 +119,7 @@ def train_trial(params: dict[str, Any], shared: SharedInputs) -> None:
 
 
 def run_trial(
-    params: dict[str, Any], shared: SharedInputs, trial_id: str, report: Callable[[dict[str, Any]], None],
+    params: dict[str, Any], shared: SharedInputs, trial_id: str, report: Callable[[EpochRecord], None],
     reported_epoch: int = 0,
 ) -> None:
     """The trial's training: ``tune.max_t`` epochs of ``tune.variant`` in ``<workdir>/tune/trials/<trial_id>``,
@@ -136,7 +127,7 @@ def run_trial(
     that a resumed trial finished earlier first)."""
     import torch
 
-    from ctsl_hpc.train.loop import TrainingInterrupted
+    from ctsl_hpc.train.trainer import TrainingInterrupted
 
     base = Experiment.reopen(shared.workdir)
     relay = PreemptionRelay(tune_dir(base.cfg, base.workdir))
@@ -149,7 +140,5 @@ def run_trial(
     exp.data.set_pool("train", shared.train_pool.head(float(params["noise_minutes"])))
     exp.data.set_pool("dev", shared.dev_pool)
     _catch_up(run, reported_epoch, report)
-    fit_student(
-        exp, tc.variant, run, sink=_trial_run(base, exp, trial_id, params), should_stop=relay.requested,
-        on_epoch_end=lambda record, _checkpoint: report(dataclasses.asdict(record)),
-    )
+    trainer = student_trainer(exp, tc.variant, run, sink=_trial_run(base, exp, trial_id, params))
+    trainer.fit(relay.requested, on_epoch_end=lambda record, _checkpoint: report(record))

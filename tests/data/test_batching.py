@@ -8,13 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ctsl_hpc.data.audio import AudioError, WaveformStats, read_audio
-from ctsl_hpc.data.batching import (
-    LengthBucketSampler,
-    RandomBatchSampler,
-    UtteranceSet,
-    collate,
-    padding_waste,
-)
+from ctsl_hpc.data.batching import LengthBucketSampler, RandomBatchSampler, UtteranceSet, collate, padding_waste
 from ctsl_hpc.data.corpus import Utterance
 from ctsl_hpc.data.noise import NoisePool, mix, noise_rng, noisy_copy
 

@@ -13,10 +13,11 @@ from scipy.special import logsumexp
 from ctsl_hpc.config import load_config
 from ctsl_hpc.data.audio import compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.data.conditions import CONDITIONS
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.evaluate.embeddings import INFONCE_BATCH, compare_embeddings, embedding_metrics
-from ctsl_hpc.evaluate.metrics import CONDITIONS, ccc_numpy
+from ctsl_hpc.evaluate.metrics import ccc_numpy
 from ctsl_hpc.evaluate.protocol import best_student
 from ctsl_hpc.evaluate.scoring import condition_set
 from ctsl_hpc.losses import MARGIN_TOLERANCE

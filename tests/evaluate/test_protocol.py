@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from ctsl_hpc.data.conditions import CONDITIONS
+from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.evaluate import protocol
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
 from ctsl_hpc.evaluate.protocol import select_checkpoints, significance, table_order, welch_greater
 from ctsl_hpc.evaluate.score_table import ScoreRow, Scores
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from ctsl_hpc.data.conditions import CONDITIONS
+from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.evaluate import diagnostics, report, table2
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS
 from ctsl_hpc.evaluate.predictions import ModelPredictions, read_predictions, save_predictions
 from ctsl_hpc.evaluate.protocol import significance
 from ctsl_hpc.evaluate.score_table import Scores

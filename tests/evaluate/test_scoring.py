@@ -11,9 +11,10 @@ import torch
 from ctsl_hpc.config import load_config
 from ctsl_hpc.data.audio import compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
-from ctsl_hpc.data.corpus import load_csv_manifest
+from ctsl_hpc.data.conditions import CONDITIONS, SNR_OF
+from ctsl_hpc.data.corpus import ATTRIBUTES, load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool, noisy_copy
-from ctsl_hpc.evaluate.metrics import ATTRIBUTES, CONDITIONS, SNR_OF, bias_numpy, ccc_numpy, pearson_numpy
+from ctsl_hpc.evaluate.metrics import bias_numpy, ccc_numpy, pearson_numpy
 from ctsl_hpc.evaluate.predictions import read_predictions
 from ctsl_hpc.evaluate.protocol import GroupSpec, test_groups
 from ctsl_hpc.evaluate.score_table import Scores

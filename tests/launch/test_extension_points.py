@@ -5,7 +5,6 @@ Each test adds its toy through that one place alone and runs a tiny sweep to a c
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import subprocess
@@ -15,24 +14,26 @@ from collections.abc import Sequence
 import torch
 
 from ctsl_hpc import variants
+from ctsl_hpc.evaluate.report import read_table1
 from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.launch.backends import Backend, register
 from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.task import Task
 from ctsl_hpc.model import load_weights
+from ctsl_hpc.run_records import read_history
 from ctsl_hpc.workdir import Workdir
 
 CONDITIONS = {"clean", "snr10", "snr5", "snr0"}
 RUNNER = """
 import pickle, sys
 from ctsl_hpc.launch.task import run_task
-task, workdir = pickle.load(sys.stdin.buffer)
-run_task(task, workdir)
+task = pickle.load(sys.stdin.buffer)
+run_task(task)
 """
 
 
 def _complete_table1(workdir: Workdir, expected: list[str]) -> dict:
-    table = json.loads(workdir.report.table1_json.read_text())
+    table = read_table1(workdir.report.table1_json)
     assert list(table) == expected
     for variant, cells in table.items():
         assert set(cells) == CONDITIONS, variant
@@ -46,7 +47,7 @@ def test_a_toy_variant_needs_one_entry_in_the_spec_table(tiny_overrides, tmp_pat
     overrides = [*tiny_overrides(workdir.root), "student.variants=[RM,RH+CL]", "tracking.enabled=false"]
     assert main(["sweep", *overrides]) == 0
     _complete_table1(workdir, ["original", "RM", toy.name])
-    history = json.loads(workdir.student(toy.name).history.read_text())
+    history = [r.to_dict() for r in read_history(workdir.student(toy.name).history).epochs]
     assert all(epoch["losses"]["cl"] > 0 and epoch["losses"]["tl"] == 0 for epoch in history)  # its term, weighted
     teacher = load_weights(workdir.teacher.summary().best_dir)
     student = load_weights(workdir.student(toy.name).summary().best_dir)
@@ -66,7 +67,7 @@ class SubprocessBackend(Backend):
         for task in tasks:
             proc = subprocess.Popen([sys.executable, "-c", RUNNER], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
             self.registry.new_record(task.key, task.stage, task.label or None, self.name, str(proc.pid))
-            _, err = proc.communicate(pickle.dumps((task, str(self.workdir.root))), timeout=600)
+            _, err = proc.communicate(pickle.dumps(task), timeout=600)
             if proc.returncode:
                 raise RuntimeError(f"{task.key} failed in process {proc.pid}: {err.decode()[-2000:]}")
             ids.append(str(proc.pid))

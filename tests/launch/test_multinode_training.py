@@ -42,7 +42,13 @@ from ctsl_hpc.train.checkpoint import complete_checkpoints
 from ctsl_hpc.workdir import RunDir
 from tests.launch.conftest import SlurmCluster
 from tests.launch.training_runs import (
-    RESUMED, assert_close_runs, assert_identical_runs, copy_with_teacher, finished, submit, task_log,
+    RESUMED,
+    assert_close_runs,
+    assert_identical_runs,
+    copy_with_teacher,
+    finished,
+    submit,
+    task_log,
 )
 from tests.mlflow_fixtures import MlflowServer
 

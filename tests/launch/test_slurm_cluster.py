@@ -28,6 +28,7 @@ from ctsl_hpc.launch.backends.slurm import SlurmBackend
 from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.slurm_cli import job_states
 from ctsl_hpc.model import load_weights
+from ctsl_hpc.run_records import read_history
 from ctsl_hpc.train.checkpoint import complete_checkpoints
 from ctsl_hpc.workdir import Workdir
 from tests.launch.conftest import sweep_task
@@ -183,7 +184,7 @@ def test_student_preempted_twice_mid_epoch_matches_an_uninterrupted_run(sweeps: 
     assert states[0] == "PREEMPTED" and len(states) == 3, states
 
     def history(work: Path) -> list[dict]:
-        return json.loads(Workdir(work).student("RM").history.read_text())
+        return read_history(Workdir(work).student("RM").history).to_list()
 
     assert history(work) == history(sweeps.local)
     for epoch in (1, 2):

@@ -28,7 +28,13 @@ from ctsl_hpc.launch.backends.slurm import executor_parameters, tasks_per_node
 from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.workdir import Workdir
 from tests.launch.training_runs import (
-    RESUMED, assert_close_runs, assert_identical_runs, copy_with_teacher, finished, submit, task_log,
+    RESUMED,
+    assert_close_runs,
+    assert_identical_runs,
+    copy_with_teacher,
+    finished,
+    submit,
+    task_log,
 )
 
 EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"

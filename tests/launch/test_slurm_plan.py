@@ -18,6 +18,7 @@ from ctsl_hpc.launch import slurm_cli
 from ctsl_hpc.launch.backends.slurm import executor_parameters, tasks_per_node
 from ctsl_hpc.launch.graph import plan_sweep
 from ctsl_hpc.launch.job_registry import JobRecord, Registry
+from ctsl_hpc.run_records import EpochRecord, History, write_history
 from ctsl_hpc.workdir import RunDir, Workdir
 
 
@@ -92,7 +93,7 @@ def test_registry_round_trips_records_and_run_folders_report_training_progress(t
     assert (record.job_id, record.state, record.requeues, record.resources) == ("3_1", "RUNNING", 2, {"mem_gb": 2.0})
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
-    run.history.write_text('[{"epoch": 1, "dev_score": 0.4}, {"epoch": 2, "dev_score": 0.3}]')
+    write_history(run.history, History([EpochRecord(1, [0.4] * 3, 0.4, {}), EpochRecord(2, [0.3] * 3, 0.3, {})]))
     assert run.progress() == (2, 0.4)
     with pytest.raises(KeyError):
         registry.update("eval", state="RUNNING")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ from ctsl_hpc.config import ExperimentConfig, load_config
 from ctsl_hpc.launch.backends.slurm import SlurmBackend
 from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.model import load_weights
+from ctsl_hpc.run_records import read_history
 from ctsl_hpc.workdir import RunDir, Workdir
 from tests.launch.conftest import sweep_task
 
@@ -55,7 +55,7 @@ def epoch_weights(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
 
 
 def history(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "history.json").read_text())
+    return read_history(RunDir(run_dir).history).to_list()
 
 
 def assert_close_runs(ours: Path, reference: Path, epochs: int) -> None:

@@ -21,15 +21,17 @@ from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.model import build_model
 from ctsl_hpc.train.embed_cache import cached_teacher
 from ctsl_hpc.train.engines import OptimSettings, make_engine
-from ctsl_hpc.train.loop import TrainingInterrupted, fit
 from ctsl_hpc.train.recipe import recipe
+from ctsl_hpc.train.trainer import TrainingData, TrainingInterrupted, build_trainer
+from ctsl_hpc.variants import TEACHER
+from ctsl_hpc.workdir import RunDir
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser()
     p.add_argument("--mode", choices=["fit", "load"], default="fit")
     p.add_argument("--overrides", nargs="*", default=[])
-    p.add_argument("--variant", default="teacher")
+    p.add_argument("--variant", default=TEACHER)
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--stop-after", type=int, default=0, help="request a stop after this many optimiser steps")
@@ -79,7 +81,8 @@ def main() -> None:
     embed = None if table is None else cached_teacher(table)
     stopped = None
     try:
-        result = fit(model, rec, train_set, dev_set, cfg.train, args.run_dir, teacher_embed=embed, should_stop=StopAfter(args.stop_after))
+        data = TrainingData(train_set, dev_set, teacher=embed)
+        result = build_trainer(model, rec, data, cfg.train, RunDir(args.run_dir)).fit(StopAfter(args.stop_after))
         epochs = [dataclasses.asdict(r) for r in result.epochs]
     except TrainingInterrupted as exc:
         stopped, epochs = str(exc.checkpoint), []

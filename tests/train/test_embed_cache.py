@@ -15,10 +15,12 @@ from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.experiment import Experiment, train_student, train_teacher
 from ctsl_hpc.model import build_model, save_model
+from ctsl_hpc.train.batches import make_sampler
 from ctsl_hpc.train.embed_cache import CACHE_TENSOR, cache_key, cached_teacher, live_teacher, teacher_embeddings
-from ctsl_hpc.train.loop import fit, make_sampler
 from ctsl_hpc.train.objective import student_loss
 from ctsl_hpc.train.recipe import recipe
+from ctsl_hpc.train.trainer import TrainingData, build_trainer
+from ctsl_hpc.workdir import RunDir
 from tests.seeds import fresh_seed
 
 FP32_TOL = {"rtol": 1e-4, "atol": 1e-5}
@@ -90,7 +92,7 @@ def test_student_training_with_the_cache_matches_training_with_the_teacher(setup
     for name, embed in embeds.items():
         student = build_model(cfg.model)
         student.load_state_dict(teacher.state_dict())
-        results[name] = fit(student, rec, noisy, noisy, train, tmp_path / name, teacher_embed=embed)
+        results[name] = build_trainer(student, rec, TrainingData(noisy, noisy, teacher=embed), train, RunDir(tmp_path / name)).fit()
     for a, b in zip(results["cache"].epochs, results["live"].epochs, strict=True):
         for term in ("ccc", "tl", "cl", "total"):
             assert a.losses[term] == pytest.approx(b.losses[term], rel=1e-4, abs=1e-6), term
@@ -145,7 +147,7 @@ def test_padding_waste_of_each_epoch_is_logged(setup, tmp_path, bucket_by_length
     cfg, noisy, _, _, _, _ = setup
     train = dataclasses.replace(cfg.train, epochs=2, bucket_by_length=bucket_by_length)
     sink = RecordingSink()
-    fit(build_model(cfg.model), recipe("RM", cfg), noisy, noisy, train, tmp_path, sink=sink)
+    build_trainer(build_model(cfg.model), recipe("RM", cfg), TrainingData(noisy, noisy), train, RunDir(tmp_path), sink).fit()
     sampler = make_sampler(noisy, train, 0, 1)
     assert isinstance(sampler, RandomBatchSampler) != bucket_by_length
     for epoch in (0, 1):

@@ -1,9 +1,8 @@
-"""The training loop: one loop for all variants, atomic checkpoints, exact resume after interruption."""
+"""The trainer: one loop for all variants, atomic checkpoints, exact resume after interruption."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
@@ -13,10 +12,12 @@ from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.model import WEIGHTS_FILE, build_model
+from ctsl_hpc.run_records import read_history
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.embed_cache import cached_teacher
-from ctsl_hpc.train.loop import TrainingInterrupted, fit
 from ctsl_hpc.train.recipe import recipe
+from ctsl_hpc.train.trainer import TrainingData, TrainingInterrupted, build_trainer
+from ctsl_hpc.variants import TEACHER
 from ctsl_hpc.workdir import RunDir
 
 
@@ -48,21 +49,21 @@ def run(cfg, sets, variant, run_dir, init_seed=0, should_stop=lambda: False, tea
     torch.manual_seed(init_seed)
     model = build_model(cfg.model)
     embed = None if teacher_table is None else cached_teacher(teacher_table)
-    result = fit(model, recipe(variant, cfg), sets["train"], sets["dev"], cfg.train, run_dir, teacher_embed=embed, should_stop=should_stop)
-    return model, result
+    data = TrainingData(sets["train"], sets["dev"], teacher=embed)
+    return model, build_trainer(model, recipe(variant, cfg), data, cfg.train, RunDir(run_dir)).fit(should_stop)
 
 
-@pytest.mark.parametrize("variant", ["teacher", "RM+TL+CL"])
+@pytest.mark.parametrize("variant", [TEACHER, "RM+TL+CL"])
 def test_resume_after_interruption_mid_epoch_matches_uninterrupted_run_bitwise(setup, tmp_path, variant):
     cfg, sets = setup
-    table = torch.randn(len(sets["train"]), cfg.model.tiny.hidden_size) if variant != "teacher" else None
+    table = torch.randn(len(sets["train"]), cfg.model.tiny.hidden_size) if variant != TEACHER else None
     reference, ref_result = run(cfg, sets, variant, tmp_path / "straight", teacher_table=table)
 
     steps_per_epoch = len(sets["train"]) // cfg.train.batch_size // cfg.train.grad_accum
     with pytest.raises(TrainingInterrupted) as stopped:
         run(cfg, sets, variant, tmp_path / "cut", should_stop=StopAfter(steps_per_epoch + 1), teacher_table=table)
-    saved = ckpt.load_trainer_state(stopped.value.checkpoint)
-    assert saved["epoch"] == 1 and saved["batch"] > 0  # interrupted inside the second epoch
+    saved = ckpt.TrainerState.read(stopped.value.checkpoint)
+    assert saved.epoch == 1 and saved.batch > 0  # interrupted inside the second epoch
     # a different initialisation proves the weights come from the checkpoint, not from the seed
     resumed, result = run(cfg, sets, variant, tmp_path / "cut", init_seed=123, teacher_table=table)
 
@@ -77,7 +78,8 @@ def test_rh_trains_only_the_head(setup, tmp_path):
     torch.manual_seed(0)
     model = build_model(cfg.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fit(model, recipe("RH", cfg), sets["train"], sets["dev"], dataclasses.replace(cfg.train, epochs=1), tmp_path)
+    one_epoch = dataclasses.replace(cfg.train, epochs=1)
+    build_trainer(model, recipe("RH", cfg), TrainingData(sets["train"], sets["dev"]), one_epoch, RunDir(tmp_path)).fit()
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("head.") for k in changed)
 
@@ -85,8 +87,7 @@ def test_rh_trains_only_the_head(setup, tmp_path):
 def test_every_epoch_writes_weights_history_and_a_marked_checkpoint(setup, tmp_path):
     cfg, sets = setup
     _, result = run(cfg, sets, "RM", tmp_path)
-    history = json.loads((tmp_path / "history.json").read_text())
-    assert [r["epoch"] for r in history] == [1, 2] == [r.epoch for r in result.epochs]
+    assert [r.epoch for r in read_history(RunDir(tmp_path).history).epochs] == [1, 2] == [r.epoch for r in result.epochs]
     for record in result.epochs:
         assert (RunDir(tmp_path).epoch_dir(record.epoch) / WEIGHTS_FILE).is_file()
     assert all((p / ckpt.MARKER).is_file() for p in ckpt.complete_checkpoints(tmp_path))

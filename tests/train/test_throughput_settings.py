@@ -13,9 +13,11 @@ from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.model import build_model
+from ctsl_hpc.train.batches import make_loader, make_sampler
 from ctsl_hpc.train.engines import Engine, OptimSettings
-from ctsl_hpc.train.loop import fit, make_loader, make_sampler
 from ctsl_hpc.train.recipe import recipe
+from ctsl_hpc.train.trainer import TrainingData, build_trainer
+from ctsl_hpc.workdir import RunDir
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +71,8 @@ def test_training_with_persistent_workers_equals_training_in_process(setup, tmp_
         torch.manual_seed(0)
         model = build_model(cfg.model)
         train = dataclasses.replace(cfg.train, num_workers=workers)
-        results[workers] = (fit(model, rec, noisy, noisy, train, tmp_path / str(workers)), model.state_dict())
+        history = build_trainer(model, rec, TrainingData(noisy, noisy), train, RunDir(tmp_path / str(workers))).fit()
+        results[workers] = (history, model.state_dict())
     assert [r.losses for r in results[0][0].epochs] == [r.losses for r in results[2][0].epochs]
     for name, value in results[0][1].items():
         assert torch.equal(value, results[2][1][name]), name
@@ -135,7 +138,8 @@ def test_train_compile_compiles_the_model_fit_trains(setup, tmp_path):
         model = build_model(cfg.model)
         train = dataclasses.replace(cfg.train, compile=compiled, epochs=1)
         with torch.compiler.set_stance("force_eager"):
-            losses[compiled] = fit(model, rec, few, few, train, tmp_path / str(compiled)).epochs[0].losses["total"]
+            history = build_trainer(model, rec, TrainingData(few, few), train, RunDir(tmp_path / str(compiled))).fit()
+            losses[compiled] = history.epochs[0].losses["total"]
         assert (model._compiled_call_impl is not None) == compiled  # train.compile reached the model
         assert all(not k.startswith("_orig_mod") for k in model.state_dict())  # checkpoints keep plain names
     assert losses[True] == losses[False]

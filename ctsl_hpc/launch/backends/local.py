@@ -23,6 +23,6 @@ class LocalBackend(Backend):
             job_id = f"local-{os.getpid()}"
             self.registry.new_record(task.key, task.stage, task.label or None, self.name, job_id, state="RUNNING",
                                      host=socket.gethostname(), pid=os.getpid())
-            run_task(task, self.workdir.root)
+            run_task(task)
             ids.append(job_id)
         return ids

@@ -14,13 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ctsl_hpc.snapshot import package_hash, snapshot
-from ctsl_hpc.config import ExperimentConfig, SlurmStageConfig, check_training_ranks
+from ctsl_hpc.config import GRAPH_STAGES, ExperimentConfig, SlurmStageConfig, check_training_ranks
 from ctsl_hpc.launch import slurm_cli
 from ctsl_hpc.launch.backends.base import Backend, register
 from ctsl_hpc.launch.job_registry import JobUsage
 from ctsl_hpc.launch.slurm_job import SlurmJob
 from ctsl_hpc.launch.task import Task
+from ctsl_hpc.snapshot import package_hash, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class SlurmBackend(Backend):
     def check(self) -> None:
         self.check_config()
         slurm_cli.require_slurm()
-        slurm_cli.check_partitions(self.cfg, ("teacher", "students", "eval"))
+        slurm_cli.check_partitions(self.cfg, GRAPH_STAGES)
 
     def parameters(self, stage: str, after: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
         """The interpreter and submitit parameters of ``stage`` (resources, set-up, dependency, sbatch options)."""

@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ctsl_hpc.train.checkpoint import load_state
 from ctsl_hpc.train.engines.plain import Engine, OptimSettings
 from ctsl_hpc.train.ranks import RankEnv, rank_env
+from ctsl_hpc.train.safe_load import load_state
 
 RNG_FILE = "rng-rank{rank:05d}.pt"
 

@@ -32,9 +32,9 @@ import torch.distributed as dist
 from torch import nn
 
 from ctsl_hpc.config import ConfigError, shipped_file
-from ctsl_hpc.train.checkpoint import load_state
 from ctsl_hpc.train.engines.ddp import DistributedMixin, init_process_group
 from ctsl_hpc.train.engines.plain import ENGINE_FILE, Engine, OptimSettings
+from ctsl_hpc.train.safe_load import load_state
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ctsl_hpc.train.checkpoint import load_state
+from ctsl_hpc.train.safe_load import load_state
 
 ENGINE_FILE = "engine.pt"
 FUSED_ADAM_DEVICES = ("cuda", "cpu")
