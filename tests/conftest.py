@@ -1,4 +1,5 @@
-"""Shared fixtures: offline Hugging Face, a small synthetic corpus built once per test session."""
+"""Shared fixtures: offline Hugging Face, a small synthetic corpus built once per test session, tiny
+models, one torch thread, a real MLflow server (``tests/mlflow_fixtures.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 from tests.seeds import fresh_seed
+
+pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -83,6 +86,33 @@ def _tiny_overrides(corpus, workdir) -> list[str]:
         "model.tiny.num_layers=1",
         "model.num_layers=1",
     ]
+
+
+@pytest.fixture
+def one_thread() -> None:
+    """torch on one thread: float comparisons stay reproducible, and CI machines have 2 cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """``tiny_model(directory, seed)``: a randomly initialised demo-sized model saved in ``directory``, its
+    head scaled up so that predictions vary (CCCs then differ between groups and models)."""
+    import torch
+
+    from ctsl_hpc.config import load_config
+    from ctsl_hpc.model import build_model, save_model
+
+    def write(directory: Path, seed: int) -> Path:
+        torch.manual_seed(seed)
+        model = build_model(load_config(None, []).model)
+        with torch.no_grad():
+            model.head[-1].weight.mul_(5.0)
+        return save_model(model, directory, None)
+
+    return write
 
 
 @pytest.fixture

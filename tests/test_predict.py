@@ -29,11 +29,7 @@ SENTENCES = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # float comparisons, and the 2-core CI machine
 
 
 def _save_tiny(directory: Path, seed: int, bias: float, weight_scale: float) -> Path:

@@ -22,14 +22,9 @@ import yaml
 
 from ctsl_hpc.config import ConfigError, load_config
 from ctsl_hpc.workdir import Workdir
+from tests.helpers import cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "ctsl_hpc.launch", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=REPO)
 
 
 def _one_error_line(out: subprocess.CompletedProcess) -> bool:

@@ -9,12 +9,6 @@ import pytest
 import soundfile as sf
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: takes more than a few seconds (still runs in CI)")
-
-
-
-
 def _speech_like(rng: np.random.Generator, seconds: float, sample_rate: int = 16000) -> np.ndarray:
     """A voiced-sounding test signal: a random-pitch harmonic tone with a syllable-rate envelope, plus hiss."""
     t = np.arange(int(seconds * sample_rate)) / sample_rate

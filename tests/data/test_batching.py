@@ -12,7 +12,7 @@ from ctsl_hpc.data.batching import LengthBucketSampler, RandomBatchSampler, Utte
 from ctsl_hpc.data.corpus import Utterance
 from ctsl_hpc.data.noise import NoisePool, mix, noise_rng, noisy_copy
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # float comparisons, and the 2-core CI machine
 
 
 @pytest.fixture

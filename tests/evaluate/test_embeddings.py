@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy.special import logsumexp
 
-from ctsl_hpc.config import load_config
 from ctsl_hpc.data.audio import compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.conditions import CONDITIONS
@@ -21,18 +18,14 @@ from ctsl_hpc.evaluate.metrics import ccc_numpy
 from ctsl_hpc.evaluate.protocol import best_student
 from ctsl_hpc.evaluate.scoring import condition_set
 from ctsl_hpc.losses import MARGIN_TOLERANCE
-from ctsl_hpc.model import build_model, load_model, save_model
+from ctsl_hpc.model import load_model
 from ctsl_hpc.train.inference import predict
 from tests.seeds import fresh_seed
 
 SR = 16000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # float comparisons, and the 2-core CI machine
 
 
 def _infonce_reference(
@@ -137,18 +130,11 @@ def dev_pool(small_corpus) -> NoisePool:
     return NoisePool.from_directory(small_corpus.noise_dev, SR, minutes=0.5)
 
 
-def _tiny_model(directory: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = build_model(load_config(None, []).model)
-    with torch.no_grad():
-        model.head[-1].weight.mul_(5.0)
-    return save_model(model, directory, None)
 
-
-def test_embedding_metrics_per_model_and_condition_and_the_projected_models(tmp_path, dev_set, dev_pool):
+def test_embedding_metrics_per_model_and_condition_and_the_projected_models(tmp_path, dev_set, dev_pool, tiny_model):
     seeds = fresh_seed("tiny model weights").generate_state(4)
     variants = ["original", "RH", "RM", "RM+TL"]
-    models = {v: _tiny_model(tmp_path / v, int(s)) for v, s in zip(variants, seeds, strict=True)}
+    models = {v: tiny_model(tmp_path / v, int(s)) for v, s in zip(variants, seeds, strict=True)}
     margin, tau = 0.5 / 6, 0.1
     table, (teacher_clean, projected) = embedding_metrics(models, dev_set, dev_pool, "rms", margin, tau, 8, seed=5)
 

@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ctsl_hpc.data.conditions import CONDITIONS, SNR_OF
 from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.evaluate.metrics import bias_numpy, ccc_numpy, pearson_numpy, to_label_scale
-
-
-def test_conditions_have_an_snr_each_and_only_clean_is_noise_free() -> None:
-    assert set(SNR_OF) == set(CONDITIONS)
-    assert [c for c in CONDITIONS if SNR_OF[c] is None] == ["clean"]
 
 
 @pytest.mark.parametrize("n", [2, 7, 300])

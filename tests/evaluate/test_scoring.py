@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from ctsl_hpc.config import load_config
 from ctsl_hpc.data.audio import compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.conditions import CONDITIONS, SNR_OF
@@ -19,7 +18,7 @@ from ctsl_hpc.evaluate.predictions import read_predictions
 from ctsl_hpc.evaluate.protocol import GroupSpec, test_groups
 from ctsl_hpc.evaluate.score_table import Scores
 from ctsl_hpc.evaluate.scoring import score_models
-from ctsl_hpc.model import WEIGHTS_FILE, build_model, load_model, save_model
+from ctsl_hpc.model import WEIGHTS_FILE, load_model
 from ctsl_hpc.workdir import ReportFiles
 from tests.seeds import fresh_seed
 
@@ -28,9 +27,7 @@ N_GROUPS = 2
 N_UTTERANCES = 24
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # float comparisons, and the 2-core CI machine
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +44,13 @@ def pool(small_corpus) -> NoisePool:
     return NoisePool.from_directory(small_corpus.noise_test, SR, minutes=0.5)
 
 
-def _tiny_model(directory: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = build_model(load_config(None, []).model)
-    with torch.no_grad():  # keep outputs away from constant so CCCs differ between groups
-        model.head[-1].weight.mul_(5.0)
-    return save_model(model, directory, None)
-
 
 @pytest.fixture
-def models(tmp_path) -> dict[str, dict[int, Path]]:
+def models(tmp_path, tiny_model) -> dict[str, dict[int, Path]]:
     seeds = fresh_seed("tiny model weights").generate_state(3)
     return {
-        "original": {4: _tiny_model(tmp_path / "orig", int(seeds[0]))},
-        "RM": {2: _tiny_model(tmp_path / "rm2", int(seeds[1])), 5: _tiny_model(tmp_path / "rm5", int(seeds[2]))},
+        "original": {4: tiny_model(tmp_path / "orig", int(seeds[0]))},
+        "RM": {2: tiny_model(tmp_path / "rm2", int(seeds[1])), 5: tiny_model(tmp_path / "rm5", int(seeds[2]))},
     }
 
 

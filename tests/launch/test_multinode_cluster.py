@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch.conftest import DEV_CLUSTER, SlurmCluster, _free_port_base
+from tests.launch.cluster import DEV_CLUSTER, SlurmCluster, free_port_base
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(240)]
 
@@ -69,7 +69,7 @@ def test_stop_removes_every_namespace_link_and_daemon_it_made():
         pytest.skip("the dev Slurm cluster runs as root")
     state = Path(tempfile.mkdtemp(prefix="ctsl-slurm-stop-", dir="/tmp"))
     state.chmod(0o755)
-    env = {**os.environ, "CTSL_SLURM_STATE": str(state), "CTSL_SLURM_PORT": str(_free_port_base(7300))}
+    env = {**os.environ, "CTSL_SLURM_STATE": str(state), "CTSL_SLURM_PORT": str(free_port_base(7300))}
     env.pop("SLURM_CONF", None)
     try:
         up = subprocess.run([DEV_CLUSTER / "start.sh", "--nodes", "2"], env=env, capture_output=True, text=True,

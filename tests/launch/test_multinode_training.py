@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,8 @@ from ctsl_hpc.experiment import Experiment, train_student, train_teacher
 from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.train.checkpoint import complete_checkpoints
 from ctsl_hpc.workdir import RunDir
-from tests.launch.conftest import SlurmCluster
+from tests.helpers import cli
+from tests.launch.cluster import SlurmCluster
 from tests.launch.training_runs import (
     RESUMED,
     assert_close_runs,
@@ -61,13 +61,6 @@ TWO_NODES = ["slurm.nodes=2", "slurm.tasks_per_node=1", "slurm.cpus_per_task=1",
 NOT_NODE3 = "slurm.additional={exclude: node3}"  # node3 is failed on purpose: only job F runs there
 FAILED_NODE = "node3"
 SLURM_DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
-
-
-def cli(*args: str | Path) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "ctsl_hpc.launch", *map(str, args)], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, f"{args[0]} exited {out.returncode}: {out.stderr[-3000:]}"
-    return out
 
 
 def student_dir(workdir: Path) -> Path:
@@ -129,7 +122,7 @@ def runs(multinode_cluster: SlurmCluster, bridge_mlflow, tiny_overrides, tmp_pat
         engines = {"deepspeed": ["train.engine=deepspeed"], "ddp": ["train.engine=ddp"]}
         sweeps = {engine: base / engine for engine in engines}
         for engine, extra in engines.items():
-            cli("sweep", "--cluster", "slurm", "--workdir", sweeps[engine], *overrides, *extra, *TWO_NODES, NOT_NODE3)
+            cli("sweep", "--cluster", "slurm", "--workdir", sweeps[engine], *overrides, *extra, *TWO_NODES, NOT_NODE3, check=True)
 
         torch.set_num_threads(1)  # the one-rank reference teacher, while the sweeps run
         ref = Experiment.open(load_config(None, overrides), base / "ref")
@@ -175,8 +168,8 @@ def runs(multinode_cluster: SlurmCluster, bridge_mlflow, tiny_overrides, tmp_pat
             return multinode_cluster.job_state(resized_job).split()[0] == "CANCELLED"
 
         def resume_on_one_node() -> None:
-            cli("resume", "--workdir", resized, "slurm.nodes=1")
-            cli("cancel", "--workdir", resized, "eval")  # only the student matters here
+            cli("resume", "--workdir", resized, "slurm.nodes=1", check=True)
+            cli("cancel", "--workdir", resized, "eval", check=True)  # only the student matters here
 
         triggers = [
             Trigger("USR2 to U", ranks_ready, lambda: subprocess.run(["scancel", "--signal=USR2", usr2_job], check=True)),

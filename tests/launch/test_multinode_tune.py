@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from ctsl_hpc.launch.ray_cluster import DONE_FILE
 from ctsl_hpc.train.checkpoint import complete_checkpoints
 from ctsl_hpc.workdir import RunDir, Workdir
-from tests.launch.conftest import SlurmCluster
+from tests.launch.cluster import SlurmCluster
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 

@@ -9,7 +9,6 @@ The other tests start from a copy of the reference's data and trained teacher.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -31,7 +30,8 @@ from ctsl_hpc.model import load_weights
 from ctsl_hpc.run_records import read_history
 from ctsl_hpc.train.checkpoint import complete_checkpoints
 from ctsl_hpc.workdir import Workdir
-from tests.launch.conftest import sweep_task
+from tests.helpers import cli
+from tests.launch.cluster import sweep_task
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -43,12 +43,6 @@ TINY = [
     "slurm.students.gpus_per_node=1",
 ]
 RESUMED = re.compile(r"resumed from step-(\d+) \(epoch (\d+), batch (\d+)\)")
-
-
-def cli(*args: str | Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "ctsl_hpc.launch", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
 def status_table(stdout: str) -> list[dict[str, str]]:

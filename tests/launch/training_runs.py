@@ -15,7 +15,7 @@ from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.model import load_weights
 from ctsl_hpc.run_records import read_history
 from ctsl_hpc.workdir import RunDir, Workdir
-from tests.launch.conftest import sweep_task
+from tests.launch.cluster import sweep_task
 
 RESUMED = re.compile(r"resumed from step-(\d+) \(epoch (\d+), batch (\d+)\)")
 

@@ -1,14 +1,11 @@
 """Data-parallel training: DDP and DeepSpeed ZeRO on 2 CPU ranks (gloo) equal one process.
 
-The multi-rank tests launch tests/train/dist_worker.py with ``torchrun``; DeepSpeed's one JIT op
-(the shared-memory collective) is cached in ``TORCH_EXTENSIONS_DIR``.
+The multi-rank tests launch tests/train/dist_worker.py with ``torchrun`` (tests/train/torchrun.py).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +15,14 @@ import torch
 from ctsl_hpc.config import ConfigError, load_config
 from ctsl_hpc.data.batching import LengthBucketSampler, ShardedBatchSampler
 from ctsl_hpc.model import build_model, load_weights
-from ctsl_hpc.processes import free_port
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.engines import OptimSettings
 from ctsl_hpc.train.engines.deepspeed import fill_deepspeed_config, load_deepspeed_config
 from ctsl_hpc.train.ranks import rank_env
 from ctsl_hpc.workdir import RunDir
+from tests.train.torchrun import launch
 
 WORKER = Path(__file__).with_name("dist_worker.py")
-REPO = Path(__file__).resolve().parents[2]
-EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
 
 
 # ---- fast unit tests -------------------------------------------------------------------------
@@ -97,28 +92,6 @@ def test_a_half_set_rank_environment_is_refused(monkeypatch):
 # ---- multi-rank runs (torchrun, gloo) ----------------------------------------------------------
 
 
-def launch(nproc: int, run_dir: Path, overrides: list[str], *args: str) -> dict:
-    """Run the worker on ``nproc`` ranks; return what rank 0 wrote."""
-    out = run_dir.with_suffix(".pt")
-    env = {
-        **os.environ,
-        "TORCH_EXTENSIONS_DIR": str(EXTENSIONS),
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "CI": "1",
-    }
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
-        env.pop(key, None)
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER),
-        "--run-dir", str(run_dir), "--out", str(out), *args, "--overrides", *overrides,
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    return torch.load(out, weights_only=False)
-
-
 def assert_same_weights(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     for name in a:
@@ -137,12 +110,12 @@ def overrides(tiny_overrides, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_rank_zero2(overrides, tmp_path_factory):
-    return launch(1, tmp_path_factory.mktemp("z2") / "one", [*overrides, "train.engine=deepspeed"])
+    return launch(WORKER, 1, tmp_path_factory.mktemp("z2") / "one", [*overrides, "train.engine=deepspeed"])
 
 
 @pytest.mark.slow
 def test_two_ranks_zero2_match_one_rank_with_the_same_global_batch(overrides, one_rank_zero2, tmp_path):
-    two = launch(2, tmp_path / "two", [*overrides, "train.engine=deepspeed"])
+    two = launch(WORKER, 2, tmp_path / "two", [*overrides, "train.engine=deepspeed"])
     assert len(two["epochs"]) == 2
     np.testing.assert_allclose(losses(two), losses(one_rank_zero2), rtol=1e-5)
     np.testing.assert_allclose(
@@ -156,7 +129,7 @@ def test_two_ranks_zero2_match_one_rank_with_the_same_global_batch(overrides, on
 
 @pytest.mark.slow
 def test_two_ranks_ddp_match_one_rank(overrides, one_rank_zero2, tmp_path):
-    two = launch(2, tmp_path / "ddp", [*overrides, "train.engine=ddp"])
+    two = launch(WORKER, 2, tmp_path / "ddp", [*overrides, "train.engine=ddp"])
     np.testing.assert_allclose(losses(two), losses(one_rank_zero2), rtol=1e-5)
     assert_same_weights(two["weights"], one_rank_zero2["weights"], atol=2e-5)
 
@@ -164,7 +137,7 @@ def test_two_ranks_ddp_match_one_rank(overrides, one_rank_zero2, tmp_path):
 @pytest.mark.slow
 def test_two_ranks_zero3_save_consolidated_epoch_weights(overrides, one_rank_zero2, tmp_path):
     zero3 = [*overrides, "train.engine=deepspeed", "train.deepspeed_config=configs/deepspeed/zero3.json"]
-    two = launch(2, tmp_path / "z3", zero3)
+    two = launch(WORKER, 2, tmp_path / "z3", zero3)
     np.testing.assert_allclose(losses(two), losses(one_rank_zero2), rtol=1e-5)
     saved = load_weights(tmp_path / "z3" / "epochs" / "epoch-002")
     assert_same_weights(saved, one_rank_zero2["weights"], atol=2e-5)
@@ -174,8 +147,8 @@ def test_two_ranks_zero3_save_consolidated_epoch_weights(overrides, one_rank_zer
 @pytest.mark.parametrize("variant", ["RH", "RM", "RM+CL"])  # RM+TL: test_slurm_deepspeed; RM+TL+CL: below
 def test_each_student_variant_on_two_zero2_ranks_matches_one_rank(overrides, variant, tmp_path):
     student = [*overrides, "train.engine=deepspeed"]
-    one = launch(1, tmp_path / "one", student, "--variant", variant)
-    two = launch(2, tmp_path / "two", student, "--variant", variant)
+    one = launch(WORKER, 1, tmp_path / "one", student, "--variant", variant)
+    two = launch(WORKER, 2, tmp_path / "two", student, "--variant", variant)
     np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
     assert_same_weights(two["weights"], one["weights"], atol=2e-5)
     torch.manual_seed(0)  # the worker's initial model (--init-seed 0)
@@ -190,15 +163,15 @@ def test_each_student_variant_on_two_zero2_ranks_matches_one_rank(overrides, var
 def test_student_interrupted_on_two_ranks_and_resumed_equals_uninterrupted(overrides, tmp_path):
     student = [*overrides, "train.engine=deepspeed", "train.grad_accum=2"]
     args = ("--variant", "RM+TL+CL")
-    straight = launch(2, tmp_path / "straight", student, *args)
-    cut = launch(2, tmp_path / "cut", student, *args, "--stop-after", "4")
+    straight = launch(WORKER, 2, tmp_path / "straight", student, *args)
+    cut = launch(WORKER, 2, tmp_path / "cut", student, *args, "--stop-after", "4")
     assert cut["stopped"] is not None
     saved = ckpt.load_trainer_state(Path(cut["stopped"]))
     assert saved["epoch"] == 1 and saved["batch"] > 0  # stopped inside the second epoch
-    resumed = launch(2, tmp_path / "cut", student, *args, "--init-seed", "99")
+    resumed = launch(WORKER, 2, tmp_path / "cut", student, *args, "--init-seed", "99")
     assert losses(resumed) == losses(straight)
     assert_same_weights(resumed["weights"], straight["weights"], atol=0)
 
     # the same checkpoint on ONE rank: the consolidated fp32 weights of the 2-rank shards
-    loaded = launch(1, tmp_path / "load", student, "--mode", "load", "--checkpoint", cut["stopped"], "--init-seed", "5")
+    loaded = launch(WORKER, 1, tmp_path / "load", student, "--mode", "load", "--checkpoint", cut["stopped"], "--init-seed", "5")
     assert_same_weights(loaded["weights"], cut["weights"], atol=0)

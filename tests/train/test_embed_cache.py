@@ -26,15 +26,12 @@ from tests.seeds import fresh_seed
 FP32_TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # float comparisons, and the 2-core CI machine
 
 
 @pytest.fixture(scope="module")
 def setup(small_corpus, tiny_overrides, tmp_path_factory):
     """Tiny config, a noisy train set and its clean twin (same files, crop and stats), a teacher on disk."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cache")
     cfg = load_config(None, [*tiny_overrides(root / "w"), "model.dropout=0.0"])
     splits = load_csv_manifest(small_corpus.manifest)

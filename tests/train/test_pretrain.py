@@ -30,9 +30,7 @@ SMALL = ["model.tiny.hidden_size=16", "model.tiny.intermediate_size=32", "model.
          "model.tiny.num_layers=1", "model.num_layers=1"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # float comparisons, and the 2-core CI machine
 
 
 def _noise_dirs(corpus) -> list[Path]:

@@ -19,10 +19,7 @@ from ctsl_hpc.train.recipe import recipe
 from ctsl_hpc.train.trainer import TrainingData, build_trainer
 from ctsl_hpc.workdir import RunDir
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # float comparisons, and the 2-core CI machine
 
 
 @pytest.fixture(scope="module")

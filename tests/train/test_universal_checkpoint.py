@@ -1,10 +1,10 @@
 """A changed world size keeps the optimiser state: DeepSpeed's universal checkpoint (ZeRO-2, CPU, fp32).
 
-A 2-rank (or 1-rank) ZeRO-2 run is cut after two optimiser steps by tests/train/dist_worker.py; this
-file, run by ``torchrun`` as a worker (see ``worker``), then builds a differently initialised
-engine on the other world size, ``load``s the checkpoint and reports the fp32 weights, Adam's
-moments and step it holds, and the weights after one more optimiser step on a fixed random
-batch. The launches are test_distributed.py's ``launch``.
+A 2-rank (or 1-rank) ZeRO-2 run is cut after two optimiser steps by tests/train/dist_worker.py;
+tests/train/universal_worker.py, run by ``torchrun`` on the other world size, then builds a
+differently initialised engine, ``load``s the checkpoint and reports the fp32 weights, Adam's
+moments and step it holds, and the weights after one more optimiser step on a fixed random batch
+(launched by tests/train/torchrun.py).
 
 The moments are checked against the ZeRO-2 shard files read here, independently of
 ``ds_to_universal``: the ranks' flat fp32 partitions concatenated, DeepSpeed's padding removed and
@@ -13,7 +13,6 @@ cut into parameters in the order the model-state file records.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -24,91 +23,19 @@ from unittest import mock
 import pytest
 import torch
 
-WORKER = Path(__file__)
+from tests.train.torchrun import launch
 
-
-# ---- the worker (run by torchrun: ``python tests/train/test_universal_checkpoint.py``) ------
-
-
-def train_step(engine, seed: int) -> None:
-    """One optimiser step on a global batch drawn from ``seed`` (the same on every world size):
-    each rank forwards its share, the loss is the mean squared error on the gathered global batch."""
-    g = torch.Generator().manual_seed(seed)
-    batch = engine.settings.batch_size
-    wave = torch.randn(batch, 8000, generator=g)
-    lengths = torch.randint(4000, 8001, (batch,), generator=g)
-    mask = torch.arange(8000)[None, :] < lengths[:, None]
-    share = slice(engine.rank * batch // engine.world_size, (engine.rank + 1) * batch // engine.world_size)
-    pred = engine.gather(engine.forward(wave[share], mask[share]).pred)
-    target = torch.randn(pred.shape, generator=g)
-    engine.backward(((pred - target) ** 2).mean())
-    assert engine.step()
-
-
-def worker() -> None:
-    import torch.distributed as dist
-    from deepspeed.utils import safe_get_full_optimizer_state
-
-    from ctsl_hpc.config import load_config
-    from ctsl_hpc.model import build_model
-    from ctsl_hpc.train.engines import OptimSettings, make_engine
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--run-dir", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--batch-seed", type=int, required=True)
-    p.add_argument("--moments", action="store_true", help="report Adam's moments (unset after a same-size load)")
-    p.add_argument("--freeze-backbone", action="store_true", help="train the head only (the RH student)")
-    p.add_argument("--overrides", nargs="*", default=[])
-    args = p.parse_args()
-    torch.set_num_threads(1)
-    cfg = load_config(None, args.overrides)
-    torch.manual_seed(12345)  # unlike the saved model: the load must overwrite every tensor
-    model = build_model(cfg.model)
-    if args.freeze_backbone:
-        model.backbone.requires_grad_(False)
-    t = cfg.train
-    settings = OptimSettings(t.lr, t.lr_decay, 1, t.grad_clip, "fp32", False, t.batch_size)
-    engine = make_engine("deepspeed", model, settings, t.deepspeed_config)
-    engine.load(args.checkpoint)
-    moments = {
-        name: {key: safe_get_full_optimizer_state(param, key).detach().cpu().clone() for key in ("exp_avg", "exp_avg_sq")}
-        for name, param in engine.ds.module.named_parameters()
-        if param.requires_grad and args.moments
-    }  # fmt: skip
-    steps = {int(state["step"]) for state in engine.optimizer.state.values()}
-    out = {
-        "loaded": {k: v.cpu() for k, v in engine.full_state_dict().items()},
-        "moments": moments,
-        "steps": steps,
-        "global_steps": engine.ds.global_steps,
-        "lr": engine.lr,
-    }
-    train_step(engine, args.batch_seed)
-    out["stepped"] = {k: v.cpu() for k, v in engine.full_state_dict().items()}
-    if engine.is_main:
-        torch.save(out, args.out)
-    dist.barrier()
+WORKER = Path(__file__).with_name("universal_worker.py")
+DIST_WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 # ---- the tests ---------------------------------------------------------------------------------
 
 
-def launch(nproc: int, run_dir: Path, overrides: list[str], *args: str, worker: Path | None = None) -> dict:
-    """test_distributed.launch, with this file as the worker unless ``worker`` says otherwise."""
-    from tests.train import test_distributed
-
-    with mock.patch.object(test_distributed, "WORKER", worker or WORKER):
-        return test_distributed.launch(nproc, run_dir, overrides, *args)
-
-
 def fit_and_cut(nproc: int, run_dir: Path, overrides: list[str], init_seed: int, *args: str) -> tuple[Path, dict]:
     """dist_worker.py's training on ``nproc`` ranks, stopped (and checkpointed) after 2 optimiser steps."""
-    from tests.train.test_distributed import WORKER as DIST_WORKER
-
     stop = ("--stop-after", "2", "--init-seed", str(init_seed), *args)
-    cut = launch(nproc, run_dir, overrides, *stop, worker=DIST_WORKER)
+    cut = launch(DIST_WORKER, nproc, run_dir, overrides, *stop)
     assert cut["stopped"] is not None
     return Path(cut["stopped"]), cut["weights"]
 
@@ -223,8 +150,8 @@ def test_two_zero2_ranks_resumed_on_one_keep_weights_moments_and_step(overrides,
     far outside the tolerance (1e-6 absolute + 1e-3 relative of a ~1e-3 update)."""
     checkpoint, saved = two_rank_cut
     batch = ["--checkpoint", str(checkpoint), "--batch-seed", str(seed + 1)]
-    one = launch(1, tmp_path / "one", overrides, *batch, "--moments")
-    two = launch(2, tmp_path / "two", overrides, *batch)
+    one = launch(WORKER, 1, tmp_path / "one", overrides, *batch, "--moments")
+    two = launch(WORKER, 2, tmp_path / "two", overrides, *batch)
     check_resume(checkpoint, saved, changed=one, same=two)
 
 
@@ -235,8 +162,8 @@ def test_one_zero2_rank_resumed_on_two_keeps_weights_moments_and_step(overrides,
     universal loading), come from the saved module state."""
     checkpoint, saved = fit_and_cut(1, tmp_path / "run", overrides, seed + 2, "--variant", "RH")
     batch = ["--checkpoint", str(checkpoint), "--batch-seed", str(seed + 3), "--freeze-backbone"]
-    two = launch(2, tmp_path / "two", overrides, *batch, "--moments")
-    one = launch(1, tmp_path / "one", overrides, *batch)
+    two = launch(WORKER, 2, tmp_path / "two", overrides, *batch, "--moments")
+    one = launch(WORKER, 1, tmp_path / "one", overrides, *batch)
     check_resume(checkpoint, saved, changed=two, same=one)
     assert all(name.startswith("head.") for name in two["moments"])
 
@@ -248,8 +175,8 @@ def test_two_zero3_ranks_resumed_on_one_keep_weights_and_step(overrides, seed, t
     zero3 = [*overrides, "train.deepspeed_config=configs/deepspeed/zero3.json"]
     checkpoint, saved = fit_and_cut(2, tmp_path / "run", zero3, seed + 4, "--variant", "RH")
     batch = ["--checkpoint", str(checkpoint), "--batch-seed", str(seed + 5), "--freeze-backbone"]
-    one = launch(1, tmp_path / "one", zero3, *batch, "--moments")
-    two = launch(2, tmp_path / "two", zero3, *batch)
+    one = launch(WORKER, 1, tmp_path / "one", zero3, *batch, "--moments")
+    two = launch(WORKER, 2, tmp_path / "two", zero3, *batch)
     check_resume(checkpoint, saved, changed=one, same=two, zero2=False)
 
 
@@ -316,7 +243,3 @@ def test_universal_loading_is_skipped_where_deepspeed_cannot_map_the_state():
         assert universal_unsupported(saved, now) is None
     assert "ZeRO-3" in universal_unsupported(3, 2) and "ZeRO-3" in universal_unsupported(2, 3)
     assert "ZeRO-0" in universal_unsupported(0, 2)
-
-
-if __name__ == "__main__":
-    worker()

@@ -25,29 +25,6 @@ from ctsl_hpc.tune.space import apply_params, overrides_for, search_space
 from ctsl_hpc.tune.summary import read_best_config
 from ctsl_hpc.workdir import Workdir
 
-NUM_SAMPLES, MAX_T = 6, 3
-ENV = dict(
-    os.environ,
-    HF_HUB_OFFLINE="1",
-    RAY_USAGE_STATS_ENABLED="0",
-    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false",
-    RAY_DEDUP_LOGS="0",
-)
-
-
-def _tune_overrides(seed: int) -> list[str]:
-    return [
-        f"tune.num_samples={NUM_SAMPLES}",
-        f"tune.max_t={MAX_T}",
-        "tune.grace_period=1",
-        "tune.reduction_factor=2",
-        "tune.noise_minutes=[0.1,0.25,0.5,1.0]",
-        "tune.final_variants=[RM+TL+CL]",
-        "tune.cpus_per_trial=1",
-        f"tune.seed={seed}",
-        f"seed={seed}",
-    ]
-
 
 def test_search_space_samples_stay_in_the_configured_ranges():
     low_tl, high_tl = sorted(random.uniform(0.5, 50) for _ in range(2))
@@ -106,9 +83,9 @@ def _reports(storage: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in storage.glob("search/*/result.json"))
 
 
-def _start_and_wait_for_a_report(cmd: list[str], log: Path, storage: Path) -> subprocess.Popen:
+def _start_and_wait_for_a_report(cmd: list[str], log: Path, storage: Path, env: dict[str, str]) -> subprocess.Popen:
     before = _reports(storage)
-    proc = subprocess.Popen(cmd, env=ENV, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     while _reports(storage) <= before:
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -118,21 +95,21 @@ def _start_and_wait_for_a_report(cmd: list[str], log: Path, storage: Path) -> su
 
 
 @pytest.fixture(scope="module")
-def resumed_sweep(tiny_overrides, tmp_path_factory):
+def resumed_sweep(tiny_overrides, tmp_path_factory, tiny_search):
     """`sweep --tune` killed (SIGKILL to its process group) after the first trial report, rerun and
     preempted (SIGUSR2, relayed to the trials) after its next report, then rerun to completion."""
     workdir = tmp_path_factory.mktemp("tune")
     storage = workdir / "tune"
-    cmd = _sweep_command(workdir, [*tiny_overrides(workdir), *_tune_overrides(random.randrange(1000))])
-    killed = _start_and_wait_for_a_report(cmd, workdir.parent / "killed.log", storage)
+    cmd = _sweep_command(workdir, [*tiny_overrides(workdir), *tiny_search.overrides(random.randrange(1000))])
+    killed = _start_and_wait_for_a_report(cmd, workdir.parent / "killed.log", storage, tiny_search.env)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
-    preempted = _start_and_wait_for_a_report(cmd, workdir.parent / "preempted.log", storage)
+    preempted = _start_and_wait_for_a_report(cmd, workdir.parent / "preempted.log", storage, tiny_search.env)
     os.kill(preempted.pid, signal.SIGUSR2)
     assert preempted.wait(timeout=300) == INTERRUPTED, (workdir.parent / "preempted.log").read_text()[-3000:]
     assert not Workdir(workdir).best_config.exists()
     started = time.monotonic()
-    final = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    final = subprocess.run(cmd, env=tiny_search.env, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     return workdir, final.stdout, time.monotonic() - started
 
@@ -143,13 +120,13 @@ def _trial_rows(workdir: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_asha_stops_some_trials_before_max_t(resumed_sweep):
+def test_asha_stops_some_trials_before_max_t(resumed_sweep, tiny_search):
     workdir, _, _ = resumed_sweep
     rows = _trial_rows(workdir)
-    assert len(rows) == NUM_SAMPLES
+    assert len(rows) == tiny_search.num_samples
     epochs = [int(r["epochs"]) for r in rows]
-    assert max(epochs) == MAX_T
-    assert min(epochs) < MAX_T, f"ASHA stopped no trial early: {epochs}"
+    assert max(epochs) == tiny_search.max_t
+    assert min(epochs) < tiny_search.max_t, f"ASHA stopped no trial early: {epochs}"
     for row in rows:  # Tune's own per-trial results agree with the summary, one line per epoch
         results = [json.loads(line) for p in (workdir / "tune" / "search").glob(f"*{row['trial_id']}*/result.json")
                    for line in p.read_text().splitlines()]
@@ -157,7 +134,7 @@ def test_asha_stops_some_trials_before_max_t(resumed_sweep):
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_with_one_mlflow_run_per_trial(resumed_sweep):
+def test_killed_sweep_resumes_with_one_mlflow_run_per_trial(resumed_sweep, tiny_search):
     from mlflow import MlflowClient
 
     workdir, _, _ = resumed_sweep
@@ -165,7 +142,7 @@ def test_killed_sweep_resumes_with_one_mlflow_run_per_trial(resumed_sweep):
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
     keys = [r.data.tags.get("ctsl.run_key", "") for r in runs]
     trial_keys = [k for k in keys if k.startswith("trial/")]
-    assert len(trial_keys) == NUM_SAMPLES == len(set(trial_keys))
+    assert len(trial_keys) == tiny_search.num_samples == len(set(trial_keys))
     assert len(keys) == len(set(keys)), f"duplicate runs: {sorted(keys)}"
     epochs = {r["trial_id"]: int(r["epochs"]) for r in _trial_rows(workdir)}
     for run in runs:

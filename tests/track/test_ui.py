@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +20,6 @@ from tests.chromium import open_page
 if TYPE_CHECKING:
     from tests.mlflow_fixtures import MlflowServer
 
-pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
 EXPAND_PARENTS = """
 (() => {
@@ -42,8 +40,7 @@ async def _render_run_tree(url: str, parent: str, children: list[str], png: Path
         return text
 
 
-def test_mlflow_ui_lists_parent_teacher_and_students(mlflow_server: MlflowServer, tmp_path: Path):
-    experiment = f"ui-{uuid.uuid4().hex[:8]}"
+def test_mlflow_ui_lists_parent_teacher_and_students(mlflow_server: MlflowServer, tmp_path: Path, experiment: str):
     tracker = Tracker(tmp_path / "sweep", mlflow_server.url, experiment, system_metrics=False)
     parent = tracker.parent(config=load_config(None, [f"name={experiment}"]))
     children = ["teacher", "student/RH", "student/RM", "student/RM+TL", "student/RM+CL", "student/RM+TL+CL"]

@@ -12,8 +12,6 @@ from ctsl_hpc.model import WEIGHTS_FILE
 from ctsl_hpc.stage_jobs import evaluate_job
 from ctsl_hpc.workdir import Workdir
 
-pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
-
 STUDENTS = ["RH", "RM", "RM+TL", "RM+CL", "RM+TL+CL"]
 
 

@@ -26,9 +26,8 @@ from ctsl_hpc.track.tags import RUN_TAGS_ENV
 if TYPE_CHECKING:
     from tests.mlflow_fixtures import MlflowServer
 
-pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 JOB_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
@@ -71,11 +70,6 @@ def _wait_for_system_metrics(server: MlflowServer, run_id: str, timeout_s: float
             return True
         time.sleep(0.2)
     return False
-
-
-@pytest.fixture
-def experiment() -> str:
-    return f"exp-{uuid.uuid4().hex[:8]}"
 
 
 def test_run_tree_with_params_tags_metrics_and_artifacts_reaches_the_server(

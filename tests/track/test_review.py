@@ -33,7 +33,6 @@ from tests.chromium import Page, open_page
 if TYPE_CHECKING:
     from tests.mlflow_fixtures import MlflowServer
 
-pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
 VARIANTS = ["original", "RM+TL+CL"]
 EXPAND_PARENTS = """(() => { const b = document.querySelectorAll('button[data-component-id*="runnamecellrenderer"]');

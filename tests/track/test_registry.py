@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,6 @@ from ctsl_hpc.track.tags import COMMAND_TAG, SOURCE_NAME, SOURCE_TYPE, exported_
 if TYPE_CHECKING:
     from tests.mlflow_fixtures import MlflowServer
 
-pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
 
 def _model_dir(path: Path, rng: np.random.Generator) -> Path:
@@ -39,12 +37,11 @@ def _model_dir(path: Path, rng: np.random.Generator) -> Path:
 
 
 def test_registry_inputs_and_descriptions_are_spooled_and_replayed_once(
-    mlflow_server: MlflowServer, tmp_path: Path, small_corpus, tiny_overrides, rng: np.random.Generator
+    mlflow_server: MlflowServer, tmp_path: Path, small_corpus, tiny_overrides, rng: np.random.Generator, experiment: str
 ):
     from ctsl_hpc.data.corpus import load_csv_manifest
     from ctsl_hpc.data.noise import NoisePool
 
-    experiment = f"reg-{uuid.uuid4().hex[:8]}"
     cfg = load_config(None, [*tiny_overrides(tmp_path / "w"), f"name={experiment}"])
     splits = load_csv_manifest(small_corpus.manifest)
     pool = NoisePool.from_directory(small_corpus.noise_train, 16000)
@@ -104,9 +101,8 @@ def test_registry_inputs_and_descriptions_are_spooled_and_replayed_once(
 
 
 def test_a_better_epoch_of_a_later_sweep_takes_the_best_alias(
-    mlflow_server: MlflowServer, tmp_path: Path, rng: np.random.Generator
+    mlflow_server: MlflowServer, tmp_path: Path, rng: np.random.Generator, experiment: str
 ):
-    experiment = f"reg-{uuid.uuid4().hex[:8]}"
     name = model_name(experiment, "RM+TL")
     for sweep, score in (("a", 0.3), ("b", 0.6), ("c", 0.45)):
         tracker = Tracker(tmp_path / sweep, mlflow_server.url, experiment, system_metrics=False)
