@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from ctsl_hpc.data.audio import compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.conditions import CONDITIONS
-from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.evaluate.embeddings import INFONCE_BATCH, compare_embeddings, embedding_metrics
 from ctsl_hpc.evaluate.metrics import ccc_numpy
@@ -118,11 +116,8 @@ def test_best_student_is_the_highest_non_original_with_nan_last_and_ties_first()
 
 
 @pytest.fixture(scope="module")
-def dev_set(small_corpus) -> UtteranceSet:
-    utterances = [u for split in load_csv_manifest(small_corpus.manifest).values() for u in split][:20]
-    raw = UtteranceSet(utterances, SR, max_seconds=1.5, preload=True)
-    stats = compute_stats(raw.raw_wave(i) for i in range(len(raw)))
-    return UtteranceSet(utterances, SR, max_seconds=1.5, stats=stats, preload=True)
+def dev_set(normalised_set) -> UtteranceSet:
+    return normalised_set(20)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ctsl_hpc.data.audio import compute_stats
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.conditions import CONDITIONS, SNR_OF
-from ctsl_hpc.data.corpus import ATTRIBUTES, load_csv_manifest
+from ctsl_hpc.data.corpus import ATTRIBUTES
 from ctsl_hpc.data.noise import NoisePool, noisy_copy
 from ctsl_hpc.evaluate.metrics import bias_numpy, ccc_numpy, pearson_numpy
 from ctsl_hpc.evaluate.predictions import read_predictions
@@ -31,12 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # float comparisons, and the
 
 
 @pytest.fixture(scope="module")
-def test_set(small_corpus) -> UtteranceSet:
-    """24 utterances of the small corpus, 1.5 s at most, normalised with their own statistics."""
-    utterances = [u for split in load_csv_manifest(small_corpus.manifest).values() for u in split][:N_UTTERANCES]
-    raw = UtteranceSet(utterances, SR, max_seconds=1.5, preload=True)
-    stats = compute_stats(raw.raw_wave(i) for i in range(len(raw)))
-    return UtteranceSet(utterances, SR, max_seconds=1.5, stats=stats, preload=True)
+def test_set(normalised_set) -> UtteranceSet:
+    return normalised_set(N_UTTERANCES)
 
 
 @pytest.fixture(scope="module")
