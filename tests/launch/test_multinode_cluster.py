@@ -19,8 +19,9 @@ def test_a_two_node_job_step_runs_on_two_hosts_that_resolve_each_other(multinode
     assert multinode_cluster.nodes == ("node1", "node2", "node3")
     out = tmp_path / "out.txt"
     script = "srun hostname; srun bash -c 'getent hosts node1 node2 | sort | tr -s \" \\t\" \" \"'"
-    job = multinode_cluster.sbatch("-N2", "--output", str(out), "--wrap", script)
+    job = multinode_cluster.sbatch("-N2", "--output", str(out), "--error", str(tmp_path / "srun.err"), "--wrap", script)
     assert multinode_cluster.wait_for(job) == "COMPLETED"
+    # the steps' output alone: srun's own notes (a step waiting for nodes the one before still holds) go to stderr
     lines = out.read_text().splitlines()
     hosts = lines[:2]
     assert len(set(hosts)) == 2 and set(hosts) <= set(multinode_cluster.nodes), lines
