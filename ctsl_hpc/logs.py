@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TextIO
 
@@ -17,3 +18,8 @@ def setup_logging(verbose: bool = False, stream: TextIO | None = None) -> None:
     )
     for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def quiet_progress() -> bool:
+    """No progress bars in CI or when stderr is not a terminal (a scheduler's log file): log lines instead."""
+    return bool(os.environ.get("CI")) or not sys.stderr.isatty()

@@ -28,6 +28,7 @@ from torch import nn
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
 from ctsl_hpc.atomic_io import atomic_write_bytes, atomic_write_text
+from ctsl_hpc.backbones import backbone_problem, is_shipped_backbone
 from ctsl_hpc.config import ConfigError, ModelConfig, build_section
 from ctsl_hpc.data.audio import WaveformStats
 
@@ -153,11 +154,6 @@ def backbone_source(name: str) -> Iterator[str]:
         yield str(folder)
 
 
-def is_shipped_backbone(name: str) -> bool:
-    """``name`` is a backbone folder of :mod:`ctsl_hpc.backbones` (``tiny-ssl``)."""
-    return "/" not in name and (resources.files("ctsl_hpc.backbones") / name).is_dir()
-
-
 def pretrained_backbone(name_or_dir: str, num_layers: int) -> Wav2Vec2Model:
     """Load a wav2vec2 checkpoint keeping its bottom ``num_layers`` transformer layers.
 
@@ -172,26 +168,10 @@ def pretrained_backbone(name_or_dir: str, num_layers: int) -> Wav2Vec2Model:
 
 
 def check_backbone(name: str) -> None:
-    """Fail early, naming ``model.backbone``, when the backbone cannot be loaded here.
-
-    ``tiny`` is built locally and a shipped backbone (``tiny-ssl``) is in the package; a folder must hold a Hugging Face ``config.json``; a hub id must be in
-    the local Hugging Face cache when the hub is offline (``HF_HUB_OFFLINE=1``, as on compute nodes).
-    """
-    if name == "tiny" or is_shipped_backbone(name):
-        return
-    path = Path(name)
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.backbone: {path} has no config.json: it is not a Hugging Face model folder")
-        return
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(name, "config.json"), str) or not constants.HF_HUB_OFFLINE:
-        return
-    raise ConfigError(
-        f"model.backbone: {name!r} is no folder, and the Hugging Face hub is offline (HF_HUB_OFFLINE=1) with no cached "
-        f"copy: download it where the hub is reachable (huggingface-cli download {name}) or give the folder"
-    )
+    """Fail early, naming ``model.backbone``, when the backbone cannot be loaded here (:func:`backbone_problem`)."""
+    problem = backbone_problem(name)
+    if problem:
+        raise ConfigError(f"model.backbone: {problem}")
 
 
 class RegressionHead(nn.Sequential):

@@ -6,17 +6,19 @@ job's stop request (a preemption signal, an approaching time limit); a training 
 saving a resumable checkpoint and raising ``TrainingInterrupted``. Torch, the data and MLflow are
 imported only when a job runs, so building and submitting a sweep stays light.
 
-In a job of several ranks (``WORLD_SIZE`` > 1) rank 0 prepares what every rank reads (the demo
-corpus, the waveform statistics, the noise folders checked) while the others wait: concurrently
-they would race on the same files.
+Every job starts from what the prepare stage recorded (:mod:`ctsl_hpc.experiment.preparation`):
+where it has not run (a stage started on its own), rank 0 of the job prepares while the other
+ranks wait, as concurrently they would race on the same files. With ``data.stage_dir`` the job
+reads the corpus from a copy on its node's local storage, removed at its end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StopRequest = Callable[[], bool]
-EVAL_KEY = "eval"  # the evaluation's job key (the training runs' keys: run_key)
+PREPARE_KEY, EVAL_KEY = "prepare", "eval"  # the prepare stage's and the evaluation's job keys (training: run_key)
 NOISY_SPLITS = ("train", "dev")  # the noise pools a student (or trial) trains and selects on
 UsageMetrics = Callable[[Path], Mapping[str, float]]
 
@@ -47,10 +49,12 @@ def run_key(variant: str) -> str:
     return TEACHER_STAGE if variant == TEACHER else f"student/{variant}"
 
 
-def _open(workdir: str | Path, check_inputs: bool = False) -> Experiment:
-    """The work directory's experiment (its umask applied); its inputs checked first where ``check_inputs``
-    (the teacher's job: nothing trains before every input was read), and prepared once for all ranks."""
+@contextlib.contextmanager
+def _opened(workdir: str | Path) -> Iterator[Experiment]:
+    """The work directory's experiment (its umask applied), prepared (once for all ranks), with the packed
+    corpus staged on this node for the job where ``data.stage_dir`` says so."""
     from ctsl_hpc.experiment import Experiment
+    from ctsl_hpc.experiment.preparation import ensure_prepared, staged_corpus
     from ctsl_hpc.train.engines.ddp import init_process_group
     from ctsl_hpc.train.ranks import TorchEnvironment
 
@@ -61,12 +65,13 @@ def _open(workdir: str | Path, check_inputs: bool = False) -> Experiment:
 
         env = init_process_group()
         if env.rank == 0:
-            exp.data.check()
+            ensure_prepared(exp)
         dist.barrier()
         log.info("rank %d of %d ready on %s", env.rank, env.world_size, socket.gethostname())
-    elif check_inputs:
-        exp.data.check()
-    return exp
+    else:
+        ensure_prepared(exp)
+    with staged_corpus(exp):
+        yield exp
 
 
 def _tracker(exp: Experiment, system_metrics: bool | None = None):
@@ -95,18 +100,28 @@ def _close(run, exp: Experiment, summary: StageSummary) -> None:
     run.finish("FINISHED")
 
 
+def prepare_job(workdir: str | Path, should_stop: StopRequest | None = None) -> dict:
+    """Check every input once, with every CPU of the job (the head of the job graph, a CPU job on a cluster)."""
+    from ctsl_hpc.experiment import Experiment
+    from ctsl_hpc.experiment.preparation import prepare
+
+    exp = Experiment.reopen(workdir)
+    os.umask(exp.cfg.umask)
+    return prepare(exp, should_stop=should_stop)
+
+
 def teacher_job(workdir: str | Path, should_stop: StopRequest | None = None) -> StageSummary:
     """Train (or resume, or reuse) the teacher."""
     from ctsl_hpc.experiment import never, train_teacher
     from ctsl_hpc.variants import TEACHER
 
-    exp = _open(workdir, check_inputs=True)
-    tracker = _tracker(exp)
-    run = None if tracker is None else tracker.child(run_key(TEACHER))
-    if run is not None:
-        run.log_inputs(dataset_inputs(exp))
-    summary = train_teacher(exp, sink=run, should_stop=should_stop or never)
-    _close(run, exp, summary)
+    with _opened(workdir) as exp:
+        tracker = _tracker(exp)
+        run = None if tracker is None else tracker.child(run_key(TEACHER))
+        if run is not None:
+            run.log_inputs(dataset_inputs(exp))
+        summary = train_teacher(exp, sink=run, should_stop=should_stop or never)
+        _close(run, exp, summary)
     return summary
 
 
@@ -114,13 +129,13 @@ def student_job(workdir: str | Path, variant: str, should_stop: StopRequest | No
     """Train (or resume, or reuse) one student variant."""
     from ctsl_hpc.experiment import never, train_student
 
-    exp = _open(workdir)
-    tracker = _tracker(exp)
-    run = None if tracker is None else tracker.child(run_key(variant))
-    if run is not None:
-        run.log_inputs(dataset_inputs(exp, NOISY_SPLITS))
-    summary = train_student(exp, variant, sink=run, should_stop=should_stop or never)
-    _close(run, exp, summary)
+    with _opened(workdir) as exp:
+        tracker = _tracker(exp)
+        run = None if tracker is None else tracker.child(run_key(variant))
+        if run is not None:
+            run.log_inputs(dataset_inputs(exp, NOISY_SPLITS))
+        summary = train_student(exp, variant, sink=run, should_stop=should_stop or never)
+        _close(run, exp, summary)
     return summary
 
 
@@ -133,19 +148,19 @@ def evaluate_job(
     from ctsl_hpc.experiment import evaluate, never
     from ctsl_hpc.variants import TEACHER
 
-    exp = _open(workdir)
-    tracker = _tracker(exp)
-    variants = [TEACHER, *exp.cfg.student.variants]
-    reopened = {}
+    with _opened(workdir) as exp:
+        tracker = _tracker(exp)
+        variants = [TEACHER, *exp.cfg.student.variants]
+        reopened = {}
 
-    def sink_for(variant: str):
-        key = run_key(variant)
-        run = None if tracker is None else tracker.child(key, retag=False)  # its tags tell where and how it trained
-        if run is not None:
-            reopened[key] = run
-        return run
+        def sink_for(variant: str):
+            key = run_key(variant)
+            run = None if tracker is None else tracker.child(key, retag=False)  # its tags tell where and how it trained
+            if run is not None:
+                reopened[key] = run
+            return run
 
-    report_dir = evaluate(exp, variants, sink_for=sink_for, should_stop=should_stop or never)
+        report_dir = evaluate(exp, variants, sink_for=sink_for, should_stop=should_stop or never)
     if tracker is not None:
         publish_models(tracker, exp, variants, reopened)
         metrics = dict(usage(exp.workdir.root)) if usage is not None else {}

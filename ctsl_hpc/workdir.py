@@ -10,6 +10,8 @@ Layout (``Workdir`` attributes in brackets)::
     config.yaml            the resolved configuration [config_file]
     waveform_stats.json    training-set mean/std [waveform_stats]
     data/synthetic/        the demo corpus, when built [synthetic_data]
+    data/prepared.json     the prepare stage's summary, written when it is done [prepared]; fingerprint.json [fingerprint]
+    data/packed/           the corpus packed into a few large files, with data.stage_dir [packed]
     cache/                 the teacher's clean embeddings [cache], audio checks [audio_check], durations [durations]
     teacher/, students/RM_TL/, tune/trials/<id>/   one RunDir per training run
         history.json, starts.json, DONE, checkpoints/step-00000042/, epochs/epoch-003/
@@ -42,12 +44,14 @@ import yaml
 
 from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text, read_json
 from ctsl_hpc.config import ConfigError, ExperimentConfig, config_from_dict, flatten
+from ctsl_hpc.data.audit import VerdictCache
+from ctsl_hpc.data.packed import COMPLETE as PACKED_COMPLETE
 from ctsl_hpc.processes import pid_alive
 from ctsl_hpc.run_records import read_history
 from ctsl_hpc.variants import TEACHER
 
 # what may change on an existing sweep: where and how it runs, not what it computes (a section or a dotted key)
-RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "cost", "data.on_bad_audio", "tune.max_failures")
+RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "cost", "data.on_bad_audio", "data.stage_dir", "tune.max_failures")
 
 
 class ConfigMismatch(ValueError):
@@ -275,7 +279,10 @@ class Workdir:
     tune_summary_plot = property(lambda self: self.root / "tune_summary.png")
     code = property(lambda self: self.root / "code")  # frozen copies of the package, one per content hash
     lock_file = property(lambda self: self.root / "LOCK")
-    audio_check = property(lambda self: self.root / "cache" / "audio-check.json")  # verdicts per audio file
+    audio_check = property(lambda self: self.root / "cache" / "audio-check.jsonl")  # verdicts per audio file
+    prepared = property(lambda self: self.root / "data" / "prepared.json")  # the prepare stage's summary (done)
+    packed = property(lambda self: self.root / "data" / "packed")  # the corpus in a few large files (data.stage_dir)
+    packed_done = property(lambda self: self.packed / PACKED_COMPLETE)  # written last by the packer
     durations = property(lambda self: self.root / "cache" / "durations.json")  # header durations (the dry run's cost)
     fingerprint = property(lambda self: self.root / "data" / "fingerprint.json")  # the corpus's content hash
     mlflow_db = property(lambda self: self.root / "mlflow.db")
@@ -299,6 +306,10 @@ class Workdir:
     def trial(self, trial_id: str) -> RunDir:
         """A Ray Tune trial's training run."""
         return RunDir(self.root / "tune" / "trials" / trial_id)
+
+    def verdicts(self) -> VerdictCache:
+        """The audio checks' cache (:attr:`audio_check`), naming the files inside this folder relative to it."""
+        return VerdictCache(self.audio_check, self.root)
 
     def lock(self, command: str) -> WorkdirLock:
         """``with workdir.lock("sweep"):`` hold the work directory while this process drives it."""

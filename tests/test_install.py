@@ -33,9 +33,12 @@ def test_the_wheel_runs_a_dry_run_and_a_tiny_sweep_from_an_unrelated_folder(fres
 
     where = run("-c", "import ctsl_hpc; print(ctsl_hpc.__file__)").stdout.strip()
     assert str(REPO) not in where and "site-packages" in where, where
-    # the paper's config by its shipped name; its DeepSpeed config ("configs/deepspeed/zero2.json") from the package
+    # the paper's config by its shipped name; its DeepSpeed config ("configs/deepspeed/zero2.json") and the backbone
+    # shipped with the package; a corpus and noise that exist (the dry run checks every input)
+    inputs = [o for o in tiny_overrides(tmp_path / "paper") if o.split("=")[0] in
+              ("data.corpus", "data.manifest", "noise.train", "noise.dev", "noise.test")]
     out = run("-m", "ctsl_hpc.launch", "sweep", "--config", "paper", "--dry-run", "--cluster", "slurm",
-              "--workdir", str(tmp_path / "paper"))
+              "--workdir", str(tmp_path / "paper"), *inputs, "model.backbone=tiny-ssl")
     assert out.returncode == 0, out.stderr
     assert "teacher: submit [teacher]" in out.stdout and "students: submit [RH, RM, RM+TL, RM+CL, RM+TL+CL]" in out.stdout
     workdir = Workdir(tmp_path / "w")

@@ -15,6 +15,7 @@ from ctsl_hpc.config.schema import (
     EVAL_STAGE,
     GRAPH_STAGES,
     LARGE_ROBUST,
+    PREPARE_STAGE,
     SLURM_STAGES,
     STUDENTS_STAGE,
     TEACHER_STAGE,
@@ -40,7 +41,7 @@ from ctsl_hpc.config.schema import (
 from ctsl_hpc.config.validation import check_training_ranks, validate
 
 __all__ = [
-    "CONFIG_DIR", "DEMO_CONFIG", "EVAL_STAGE", "GRAPH_STAGES", "LARGE_ROBUST", "SWEEP_CONFIG", "SLURM_STAGES",
+    "CONFIG_DIR", "DEMO_CONFIG", "EVAL_STAGE", "GRAPH_STAGES", "LARGE_ROBUST", "PREPARE_STAGE", "SWEEP_CONFIG", "SLURM_STAGES",
     "STUDENTS_STAGE", "TEACHER_STAGE", "TRAINING_STAGES", "TUNE_STAGE", "ConfigError",
     "ContainerConfig", "CostConfig", "DataConfig", "EvalConfig",
     "ExperimentConfig", "ModelConfig", "NoiseConfig", "SlurmConfig", "SlurmStageConfig", "StudentConfig",

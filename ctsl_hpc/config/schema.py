@@ -32,6 +32,9 @@ class DataConfig:
     on_bad_audio: Literal["error", "skip"] = "error"
     msp_test_split: Literal["Test1", "Test2"] = "Test1"
     preload: bool = False
+    # a node-local folder the jobs copy the packed corpus to and read from, e.g. $SLURM_TMPDIR, $TMPDIR or
+    # /local/scratch/$USER (variables are expanded in the job); None: read the audio files where they are
+    stage_dir: str | None = None
 
 
 @dataclass
@@ -198,9 +201,11 @@ class SlurmStageConfig:
     env: dict[str, str] | None = None  # merged over slurm.env
 
 
-TEACHER_STAGE, STUDENTS_STAGE, EVAL_STAGE, TUNE_STAGE = "teacher", "students", "eval", "tune"
-SLURM_STAGES = (TEACHER_STAGE, STUDENTS_STAGE, EVAL_STAGE, TUNE_STAGE)  # job stages, each with its own overrides (tune: the Ray allocation)
-GRAPH_STAGES = (TEACHER_STAGE, STUDENTS_STAGE, EVAL_STAGE)  # the job graph of a sweep, in order
+PREPARE_STAGE, TEACHER_STAGE, STUDENTS_STAGE, EVAL_STAGE, TUNE_STAGE = "prepare", "teacher", "students", "eval", "tune"
+# job stages, each with its own overrides (prepare: the CPU job checking the inputs; tune: the Ray allocation)
+SLURM_STAGES = (PREPARE_STAGE, TEACHER_STAGE, STUDENTS_STAGE, EVAL_STAGE, TUNE_STAGE)
+GRAPH_STAGES = (PREPARE_STAGE, TEACHER_STAGE, STUDENTS_STAGE, EVAL_STAGE)  # the job graph of a sweep, in order
+ONE_NODE_STAGES = (PREPARE_STAGE, EVAL_STAGE)  # one process each: a multi-node default is not for them
 TRAINING_STAGES = (TEACHER_STAGE, STUDENTS_STAGE)  # stages whose jobs run the training engine (several ranks with ddp/deepspeed)
 
 
@@ -226,6 +231,7 @@ class SlurmConfig:
     python: str | None = None  # the interpreter command; None: the one that submits (sys.executable)
     container: ContainerConfig = field(default_factory=ContainerConfig)
     env: dict[str, str] = field(default_factory=dict)  # exported in the job script, e.g. NCCL_SOCKET_IFNAME
+    prepare: SlurmStageConfig = field(default_factory=SlurmStageConfig)  # CPU-only unless it sets gpus_per_node
     teacher: SlurmStageConfig = field(default_factory=SlurmStageConfig)
     students: SlurmStageConfig = field(default_factory=SlurmStageConfig)
     eval: SlurmStageConfig = field(default_factory=SlurmStageConfig)
@@ -242,8 +248,10 @@ class SlurmConfig:
             values[f.name] = getattr(self, f.name) if mine is None else mine
         values["additional"] = {**self.additional, **(override.additional or {})}
         values["env"] = {**self.env, **(override.env or {})}
-        if name == EVAL_STAGE and override.nodes is None:
+        if name in ONE_NODE_STAGES and override.nodes is None:
             values["nodes"] = 1  # one process: a multi-node default is for training and the Tune allocation
+        if name == PREPARE_STAGE and override.gpus_per_node is None:
+            values["gpus_per_node"] = 0  # it decodes audio on CPUs: a GPU default is for the other stages
         return SlurmStageConfig(**values)
 
     def ranks_per_node(self, name: str, engine: str) -> int:

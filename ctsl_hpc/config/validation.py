@@ -12,7 +12,7 @@ from pathlib import Path
 from ctsl_hpc import variants
 from ctsl_hpc.config.files import shipped_file
 from ctsl_hpc.config.schema import (
-    EVAL_STAGE,
+    ONE_NODE_STAGES,
     SLURM_STAGES,
     TRAINING_STAGES,
     ConfigError,
@@ -146,8 +146,8 @@ def _validate_slurm(slurm: SlurmConfig, train: TrainConfig) -> None:
                 engine in ("ddp", "deepspeed") or st.tasks_per_node in (None, 1),
                 f"{key}.tasks_per_node", f"several tasks need train.engine ddp or deepspeed (train.engine is {engine!r})",
             )
-        if name == EVAL_STAGE:
-            _require(st.nodes == 1, f"{key}.nodes", "evaluation is one process: it runs on 1 node")
+        if name in ONE_NODE_STAGES:
+            _require(st.nodes == 1, f"{key}.nodes", f"the {name} stage is one process: it runs on 1 node")
         _require(st.time_min >= 1, f"{key}.time_min", "must be at least 1 minute")
         _require(st.gpus_per_node >= 0, f"{key}.gpus_per_node", "must be >= 0")
         _require(st.cpus_per_task >= 1, f"{key}.cpus_per_task", "must be at least 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -42,21 +43,26 @@ def read_audio(
     sample_rate: int,
     max_seconds: float | None = None,
     min_seconds: float = 0.0,
+    content: bytes | None = None,
 ) -> np.ndarray:
     """Read `path` as mono float32 at `sample_rate`, cropped to its first `max_seconds`.
 
     Multichannel audio is averaged; another sample rate is resampled with soxr (logged at debug).
     Raises AudioError naming the file if it is unreadable, empty, silent or shorter than `min_seconds`.
+    `content`, when given, is the file's bytes already read (decoded from memory: the same samples).
     """
     path = Path(path)
+    source = str(path) if content is None else io.BytesIO(content)
     try:
-        info = sf.info(str(path))
+        info = sf.info(source)
         frames = info.frames
         if max_seconds is not None:
             # read a little past the crop when resampling, so the crop's end sees the same filter context
             margin = 0 if info.samplerate == sample_rate else int(0.1 * info.samplerate)
             frames = min(frames, int(math.ceil(max_seconds * info.samplerate)) + margin)
-        data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+        if content is not None:
+            source.seek(0)
+        data, rate = sf.read(source, frames=frames, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: cannot read audio ({exc})") from exc
     if data.shape[0] == 0:
@@ -115,23 +121,39 @@ class WaveformStats:
             raise ValueError(f"{path}: not a waveform statistics file ({exc})") from exc
 
 
-def compute_stats(waves: Iterable[np.ndarray]) -> WaveformStats:
-    """Mean and (population) std over all samples of all waves, streamed with float64 accumulation.
+@dataclass(frozen=True)
+class Moments:
+    """Sample count, mean and sum of squared deviations of one wave (float64), for :func:`merge_moments`."""
 
-    Per-wave moments are merged with Chan et al.'s parallel update, so no concatenation is needed.
+    count: int
+    mean: float
+    m2: float
+
+    @classmethod
+    def of(cls, wave: np.ndarray) -> Moments:
+        w = np.asarray(wave, dtype=np.float64).ravel()
+        if w.size == 0:
+            return cls(0, 0.0, 0.0)
+        mean = float(w.mean())
+        return cls(int(w.size), mean, float(np.square(w - mean).sum()))
+
+
+def merge_moments(parts: Iterable[Moments]) -> WaveformStats:
+    """Mean and (population) std over all samples of all parts, merged in order with Chan et al.'s parallel
+    update (float64), so no concatenation is needed.
+
+    Example:
+        >>> merge_moments([Moments.of(np.array([1.0, 3.0])), Moments.of(np.array([5.0]))])
+        WaveformStats(mean=3.0, std=1.632993161855452)
     """
     count, mean, m2 = 0, 0.0, 0.0
-    for wave in waves:
-        w = np.asarray(wave, dtype=np.float64).ravel()
-        n = w.size
-        if n == 0:
+    for part in parts:
+        if part.count == 0:
             continue
-        w_mean = float(w.mean())
-        w_m2 = float(np.square(w - w_mean).sum())
-        total = count + n
-        delta = w_mean - mean
-        mean += delta * n / total
-        m2 += w_m2 + delta * delta * count * n / total
+        total = count + part.count
+        delta = part.mean - mean
+        mean += delta * part.count / total
+        m2 += part.m2 + delta * delta * count * part.count / total
         count = total
     if count == 0:
         raise ValueError("compute_stats: no samples (empty training set?)")
@@ -139,3 +161,8 @@ def compute_stats(waves: Iterable[np.ndarray]) -> WaveformStats:
     if std == 0.0:
         raise ValueError("compute_stats: all training samples are equal (std = 0)")
     return WaveformStats(mean=mean, std=std)
+
+
+def compute_stats(waves: Iterable[np.ndarray]) -> WaveformStats:
+    """Mean and (population) std over all samples of all waves (:func:`merge_moments` of each wave's)."""
+    return merge_moments(Moments.of(wave) for wave in waves)

@@ -1,78 +1,231 @@
-"""Every utterance checked before any training: decoded as training reads it, remembered per file.
+"""Every audio file checked before any training, in parallel, remembered per file as it goes.
 
-A corrupt, silent or too short file in the test split used to surface after the teacher and every
-student had trained. :func:`audit` decodes each file the way training reads it (the crop to
-``max_seconds``, the silence and length checks of :func:`~ctsl_hpc.data.audio.read_audio`), one at
-a time, and keeps the verdict with the file's size and modification time in a cache file, so a rerun
-decodes only what changed. The file's content hash comes along: the corpus fingerprint is made of them.
+A corrupt, silent or too short file used to surface after the teacher and every student had
+trained. :func:`audit` reads each file once: its bytes are hashed (the corpus fingerprint is made of
+these digests) and decoded from memory the way training reads it (the crop to ``max_seconds``, the
+silence and length checks of :func:`~ctsl_hpc.data.audio.read_audio`); the samples' moments come
+along for the waveform statistics and the header's duration for the cost estimate. Files are
+spread over worker processes; each verdict is appended to a JSON-lines cache as soon as it is
+known, with the file's size and modification time, so a killed check keeps what it did and a rerun
+decodes only what is new or changed. Progress is a bar on a terminal and, in a batch log, a line at
+least every :data:`PROGRESS_EVERY_S` seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
+import multiprocessing
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..atomic_io import atomic_write_json
-from .audio import AudioError, read_audio
+import soundfile as sf
+from tqdm import tqdm
+
+from ..logs import quiet_progress
+from .audio import AudioError, Moments, read_audio
 from .corpus import Utterance
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 15.0  # a batch log hears from a long check at least this often (a terminal gets a bar)
+_CHUNK = 32  # files a worker takes at a time
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a file is read: what its verdict holds for (utterances are cropped, noise files read whole)."""
+
+    sample_rate: int
+    max_seconds: float | None = None
+    min_seconds: float = 0.0
+
 
 @dataclass(frozen=True)
 class AudioVerdict:
-    """One file as training would read it: its content hash, and why it is unusable (None: usable)."""
+    """One file as training would read it: its content hash, why it is unusable (None: usable), the whole
+    file's duration and the moments of the samples training reads (None when unusable)."""
 
     digest: str
     problem: str | None
+    seconds: float = 0.0
+    moments: Moments | None = None
 
 
-def _stamp(path: Path, reading: tuple[int, float | None, float]) -> list:
+def file_stamp(path: Path, reading: Reading) -> list:
+    """What a cached verdict holds for: the file's size and modification time, and how it was read."""
     stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns, *reading]
+    return [stat.st_size, stat.st_mtime_ns, reading.sample_rate, reading.max_seconds, reading.min_seconds]
+
+
+def check_file(path: str, reading: Reading) -> tuple[str, list | None, AudioVerdict]:
+    """Read ``path`` once and judge it; (path, its stamp, the verdict). The stamp is None when the file
+    cannot even be opened (a verdict that is never cached: the file may appear)."""
+    file = Path(path)
+    try:
+        stamp = file_stamp(file, reading)
+        content = file.read_bytes()
+    except OSError as exc:
+        return path, None, AudioVerdict("", f"{file}: cannot read ({exc.strerror})")
+    digest = hashlib.sha256(content).hexdigest()
+    try:
+        seconds = float(sf.info(io.BytesIO(content)).duration)
+        wave = read_audio(file, reading.sample_rate, reading.max_seconds, reading.min_seconds, content=content)
+        return path, stamp, AudioVerdict(digest, None, seconds, Moments.of(wave))
+    except (sf.SoundFileError, RuntimeError):
+        return path, stamp, AudioVerdict(digest, f"{file}: cannot read audio (no audio header)")
+    except AudioError as exc:  # decodable header, unusable audio (empty, silent, too short, NaN)
+        return path, stamp, AudioVerdict(digest, str(exc), seconds)
+
+
+def _check_chunk(args: tuple[list[str], Reading]) -> list[tuple[str, list | None, AudioVerdict]]:
+    paths, reading = args
+    return [check_file(path, reading) for path in paths]
+
+
+class AuditStopped(RuntimeError):
+    """The check stopped on request; every verdict reached so far is in the cache."""
+
+
+class VerdictCache:
+    """The JSON-lines file of verdicts: one line per checked file, appended as checks finish (the last
+    line for a path wins; a line torn by a kill is ignored). A file under ``root`` (the work directory:
+    the demo corpus) is named relative to it, so that the work directory may move."""
+
+    def __init__(self, path: Path, root: Path | None = None):
+        self.path = Path(path)
+        self.root = None if root is None else Path(root).resolve()
+
+    def key(self, name: str) -> str:
+        if self.root is not None:
+            relative = os.path.relpath(name, self.root)
+            if not relative.startswith(".."):
+                return relative
+        return name
+
+    def lookup(self, known: dict[str, tuple[list, AudioVerdict]], name: str) -> tuple[list, AudioVerdict] | None:
+        return known.get(self.key(name))
+
+    def load(self) -> dict[str, tuple[list, AudioVerdict]]:
+        known: dict[str, tuple[list, AudioVerdict]] = {}
+        if not self.path.is_file():
+            return known
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                    moments = entry["moments"]
+                    verdict = AudioVerdict(entry["digest"], entry["problem"], entry["seconds"],
+                                           None if moments is None else Moments(**moments))
+                    known[entry["path"]] = (entry["stamp"], verdict)
+                except (ValueError, KeyError, TypeError):
+                    continue  # torn by a kill, or from another version: that file is checked again
+        return known
+
+    def writer(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return open(self.path, "a", encoding="utf-8")
+
+    def line(self, path: str, stamp: list, verdict: AudioVerdict) -> str:
+        return json.dumps({"path": self.key(path), "stamp": stamp, **asdict(verdict)}) + "\n"
+
+
+class Progress:
+    """Files done out of a total: a bar on a terminal, else a log line at least every ``every_s`` seconds."""
+
+    def __init__(self, total: int, what: str, every_s: float = PROGRESS_EVERY_S):
+        self.total, self.what, self.every_s = total, what, every_s
+        self.done, self.started = 0, time.monotonic()
+        self._said = self.started
+        self._bar = None if quiet_progress() else tqdm(total=total, desc=what, unit="file")
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self._said >= self.every_s:
+            self._said = now
+            log.info("%s", self.line())
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        return (f"{self.what}: {self.done}/{self.total} files ({rate:.0f} files/s), about "
+                f"{_duration(left)} left")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "? s"
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def audit(
-    utterances: Sequence[Utterance], sample_rate: int, max_seconds: float | None, min_seconds: float, cache: Path
+    paths: Iterable[str | os.PathLike[str]], reading: Reading, cache: VerdictCache, processes: int = 1,
+    what: str = "audio check", should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, AudioVerdict]:
-    """A verdict per file of ``utterances``, reusing ``cache`` for files unchanged since (size and mtime)."""
-    reading = (sample_rate, max_seconds, min_seconds)
-    try:
-        known = json.loads(cache.read_text()) if cache.is_file() else {}
-    except (ValueError, UnicodeDecodeError):
-        known = {}  # a damaged cache only costs a new check
+    """A verdict per file of ``paths``, reusing ``cache`` for files unchanged since (size and mtime), the
+    others checked by ``processes`` worker processes (1: in this process), each verdict cached as it comes.
+    ``should_stop`` (a preemption) is asked after every chunk of files: True raises :class:`AuditStopped`."""
+    store = cache
+    known = store.load()
+    names = list(dict.fromkeys(str(p) for p in paths))
     verdicts: dict[str, AudioVerdict] = {}
-    fresh = 0
-    for utt in utterances:
-        name = str(utt.path)
+    todo: list[str] = []
+    for name in names:
+        entry = store.lookup(known, name)
         try:
-            stamp = _stamp(utt.path, reading)
-        except OSError as exc:
-            verdicts[name] = AudioVerdict("", f"{utt.path}: cannot read ({exc.strerror})")
-            continue
-        entry = known.get(name)
-        if entry is not None and entry["stamp"] == stamp:
-            verdicts[name] = AudioVerdict(entry["digest"], entry["problem"])
-            continue
-        try:
-            read_audio(utt.path, sample_rate, max_seconds, min_seconds)
-            problem = None
-        except AudioError as exc:
-            problem = str(exc)
-        digest = hashlib.sha256(utt.path.read_bytes()).hexdigest()
-        verdicts[name] = AudioVerdict(digest, problem)
-        known[name] = {"stamp": stamp, "digest": digest, "problem": problem}
-        fresh += 1
-    if fresh:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cache, known)
-        log.info("checked %d audio file(s) (%d known from %s)", fresh, len(utterances) - fresh, cache)
-    return verdicts
+            fresh = entry is not None and entry[0] == file_stamp(Path(name), reading)
+        except OSError:
+            fresh = False
+        if fresh:
+            verdicts[name] = entry[1]
+        else:
+            todo.append(name)
+    if not todo:
+        return verdicts
+    log.info("%s: %d file(s) to check (%d known from %s) with %d process(es)", what, len(todo), len(names) - len(todo),
+             store.path, processes)
+    progress = Progress(len(todo), what)
+    with store.writer() as out:
+        for results in _checked(todo, reading, processes):
+            for name, stamp, verdict in results:
+                verdicts[name] = verdict
+                if stamp is not None:
+                    out.write(store.line(name, stamp, verdict))
+            out.flush()  # a killed check keeps every verdict written so far
+            progress.update(len(results))
+            if should_stop():
+                progress.close()
+                raise AuditStopped(f"{what} stopped on request after {progress.done} of {len(todo)} files; the "
+                                   f"verdicts so far are in {store.path}")
+        os.fsync(out.fileno())
+    progress.close()
+    log.info("%s", progress.line().replace(", about 0 s left", ""))
+    return {name: verdicts[name] for name in names}
+
+
+def _checked(todo: Sequence[str], reading: Reading, processes: int):
+    """Chunks of (path, stamp, verdict), in whatever order the workers finish them."""
+    chunks = [(list(todo[i : i + _CHUNK]), reading) for i in range(0, len(todo), _CHUNK)]
+    if processes <= 1:
+        yield from map(_check_chunk, chunks)
+        return
+    # spawn, not fork: the parent may hold threads (logging, tqdm) that a forked child would inherit mid-lock
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        yield from pool.imap_unordered(_check_chunk, chunks)
 
 
 def fingerprint(splits: dict[str, list[Utterance]], verdicts: dict[str, AudioVerdict]) -> str:

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from .audio import AudioError, WaveformStats, audio_num_samples, read_audio
 from .corpus import Utterance
 from .noise import NoisePool, mix, noise_rng, noisy_copy
+from .packed import PackedCorpus
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,9 @@ class UtteranceSet(Dataset):
     fixed test copy `noisy_copy(..., seed, copy_index, i)` and ignores the epoch. Mixing is done on the raw
     waves; both clean and noisy are then normalised with `stats` when given.
 
-    The epoch lives in shared memory, so `set_epoch` reaches persistent DataLoader workers too.
+    With `store` (a staged :class:`~ctsl_hpc.data.packed.PackedCorpus`), the waves it holds are read from it
+    instead of their files: the same samples. The epoch lives in shared memory, so `set_epoch` reaches
+    persistent DataLoader workers too.
     Bad audio (unreadable, silent, shorter than `min_seconds`) raises AudioError, or with
     `on_bad_audio="skip"` is dropped with a logged count (see `skipped`). Without preloading, only header
     checks (readable, long enough) can be done up front; content errors surface when the item is read.
@@ -48,6 +51,7 @@ class UtteranceSet(Dataset):
         seed: int = 0,
         copy_index: int | None = None,
         on_bad_audio: str = "error",
+        store: PackedCorpus | None = None,
     ) -> None:
         if on_bad_audio not in BAD_AUDIO_POLICIES:
             raise ValueError(f"on_bad_audio = {on_bad_audio!r} is not one of {', '.join(BAD_AUDIO_POLICIES)}")
@@ -64,6 +68,7 @@ class UtteranceSet(Dataset):
         self.snr_mode = snr_mode
         self.seed = seed
         self.copy_index = copy_index
+        self.store = store
         self.skipped: list[tuple[str, str]] = []
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -73,9 +78,11 @@ class UtteranceSet(Dataset):
         for utt in utterances:
             try:
                 if preload:
-                    wave = read_audio(utt.path, sample_rate, max_seconds, min_seconds)
+                    wave = self._read(utt)
                     waves.append(wave)
                     lengths.append(wave.shape[0])
+                elif self._stored(utt):
+                    lengths.append(store.length(str(utt.path)))
                 else:
                     n = audio_num_samples(utt.path, sample_rate, max_seconds)
                     if n < min_seconds * sample_rate:
@@ -115,11 +122,21 @@ class UtteranceSet(Dataset):
         """Select the noise draws of `epoch` (visible to already-started workers)."""
         self._epoch.fill_(int(epoch))
 
+    def _stored(self, utt: Utterance) -> bool:
+        return self.store is not None and str(utt.path) in self.store
+
+    def _read(self, utt: Utterance) -> np.ndarray:
+        """The samples of ``utt`` as training reads them: from the packed corpus when it holds them (the same
+        samples, already decoded), else decoded from the file."""
+        if self._stored(utt):
+            return self.store.wave(str(utt.path))
+        return read_audio(utt.path, self.sample_rate, self.max_seconds, self.min_seconds)
+
     def raw_wave(self, index: int) -> np.ndarray:
         """The clean wave of item `index` before normalisation."""
         if self._waves is not None:
             return self._waves[index]
-        return read_audio(self.utterances[index].path, self.sample_rate, self.max_seconds, self.min_seconds)
+        return self._read(self.utterances[index])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         clean = self.raw_wave(index)

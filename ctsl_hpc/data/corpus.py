@@ -91,7 +91,7 @@ def load_csv_manifest(manifest: str | os.PathLike[str]) -> dict[str, list[Uttera
     manifest = Path(manifest)
     rows = _read_rows(manifest, CSV_REQUIRED)
     base = manifest.resolve().parent
-    utterances = []
+    utterances, missing = [], []
     for line, row in enumerate(rows, start=2):
         where = f"{manifest} line {line}"
         split = (row.get("split") or "").lower()
@@ -101,12 +101,22 @@ def load_csv_manifest(manifest: str | os.PathLike[str]) -> dict[str, list[Uttera
             raise CorpusError(f"{where}: field 'path' is empty")
         path = Path(row["path"])
         path = path if path.is_absolute() else base / path
-        if not path.is_file():
-            raise CorpusError(f"{where}: audio file not found: {path}")
         labels = tuple(_parse_label(row.get(a), where, a) for a in ATTRIBUTES)
+        if not path.is_file():
+            missing.append(f"{path} (line {line})")
+            continue
         speaker = row.get("speaker") or None
         utterances.append(Utterance(path, labels, split, speaker))  # type: ignore[arg-type]
+    _require_found(manifest, missing, len(rows))
     return _group(utterances, manifest)
+
+
+def _require_found(source: Path, missing: list[str], listed: int) -> None:
+    """One error for every listed audio file that does not exist: how many, and the first few."""
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CorpusError(f"{source}: {len(missing)} of {listed} listed audio file(s) not found: "
+                          f"{', '.join(missing[:3])}{more}")
 
 
 def load_msp_podcast(root: str | os.PathLike[str], test_split: str = "Test1") -> dict[str, list[Utterance]]:
@@ -127,7 +137,7 @@ def load_msp_podcast(root: str | os.PathLike[str], test_split: str = "Test1") ->
     present = set(os.listdir(audio_dir))
     mapping = {"Train": "train", "Development": "dev", test_split: "test"}
     rows = _read_rows(label_file, MSP_COLUMNS)
-    utterances = []
+    utterances, missing, listed = [], [], 0
     for line, row in enumerate(rows, start=2):
         where = f"{label_file} line {line}"
         raw_split = row.get("Split_Set") or ""
@@ -135,12 +145,15 @@ def load_msp_podcast(root: str | os.PathLike[str], test_split: str = "Test1") ->
             raise CorpusError(f"{where}: field 'Split_Set' = {raw_split!r} is not one of {', '.join(MSP_KNOWN_SPLITS)}")
         if raw_split not in mapping:
             continue
+        listed += 1
         name = row.get("FileName") or ""
-        if name not in present:
-            raise CorpusError(f"{where}: audio file not found: {audio_dir / name}")
         labels = tuple(_parse_label(row.get(col), where, col) for col in ("EmoAct", "EmoDom", "EmoVal"))
+        if name not in present:
+            missing.append(f"{audio_dir / name} (line {line})")
+            continue
         speaker = row.get("SpkrID") or None
         utterances.append(Utterance(audio_dir / name, labels, mapping[raw_split], speaker))  # type: ignore[arg-type]
+    _require_found(label_file, missing, listed)
     return _group(utterances, label_file)
 
 

@@ -1,24 +1,25 @@
-"""The inputs of an experiment: the corpus, its waveform statistics, the noise pools, the datasets,
-and the checks that stop bad input before any training.
+"""The inputs of an experiment: the corpus, its waveform statistics, the noise pools and the datasets.
+
+Every file is checked once, by the prepare stage (:mod:`ctsl_hpc.experiment.preparation`); what it
+found is read back here from the work directory (the verdicts cache, the statistics, the
+fingerprint), so the training and evaluation jobs decode nothing to check it again. Run without a
+prepare stage (a test, a stage called directly), the same check runs here on first use.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Sequence
 from functools import cached_property
-from pathlib import Path
 
 from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text
 from ctsl_hpc.config import ExperimentConfig
-from ctsl_hpc.data.audio import AudioError, WaveformStats, compute_stats
-from ctsl_hpc.data.audit import AudioVerdict, audit, fingerprint
+from ctsl_hpc.data.audio import AudioError, WaveformStats, merge_moments
+from ctsl_hpc.data.audit import AudioVerdict, Reading, audit, fingerprint
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.corpora import corpus_spec
 from ctsl_hpc.data.corpus import SPLITS, CorpusError, Utterance
-from ctsl_hpc.data.noise import NoiseError, NoisePool
-from ctsl_hpc.model import check_backbone
+from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.data.packed import PackedCorpus
 from ctsl_hpc.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -29,17 +30,27 @@ class Data:
 
     def __init__(self, cfg: ExperimentConfig, workdir: Workdir):
         self.cfg, self.workdir = cfg, workdir
-        self._corpus = corpus_spec(cfg.data.corpus).load(cfg, workdir.synthetic_data)
+        self.corpus = corpus_spec(cfg.data.corpus).load(cfg, workdir.synthetic_data)
         noise = cfg.noise
-        self.noise_dirs = self._corpus.noise_dirs or {"train": noise.train, "dev": noise.dev, "test": noise.test}
+        self.noise_dirs = self.corpus.noise_dirs or {"train": noise.train, "dev": noise.dev, "test": noise.test}
         self._pools: dict[str, NoisePool] = {}
+        self.store: PackedCorpus | None = None  # the staged packed corpus, where a job reads from one
+
+    @property
+    def reading(self) -> Reading:
+        """How training reads an utterance (the crop, the sample rate, the shortest usable length)."""
+        d = self.cfg.data
+        return Reading(d.sample_rate, d.max_seconds, d.min_seconds)
+
+    def everything(self) -> list[Utterance]:
+        """Every listed utterance of every split, in split order."""
+        return [u for split in SPLITS for u in self.corpus.splits[split]]
 
     @cached_property
     def verdicts(self) -> dict[str, AudioVerdict]:
-        """Every file of every split, decoded as training reads it (cached in the work directory)."""
-        d = self.cfg.data
-        everything = [u for split in SPLITS for u in self._corpus.splits[split]]
-        return audit(everything, d.sample_rate, d.max_seconds, d.min_seconds, self.workdir.audio_check)
+        """Every file of every split as training reads it: the prepare stage's verdicts (checked here only
+        where it has not run, or a file changed since)."""
+        return audit([u.path for u in self.everything()], self.reading, self.workdir.verdicts())
 
     @cached_property
     def splits(self) -> dict[str, list[Utterance]]:
@@ -48,7 +59,7 @@ class Data:
         policy = self.cfg.data.on_bad_audio
         usable: dict[str, list[Utterance]] = {}
         for split in SPLITS:
-            utterances = self._corpus.splits[split]
+            utterances = self.corpus.splits[split]
             bad = [self.verdicts[str(u.path)].problem for u in utterances if self.verdicts[str(u.path)].problem]
             if bad and policy == "error":
                 raise AudioError(f"{bad[0]} (the {split} split has {len(bad)} unusable file(s); "
@@ -70,6 +81,21 @@ class Data:
         atomic_write_json(self.workdir.fingerprint, {"fingerprint": value, **{s: len(u) for s, u in self.splits.items()}})
         return value
 
+    @cached_property
+    def stats(self) -> WaveformStats | None:
+        """Mean/std of the training waveforms (from the checked files' moments, saved in the work directory)."""
+        if not self.cfg.data.normalize:
+            return None
+        path = self.workdir.waveform_stats
+        if path.is_file():
+            try:
+                return WaveformStats.load(path)
+            except ValueError as exc:
+                raise RecordError(f"{exc}: delete it, it is computed again from the training set") from None
+        stats = merge_moments(self.verdicts[str(u.path)].moments for u in self.splits["train"])
+        atomic_write_text(path, stats.to_json())
+        return stats
+
     def _set(
         self, utterances: list[Utterance], stats: WaveformStats | None, noise: NoisePool | None = None,
         snr: float | None = None,
@@ -87,23 +113,8 @@ class Data:
             snr_mode=self.cfg.noise.snr_mode,
             seed=self.cfg.seed,
             on_bad_audio=d.on_bad_audio,
+            store=self.store,
         )
-
-    @cached_property
-    def stats(self) -> WaveformStats | None:
-        """Mean/std of the training waveforms (computed once, saved in the work directory)."""
-        if not self.cfg.data.normalize:
-            return None
-        path = self.workdir.waveform_stats
-        if path.is_file():
-            try:
-                return WaveformStats.load(path)
-            except ValueError as exc:
-                raise RecordError(f"{exc}: delete it, it is computed again from the training set") from None
-        raw = self._set(self.splits["train"], None)
-        stats = compute_stats(raw.raw_wave(i) for i in range(len(raw)))
-        atomic_write_text(path, stats.to_json())
-        return stats
 
     def pool(self, split: str) -> NoisePool:
         """The noise pool of ``split`` (read once, capped to ``noise.minutes``)."""
@@ -113,14 +124,6 @@ class Data:
                 self.noise_dirs[split], d.sample_rate, self.cfg.noise.minutes, min_seconds=d.max_seconds
             )
         return self._pools[split]
-
-    def check(self) -> str:
-        """Every input, before any training: each split's audio and labels, the noise pools (read in full,
-        disjoint), the waveform statistics and the backbone. Returns the corpus fingerprint."""
-        _require_disjoint({split: self.pool(split).sources for split in SPLITS})
-        _ = self.stats
-        check_backbone(self.cfg.model.backbone)
-        return self.fingerprint
 
     def set_pool(self, split: str, pool: NoisePool) -> None:
         """Use ``pool`` for ``split`` instead of reading the folder (a pool shared by tuning trials)."""
@@ -132,18 +135,3 @@ class Data:
     def noisy(self, split: str, snr_db: float) -> UtteranceSet:
         """``split`` mixed with its own noise pool at ``snr_db`` (re-drawn per epoch for train)."""
         return self._set(self.splits[split], self.stats, self.pool(split), snr_db)
-
-
-def _require_disjoint(sources: dict[str, Sequence[str]]) -> None:
-    """No noise file in two pools: not the same file, nor a copy of it (same bytes)."""
-    seen: dict[str, tuple[str, str]] = {}
-    for split, files in sources.items():
-        for name in files:
-            path = Path(name)
-            if not path.is_file():
-                continue
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            other = seen.setdefault(digest, (split, name))
-            if other[0] != split:
-                raise NoiseError(f"noise.{split}: {name} is {other[1]} of noise.{other[0]} (or a copy of it): the "
-                                 "train, dev and test noise pools must not share files")

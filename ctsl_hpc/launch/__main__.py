@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from ctsl_hpc.atomic_io import RecordError
+from ctsl_hpc.atomic_io import RecordError, read_json
 from ctsl_hpc.config import SWEEP_CONFIG, ConfigError, ExperimentConfig, load_config
 from ctsl_hpc.launch.backends import backend_names, make_backend
 from ctsl_hpc.launch.graph import submit_sweep
@@ -25,6 +25,7 @@ from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.manage import ManageError
 from ctsl_hpc.launch.slurm_cli import SlurmError
 from ctsl_hpc.logs import setup_logging
+from ctsl_hpc.preflight import InputProblems, check_inputs, stale_preparation
 from ctsl_hpc.track.tags import command_tags, exported_run_tags
 from ctsl_hpc.workdir import ConfigMismatch, Workdir, WorkdirLocked
 
@@ -59,6 +60,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from ctsl_hpc.launch.manage import dry_run_lines
 
         backend.check_config()
+        check_inputs(cfg)  # what a sweep would find wrong before queueing, the dry run finds too
         print("\n".join(dry_run_lines(backend.workdir, cfg, backend)))
         return 0
     return _sweep(cfg, args.cluster)
@@ -69,20 +71,21 @@ def _sweep(cfg: ExperimentConfig, cluster: str, command: str = "sweep") -> int:
     os.umask(cfg.umask)
     backend = make_backend(cluster, Workdir(cfg.workdir), cfg)
     backend.check()  # missing tools or an unknown partition stop here, before the work directory exists
+    check_inputs(cfg)  # so do missing or unreadable inputs: nothing is queued for them to fail on a GPU node
     started = time.time()
     with Workdir(cfg.workdir).lock(command):
         workdir = Workdir.open(cfg)
-        fingerprint = None
-        if backend.blocking:  # the tasks run here: bad corpus, audio or noise fails now, before any training
-            from ctsl_hpc.experiment import Experiment
-
-            fingerprint = Experiment(cfg, workdir).data.check()
+        stale = stale_preparation(cfg, workdir)
+        if stale:  # the prepare stage runs again (it checks only what changed); the stages after it keep theirs
+            print(f"{stale}: the prepare stage checks them again")
+            for marker in (workdir.prepared, workdir.packed_done):
+                marker.unlink(missing_ok=True)
         earlier = {r.code for r in Registry(workdir.root).all() if r.code}
         plan = submit_sweep(workdir, cfg, backend)
     if backend.blocking:
         print(workdir.report.table1_md.read_text())
         print(workdir.report.diagnostics_md.read_text())
-        print(f"corpus fingerprint: {fingerprint}")
+        print(f"corpus fingerprint: {read_json(workdir.prepared, 'run the sweep again')['fingerprint']}")
         print(f"work directory: {workdir.root}")
         print(f"report: {workdir.report.path} ({time.time() - started:.0f} s)")
         _print_runs_page(cfg)
@@ -355,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ManageError, WorkdirLocked, RecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except InputProblems as exc:  # every problem found before anything was queued, one line each
+        for problem in exc.problems:
+            print(f"input error: {problem}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, read-only storage, permissions: the path and why, nothing more
         print(f"i/o error: {exc.strerror or exc}: {exc.filename or '(no path given)'}", file=sys.stderr)

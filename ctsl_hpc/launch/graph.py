@@ -1,4 +1,4 @@
-"""The job graph of a sweep, the same for every backend: teacher -> students -> evaluation.
+"""The job graph of a sweep, the same for every backend: prepare -> teacher -> students -> evaluation.
 
 A task (:class:`~ctsl_hpc.launch.task.Task`) carries its callable and arguments and the marker
 file that says it is done; backends run or submit tasks without knowing what they are. :func:`plan_sweep` decides per stage what to submit: a task whose marker exists is
@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ctsl_hpc import stage_jobs
-from ctsl_hpc.config import EVAL_STAGE, STUDENTS_STAGE, TEACHER_STAGE, ExperimentConfig
+from ctsl_hpc.config import EVAL_STAGE, PREPARE_STAGE, STUDENTS_STAGE, TEACHER_STAGE, ExperimentConfig
 from ctsl_hpc.launch.backends.base import Backend
 from ctsl_hpc.launch.job_registry import ACTIVE, Registry
 from ctsl_hpc.launch.task import Task
-from ctsl_hpc.stage_jobs import EVAL_KEY, run_key
+from ctsl_hpc.stage_jobs import EVAL_KEY, PREPARE_KEY, run_key
 from ctsl_hpc.variants import TEACHER
 from ctsl_hpc.workdir import Workdir
 
@@ -35,7 +35,9 @@ class PlannedStage:
 def sweep_tasks(workdir: Workdir, cfg: ExperimentConfig, backend: Backend | None = None) -> list[Task]:
     """Every task of the sweep, in graph order (``backend`` adds its usage report to the evaluation)."""
     root, usage = workdir.root, None if backend is None else backend.usage_metrics
-    tasks = [Task(run_key(TEACHER), TEACHER_STAGE, stage_jobs.teacher_job, root, workdir.teacher.done)]
+    prepared = workdir.packed_done if cfg.data.stage_dir else workdir.prepared  # the pack is written last
+    tasks = [Task(PREPARE_KEY, PREPARE_STAGE, stage_jobs.prepare_job, root, prepared)]
+    tasks.append(Task(run_key(TEACHER), TEACHER_STAGE, stage_jobs.teacher_job, root, workdir.teacher.done))
     tasks += [
         Task(run_key(v), STUDENTS_STAGE, stage_jobs.student_job, root, workdir.student(v).done, args=(v,), label=v)
         for v in cfg.student.variants

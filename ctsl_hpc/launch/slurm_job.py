@@ -24,6 +24,7 @@ from typing import Any
 
 import submitit
 
+from ctsl_hpc.data.packed import JOB_ID_VARIABLE
 from ctsl_hpc.launch import slurm_env
 from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.task import Task, run_task
@@ -67,6 +68,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         signal.signal(signal.SIGTERM, flag)
         slurm_env.export_ranks()
         slurm_env.export_run_tags()
+        os.environ[JOB_ID_VARIABLE] = slurm_env.job_id() or ""  # names the job's node-local copy (data.stage_dir)
         log_code_origin()
         env = submitit.JobEnvironment()
         registry, restarts = Registry(self.task.workdir), slurm_env.restart_count()

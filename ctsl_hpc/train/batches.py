@@ -8,8 +8,6 @@ InfoNCE negatives are computed within a batch); without it the batches are rando
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +17,6 @@ from torch.utils.data import DataLoader
 
 from ctsl_hpc.config import TrainConfig
 from ctsl_hpc.data.batching import LengthBucketSampler, RandomBatchSampler, ShardedBatchSampler, UtteranceSet, collate
-
-
-def quiet_progress() -> bool:
-    """No progress bars in CI or when stderr is not a terminal (a scheduler's log file)."""
-    return bool(os.environ.get("CI")) or not sys.stderr.isatty()
 
 
 def make_sampler(dataset: UtteranceSet, train: TrainConfig, rank: int, world: int):

@@ -27,11 +27,12 @@ from tqdm import tqdm
 from ctsl_hpc.config import TrainConfig
 from ctsl_hpc.data.audio import WaveformStats
 from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.logs import quiet_progress
 from ctsl_hpc.losses import ccc
 from ctsl_hpc.model import EmotionModel, save_model
 from ctsl_hpc.run_records import EpochRecord, History, write_history
 from ctsl_hpc.train import checkpoint as ckpt
-from ctsl_hpc.train.batches import EpochTotals, Timing, make_loader, make_sampler, quiet_progress
+from ctsl_hpc.train.batches import EpochTotals, Timing, make_loader, make_sampler
 from ctsl_hpc.train.engines import Engine, OptimSettings, make_engine
 from ctsl_hpc.train.inference import predict
 from ctsl_hpc.train.objective import REPORTED, TeacherEmbedder, student_loss

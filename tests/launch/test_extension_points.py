@@ -81,8 +81,8 @@ def test_a_toy_backend_needs_one_class_and_its_registration(tiny_overrides, tmp_
     assert main(["sweep", "--cluster", SubprocessBackend.name, *overrides]) == 0
     _complete_table1(workdir, ["original", "RM", "RM+TL"])
     records = Registry(workdir.root).all()
-    assert {r.key for r in records} == {"teacher", "student/RM", "student/RM+TL", "eval"}
+    assert {r.key for r in records} == {"prepare", "teacher", "student/RM", "student/RM+TL", "eval"}
     assert all(r.backend == SubprocessBackend.name and r.state == "COMPLETED" for r in records)
     pids = {r.job_id for r in records}
-    assert len(pids) == 4 and str(os.getpid()) not in pids  # every task in a real process of its own
+    assert len(pids) == 5 and str(os.getpid()) not in pids  # every task in a real process of its own
     assert "| RM+TL |" in capsys.readouterr().out

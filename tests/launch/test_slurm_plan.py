@@ -125,6 +125,10 @@ def test_dry_run_prints_jobs_and_resources_quickly_and_submits_nothing(tmp_path:
     assert any(line.startswith("students: submit [RM, RM+TL]") for line in lines)
     assert any("partition=gpu" in line and "gpus/node=2" in line and "afterok on the teacher" in line for line in lines)
     assert any(line.startswith("eval: submit [eval]") for line in lines)
+    prepare = next(i for i, line in enumerate(lines) if line.startswith("prepare: submit [prepare]"))
+    assert prepare < next(i for i, line in enumerate(lines) if line.startswith("teacher: submit [teacher]"))
+    resources = next(line for line in lines[prepare:] if "gpus/node=" in line)
+    assert "gpus/node=0" in resources and "dependency" not in resources  # a CPU job at the head of the graph
     assert not work.exists()
     assert elapsed < 2.0 * (1 + os.getloadavg()[0] / 2), f"dry run took {elapsed:.1f} s"
 
@@ -147,13 +151,14 @@ def test_gpu_example_config_runs_one_task_per_gpu_the_teacher_on_two_nodes_and_o
      "train.batch_size=8 is the global batch: it must divide by the ranks, nodes x tasks per node = 3 x 1 = 3"),
     (["train.engine=deepspeed", "slurm.students.nodes=2", "slurm.gpus_per_node=3", "train.batch_size=9"],
      "slurm.students.nodes", "nodes x tasks per node = 2 x 3 = 6"),
-    (["train.engine=ddp", "slurm.eval.nodes=2"], "slurm.eval.nodes", "evaluation is one process: it runs on 1 node"),
+    (["train.engine=ddp", "slurm.eval.nodes=2"], "slurm.eval.nodes", "the eval stage is one process: it runs on 1 node"),
+    (["slurm.prepare.nodes=2"], "slurm.prepare.nodes", "the prepare stage is one process: it runs on 1 node"),
 ])
 def test_multi_node_settings_are_checked_before_submission(overrides, key, message, tmp_path: Path):
     from ctsl_hpc.config import check_training_ranks
 
     pattern = rf"^{re.escape(key)}: (.* )?{re.escape(message)}"
-    if key == "slurm.eval.nodes":  # wrong in any sweep: refused when the config is read
+    if key in ("slurm.eval.nodes", "slurm.prepare.nodes"):  # wrong in any sweep: refused when the config is read
         with pytest.raises(ConfigError, match=pattern):
             load_config(None, overrides)
         return
