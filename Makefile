@@ -21,7 +21,7 @@ demo: system-deps install
 
 test: system-deps test-system-deps install-dev
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 # torch first, pinned: the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml

@@ -44,6 +44,39 @@ def pytest_terminal_summary(terminalreporter, config):
             terminalreporter.write_line(line)
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: hand the figures to the controller, which prints the summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["figures"] = session.config.stash.get(FIGURES, [])
+
+
+def pytest_testnodedown(node, error) -> None:
+    """In the pytest-xdist controller: collect a worker's figures."""
+    node.config.stash.setdefault(FIGURES, []).extend(getattr(node, "workeroutput", {}).get("figures", []))
+
+
+# The fixtures that cost the most: the tests that use one run in one pytest-xdist worker, so that it is made
+# once (make test runs two workers, --dist loadgroup), heaviest first (--no-loadscope-reorder keeps this order).
+SHARED_FIXTURES = {"multinode_cluster": "multinode-cluster", "slurm_cluster": "one-node-cluster",
+                   "standin_backbone": "standin-backbone"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group the tests for pytest-xdist's ``loadgroup``: those sharing a costly session fixture together, every
+    other module's tests together (its module-scoped fixtures then run once); those groups first."""
+    order = list(SHARED_FIXTURES.values())
+
+    def group(item: pytest.Item) -> str:
+        shared = [g for fixture, g in SHARED_FIXTURES.items() if fixture in item.fixturenames]
+        return shared[0] if shared else item.nodeid.split("::")[0]
+
+    groups = {item: group(item) for item in items}
+    for item, name in groups.items():
+        item.add_marker(pytest.mark.xdist_group(name))
+    items.sort(key=lambda item: order.index(groups[item]) if groups[item] in order else len(order))
+
+
 @pytest.fixture(scope="session")
 def standin_backbone(tmp_path_factory):
     """A random-weight ``facebook/wav2vec2-large-robust`` (24 layers, ~1.3 GB) written once per session by the
