@@ -66,12 +66,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Group the tests for pytest-xdist's ``loadgroup``: those sharing a costly session fixture together, every
     other module's tests together (its module-scoped fixtures then run once); those groups first."""
     order = list(SHARED_FIXTURES.values())
-
-    def group(item: pytest.Item) -> str:
+    by_module: dict[str, str] = {}  # a module with a test of a shared fixture joins its group whole (its other
+    for item in items:  # tests start, stop or wait for what the fixture made)
         shared = [g for fixture, g in SHARED_FIXTURES.items() if fixture in item.fixturenames]
-        return shared[0] if shared else item.nodeid.split("::")[0]
-
-    groups = {item: group(item) for item in items}
+        module = item.nodeid.split("::")[0]
+        if shared and module not in by_module:
+            by_module[module] = shared[0]
+    groups = {item: by_module.get(item.nodeid.split("::")[0], item.nodeid.split("::")[0]) for item in items}
     for item, name in groups.items():
         item.add_marker(pytest.mark.xdist_group(name))
     items.sort(key=lambda item: order.index(groups[item]) if groups[item] in order else len(order))

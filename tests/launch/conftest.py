@@ -37,7 +37,9 @@ def _dev_cluster(nodes: int) -> Iterator[SlurmCluster]:
         pytest.skip("the dev Slurm cluster runs munged, slurmctld and slurmd as root")
     state = Path(tempfile.mkdtemp(prefix=f"ctsl-slurm-test-{nodes}n-", dir="/tmp"))
     state.chmod(0o755)
-    env = {**os.environ, "CTSL_SLURM_STATE": str(state), "CTSL_SLURM_PORT": str(free_port_base())}
+    # each pytest-xdist worker searches its own port range: two workers starting clusters at once never pick the same
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    env = {**os.environ, "CTSL_SLURM_STATE": str(state), "CTSL_SLURM_PORT": str(free_port_base(6817 + 100 * worker))}
     env.pop("SLURM_CONF", None)
     start = [str(DEV_CLUSTER / "start.sh"), "--nodes", str(nodes)]
     started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=900)
