@@ -41,6 +41,7 @@ from ctsl_hpc.config import load_config
 from ctsl_hpc.cost import stage_costs
 from ctsl_hpc.data.corpus import SPLITS
 from ctsl_hpc.experiment import Experiment, evaluate, student_trainer, train_student, train_teacher
+from ctsl_hpc.experiment.preparation import prepare
 from ctsl_hpc.model import load_model, write_standin_backbone
 from ctsl_hpc.train.batches import make_loader, make_sampler
 from ctsl_hpc.train.flops import counted_flops, mfu, peak_bf16_tflops
@@ -173,7 +174,7 @@ def main() -> None:
     for engine in ("deepspeed", "ddp"):
         cfg = load_config(None if smoke else "paper", [*overrides, f"train.engine={engine}", f"workdir={work / engine}"])
         exp = Experiment.open(cfg)
-        exp.data.check()
+        prepare(exp)
         teacher = check.training("teacher", engine, lambda sink, e=exp: train_teacher(e, sink))
         student = check.training(f"student {VARIANT}, cache on", engine, lambda sink, e=exp: train_student(e, VARIANT, sink))
         teacher_dir = exp.workdir.teacher.summary().best_dir

@@ -39,6 +39,7 @@ from ctsl_hpc.experiment import (
     train_teacher,
 )
 from ctsl_hpc.experiment import evaluate as evaluate_stage
+from ctsl_hpc.experiment.preparation import prepare
 from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.model import load_model, load_weights
 from ctsl_hpc.predict import chunk_bounds
@@ -139,7 +140,7 @@ def paper(standin_backbone, small_corpus, tmp_path_factory, figures):
     figures.append("paper scale on the CPU (wav2vec2-large-robust stand-in pruned to 12 layers, 164.3 M backbone "
                    f"parameters; 2 x <= 1 s per step; load average {os.getloadavg()[0]:.1f} at the start):")
     paper = Paper(Experiment.open(cfg), figures)
-    paper.exp.data.check()
+    prepare(paper.exp)
     sink = Recorder()
     with Measured() as measured:
         train_teacher(paper.exp, sink)

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -93,13 +94,14 @@ def is_packed(folder: str | os.PathLike[str]) -> bool:
 
 def pack(
     folder: str | os.PathLike[str], lengths: Mapping[str, int], read: Callable[[str], np.ndarray],
-    meta: Mapping | None = None, shard_samples: int = SHARD_SAMPLES,
+    meta: Mapping | None = None, shard_samples: int = SHARD_SAMPLES, processes: int = 1,
 ) -> PackedCorpus:
     """Write ``read(key)`` for every key of ``lengths`` (its sample count) into shards in ``folder``, with
-    ``meta`` in the index.
+    ``meta`` in the index; ``processes`` workers read and write at once (``read`` then must be picklable).
 
-    The shards are sized up front (the lengths come from the audio check), filled in order and marked
-    complete last. A wave whose length differs from the one given is an error: the file changed."""
+    The shards are sized up front (the lengths come from the audio check), each worker fills its keys'
+    places, and the pack is marked complete last. A wave whose length differs from the one given is an
+    error: the file changed."""
     folder = Path(folder)
     if folder.exists():
         shutil.rmtree(folder)  # an unfinished pack of an earlier run
@@ -107,36 +109,45 @@ def pack(
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    plan: list[list[str]] = [[]]
-    filled = 0
-    for key, length in lengths.items():
-        if filled and filled + length > shard_samples:
-            plan.append([])
-            filled = 0
-        plan[-1].append(key)
-        filled += length
     items: dict[str, list[int]] = {}
-    names = []
-    for number, keys in enumerate(plan):
-        name = f"shard-{number:03d}.npy"
-        total = sum(lengths[k] for k in keys)
-        shard = np.lib.format.open_memmap(staging / name, mode="w+", dtype=_DTYPE, shape=(total,))
-        offset = 0
-        for key in keys:
-            wave = np.asarray(read(key), dtype=_DTYPE)
-            if wave.shape != (lengths[key],):
-                raise ValueError(f"{key}: {wave.shape[0]} samples now, {lengths[key]} when it was checked: it changed; "
-                                 "run the sweep again (the prepare stage checks it anew)")
-            shard[offset : offset + lengths[key]] = wave
-            items[key] = [number, offset, lengths[key]]
-            offset += lengths[key]
-        shard.flush()
-        del shard
-        names.append(name)
+    sizes: list[int] = [0]
+    for key, length in lengths.items():
+        if sizes[-1] and sizes[-1] + length > shard_samples:
+            sizes.append(0)
+        items[key] = [len(sizes) - 1, sizes[-1], int(length)]
+        sizes[-1] += int(length)
+    names = [f"shard-{number:03d}.npy" for number in range(len(sizes))]
+    for name, size in zip(names, sizes, strict=True):  # sized on disk up front; the workers fill them
+        np.lib.format.open_memmap(staging / name, mode="w+", dtype=_DTYPE, shape=(size,)).flush()
+    keys = list(items)
+    chunks = [(staging, names, [(k, *items[k]) for k in keys[i : i + 256]], read) for i in range(0, len(keys), 256)]
+    if processes <= 1:
+        for chunk in chunks:
+            _fill(chunk)
+    else:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            for _ in pool.imap_unordered(_fill, chunks):
+                pass
     atomic_write_json(staging / INDEX_FILE, {"shards": names, "items": items, "meta": dict(meta or {})})
     staging.rename(folder)
     atomic_write_text(folder / COMPLETE, f"{len(items)} utterances in {len(names)} shard(s)\n")
     return PackedCorpus(folder)
+
+
+def _fill(chunk: tuple[Path, list[str], list[tuple[str, int, int, int]], Callable[[str], np.ndarray]]) -> None:
+    """Write the waves of ``(key, shard, offset, length)`` entries into their shards (one worker's share)."""
+    folder, names, entries, read = chunk
+    maps: dict[int, np.ndarray] = {}
+    for key, shard, offset, length in entries:
+        wave = np.asarray(read(key), dtype=_DTYPE)
+        if wave.shape != (length,):
+            raise ValueError(f"{key}: {wave.shape[0]} samples now, {length} when it was checked: it changed; "
+                             "run the sweep again (the prepare stage checks it anew)")
+        if shard not in maps:
+            maps[shard] = np.load(folder / names[shard], mmap_mode="r+")
+        maps[shard][offset : offset + length] = wave
+    for mapped in maps.values():
+        mapped.flush()
 
 
 def stage(packed: str | os.PathLike[str], target: str | os.PathLike[str]) -> PackedCorpus:

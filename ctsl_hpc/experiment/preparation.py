@@ -15,6 +15,7 @@ files for node-local storage (:mod:`ctsl_hpc.data.packed`). Its summary
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -72,7 +73,7 @@ def prepare(exp: Experiment, processes: int | None = None, should_stop: StopRequ
     }
     atomic_write_json(workdir.prepared, summary)
     if exp.cfg.data.stage_dir:
-        _pack(exp)  # its COMPLETE marker, written last, is then what says the stage is done
+        _pack(exp, processes)  # its COMPLETE marker, written last, is then what says the stage is done
     log.info("prepared: %s (fingerprint %s)", ", ".join(f"{s} {n}" for s, n in summary["usable"].items()),
              summary["fingerprint"])
     return summary
@@ -133,7 +134,7 @@ def _check_noise(exp: Experiment, processes: int, should_stop: StopRequest) -> d
     return found
 
 
-def _pack(exp: Experiment) -> None:
+def _pack(exp: Experiment, processes: int) -> None:
     """Every usable utterance into the packed corpus (kept when an earlier run packed the same corpus)."""
     data, folder = exp.data, exp.workdir.packed
     lengths = {str(u.path): data.verdicts[str(u.path)].moments.count for split in SPLITS for u in data.splits[split]}
@@ -141,8 +142,9 @@ def _pack(exp: Experiment) -> None:
     if is_packed(folder) and PackedCorpus(folder).meta == meta:
         return
     r = data.reading
-    log.info("packing %d utterances into %s", len(lengths), folder)
-    pack(folder, lengths, lambda key: read_audio(key, r.sample_rate, r.max_seconds, r.min_seconds), meta)
+    log.info("packing %d utterances into %s with %d process(es)", len(lengths), folder, processes)
+    read = functools.partial(read_audio, sample_rate=r.sample_rate, max_seconds=r.max_seconds, min_seconds=r.min_seconds)
+    pack(folder, lengths, read, meta, processes=processes)
 
 
 @contextlib.contextmanager
