@@ -14,6 +14,10 @@ from tests.seeds import fresh_seed
 pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One thread per process: make test runs two workers on a 2-core machine, and the processes they start (sweeps,
+# Slurm jobs, ranks) inherit this. More threads than cores spin in OpenMP and BLAS waits, burning the CPU they share.
+for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray binds the machine's own interface address unless told it is not a cluster: keep every Ray
 # service of the tests (local and the one-node Slurm allocation) on 127.0.0.1.

@@ -109,7 +109,7 @@ write_configs() {
     for p in "$ctld_port" $(( ctld_port + 1 )) $(( ctld_port + 2 )); do
         port_in_use "$p" && die "port $p on 127.0.0.1 is in use (another Slurm? stop it or set CTSL_SLURM_PORT)"
     done
-    cpus="$(nproc)"
+    cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # the CPUs this process may use (nproc alone honours OMP_NUM_THREADS)
     mem_mb=$(( $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
     [ "$mem_mb" -ge 1000 ] || mem_mb=1000
     [ -s "$ETC/db.pass" ] || (umask 077; head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' > "$ETC/db.pass")
