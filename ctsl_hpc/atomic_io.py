@@ -1,9 +1,10 @@
 """The package's records (summaries, histories, registries, manifests): written whole or not at all,
 read back with an error that names the file and a way out.
 
-Every record is written through a uniquely named temporary file in the same folder and a rename
-(:func:`atomic_write_bytes`), so a reader never sees half a file and concurrent writers (the ranks
-of a job, array tasks) never collide. A write that fails (disk full, read-only storage, permissions)
+Every record is written through a uniquely named temporary file in the same folder, synced, renamed
+into place and its folder synced (:func:`atomic_write_bytes`), so a reader never sees half a file,
+concurrent writers (the ranks of a job, array tasks) never collide, and after a power loss the record
+is the new one or the old one. A write that fails (disk full, read-only storage, permissions)
 raises ``OSError`` naming the file and leaves the previous version in place. Files written by
 DeepSpeed, MLflow or Ray are theirs.
 
@@ -48,6 +49,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        sync_folder(path.parent)  # the rename itself reaches the disk: after a power loss, the new file or the old
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise OSError(exc.errno, exc.strerror, str(path)) from None
@@ -57,10 +59,43 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return path
 
 
+def sync_folder(folder: str | os.PathLike[str]) -> None:
+    """fsync a folder: the names created, renamed or removed in it are on the disk once it returns."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(root: str | os.PathLike[str]) -> None:
+    """fsync every file and folder under ``root`` (a checkpoint a marker is about to call complete), then ``root``'s
+    parent, which holds its name."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        sync_folder(folder)
+    sync_folder(Path(root).parent)
+
+
 def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def owner_only() -> Iterator[None]:
+    """Files and folders made meanwhile are readable and writable by their owner alone (umask 077)."""
+    mask = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(mask)
 
 
 @contextlib.contextmanager
@@ -73,10 +108,10 @@ def writing(path: str | os.PathLike[str]) -> Iterator[None]:
         if exc.filename:
             raise
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-    except RuntimeError as exc:  # torch: "PytorchStreamWriter failed writing file ...: file write failed"
-        if "writ" not in str(exc).lower():
-            raise
+    except RuntimeError as exc:  # torch: "PytorchStreamWriter failed writing file ...", "unexpected pos 48192 vs ..."
         code = _why_not_written(Path(path))
+        if code == errno.EIO and "writ" not in str(exc).lower():
+            raise  # the disk has room and is writable: an error of the writer's own
         raise OSError(code, os.strerror(code), str(path)) from None
 
 

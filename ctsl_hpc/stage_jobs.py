@@ -59,7 +59,7 @@ def _opened(workdir: str | Path) -> Iterator[Experiment]:
     from ctsl_hpc.train.ranks import TorchEnvironment
 
     exp = Experiment.reopen(workdir)
-    os.umask(exp.cfg.umask)
+    os.umask(exp.cfg.file_mask)
     if TorchEnvironment.detect() and TorchEnvironment().world_size() > 1:
         import torch.distributed as dist
 
@@ -92,10 +92,10 @@ def dataset_inputs(exp: Experiment, noise: Sequence[str] = ()) -> list[dict]:
 
 
 def _close(run, exp: Experiment, summary: StageSummary) -> None:
-    """Attach the resolved config and the best model directory, and end the run."""
+    """Attach the resolved config (its secrets masked) and the best model directory, and end the run."""
     if run is None:
         return
-    run.log_artifact(exp.workdir.config_file)
+    run.log_artifact(exp.workdir.masked_config(exp.cfg))
     run.log_artifacts(summary.best_dir, "model")
     run.finish("FINISHED")
 
@@ -106,7 +106,7 @@ def prepare_job(workdir: str | Path, should_stop: StopRequest | None = None) -> 
     from ctsl_hpc.experiment.preparation import prepare
 
     exp = Experiment.reopen(workdir)
-    os.umask(exp.cfg.umask)
+    os.umask(exp.cfg.file_mask)
     return prepare(exp, should_stop=should_stop)
 
 

@@ -31,9 +31,7 @@ read back with an error naming a torn file (:mod:`ctsl_hpc.atomic_io`). Torch-fr
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,11 +40,12 @@ from urllib.parse import quote, unquote
 
 import yaml
 
-from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text, read_json
+from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text, owner_only, read_json
 from ctsl_hpc.config import ConfigError, ExperimentConfig, config_from_dict, flatten
 from ctsl_hpc.data.audit import VerdictCache
 from ctsl_hpc.data.packed import COMPLETE as PACKED_COMPLETE
-from ctsl_hpc.processes import pid_alive
+from ctsl_hpc.locks import WorkdirLock
+from ctsl_hpc.masking import mask
 from ctsl_hpc.run_records import read_history
 from ctsl_hpc.variants import TEACHER
 
@@ -184,66 +183,6 @@ class ReportFiles:
         return found
 
 
-# ----------------------------------------------------------------------------- the lock
-
-
-class WorkdirLocked(RuntimeError):
-    """Another process drives this work directory; the message names it."""
-
-
-class WorkdirLock:
-    """The exclusive lock of a work directory, held by the process that drives it.
-
-    The lock is a file made whole before it appears: the holder's host, pid, command and start time
-    go into a private temporary file that is then hard-linked to ``LOCK``. ``link`` fails when
-    ``LOCK`` exists, atomically, on local disks and on NFS (v3 and later); ``flock``/``fcntl`` locks
-    are not reliable on NFS. A lock whose holder is a dead process of this host is stale and is taken
-    over (moved aside by one rename, which only one contender wins); a lock of another host can't be
-    checked from here, so it is refused with the way out (delete the file once that process is gone).
-    """
-
-    def __init__(self, path: Path, command: str):
-        self.path, self.command = path, command
-
-    def __enter__(self) -> WorkdirLock:
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "command": self.command,
-              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        staging = atomic_write_json(self.path.with_name(f".{self.path.name}.{me['host']}.{me['pid']}"), me)
-        try:
-            for _ in range(3):
-                try:
-                    os.link(staging, self.path)
-                    return self
-                except FileExistsError:
-                    self._take_over_if_stale(me["host"])
-            raise WorkdirLocked(f"{self.path.parent} is locked and the lock changed hands while taking it over: try again")
-        finally:
-            staging.unlink(missing_ok=True)
-
-    def _take_over_if_stale(self, host: str) -> None:
-        try:
-            holder = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return  # released meanwhile: try again
-        except (ValueError, UnicodeDecodeError):
-            holder = {}
-        alive = holder.get("host") != host or pid_alive(int(holder.get("pid", -1)))
-        if holder and alive:
-            raise WorkdirLocked(
-                f"{self.path.parent} is in use by `{holder.get('command')}` (pid {holder.get('pid')} on "
-                f"{holder.get('host')}, since {holder.get('started')}): wait for it or stop it; if that process is "
-                f"gone, delete {self.path}"
-            )
-        try:  # stale: move it aside; of several contenders only one rename succeeds
-            os.rename(self.path, self.path.with_name(f".{self.path.name}.stale.{os.getpid()}"))
-        except FileNotFoundError:
-            return
-        self.path.with_name(f".{self.path.name}.stale.{os.getpid()}").unlink(missing_ok=True)
-
-    def __exit__(self, *_: object) -> None:
-        self.path.unlink(missing_ok=True)
-
-
 # ----------------------------------------------------------------------------- the work directory
 
 
@@ -311,6 +250,13 @@ class Workdir:
         """The audio checks' cache (:attr:`audio_check`), naming the files inside this folder relative to it."""
         return VerdictCache(self.audio_check, self.root)
 
+    def masked_config(self, cfg: ExperimentConfig) -> Path:
+        """``cfg`` with its secrets masked (:func:`ctsl_hpc.masking.mask`), as ``tracking/config.yaml``: what is shown
+        of it (the runs' artifact); ``config.yaml`` itself keeps them, its owner's alone, for resume."""
+        path = self.tracking / self.config_file.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write_text(path, yaml.safe_dump(mask(cfg.to_dict()), sort_keys=False))
+
     def lock(self, command: str) -> WorkdirLock:
         """``with workdir.lock("sweep"):`` hold the work directory while this process drives it."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -368,7 +314,8 @@ class Workdir:
                     f"{workdir.root} was created with another configuration (differs at: {', '.join(diff)}); "
                     "use a new --workdir or the same settings"
                 )
-        atomic_write_text(workdir.config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with owner_only():  # it keeps the secrets a config holds (ctsl_hpc.masking): its owner's alone
+            atomic_write_text(workdir.config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return workdir
 
 

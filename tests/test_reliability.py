@@ -153,7 +153,7 @@ def test_one_sweep_per_workdir_a_killed_run_is_failed_and_a_moved_workdir_resume
     fingerprint = yaml.safe_load(moved_dir.fingerprint.read_text())["fingerprint"]
     assert f"corpus fingerprint: {fingerprint}" in again.stdout
     for path in (moved_dir.config_file, moved_dir.teacher.done, moved_dir.report.table1_json, moved_dir.waveform_stats):
-        assert path.stat().st_mode & 0o007 == 0, f"{path} is readable by others"  # the default umask 007
+        assert path.stat().st_mode & 0o027 == 0, f"{path} is writable by its group or readable by others"  # umask 027
     assert str(first) not in "".join(p.read_text() for p in moved.rglob("*.json") if p.parent.name != "mlartifacts")
 
 

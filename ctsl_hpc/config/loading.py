@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -76,6 +77,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if hint in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if hint is str and isinstance(value, int):  # YAML reads 077 as the octal number 63 and 77 as seventy-seven
+        raise ConfigError(f"{key}: {value!r} was read as a number (YAML reads 077 as 63): quote it in a YAML file, "
+                          f"{key}: \"027\", or give its leading zero on the command line, {key}=027")
     if not isinstance(value, hint):
         raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
     return value
@@ -118,10 +122,16 @@ def parse_override(text: str) -> dict[str, Any]:
     keys = path.strip().split(".")
     if not all(keys):
         raise ConfigError(f"override {text!r} has an empty key")
-    value: Any = yaml.safe_load(raw) if raw.strip() else None
+    if _LEADING_ZERO.fullmatch(raw.strip()):  # 027: an octal mask, kept as written (YAML would make it 23)
+        value: Any = raw.strip()
+    else:
+        value = yaml.safe_load(raw) if raw.strip() else None
     for key in reversed(keys):
         value = {key: value}
     return value
+
+
+_LEADING_ZERO = re.compile(r"0[0-7]+")
 
 
 def _read_yaml(path: ConfigFile) -> dict[str, Any]:
@@ -164,7 +174,10 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
-    """Rebuild a validated config from :meth:`ExperimentConfig.to_dict` output."""
+    """Rebuild a validated config from :meth:`ExperimentConfig.to_dict` output (a work directory's saved
+    config; one saved before the umask was a string holds it as the number it meant)."""
+    if isinstance(values.get("umask"), int) and not isinstance(values["umask"], bool):
+        values = {**values, "umask": f"{values['umask']:03o}"}
     cfg = build_section(ExperimentConfig, values)
     validate(cfg)
     return cfg

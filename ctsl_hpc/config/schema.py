@@ -270,7 +270,9 @@ class SlurmConfig:
 class ExperimentConfig:
     name: str = "ctsl"
     workdir: str = "runs/ctsl"
-    umask: int = 0o007  # octal with a leading zero (007, 022, 027): the group reads and writes, others nothing
+    # octal, as a string: "027" lets the group read what a sweep writes and others nothing; no mask makes a file
+    # group- or world-writable, and the pickles, job scripts, frozen code and tracking spool are the owner's alone
+    umask: str = "027"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -283,6 +285,17 @@ class ExperimentConfig:
     cost: CostConfig = field(default_factory=CostConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+
+    @property
+    def file_mask(self) -> int:
+        """The process umask of the sweep's commands and jobs: ``umask`` as octal, never letting the group or
+        others write (``| 0o022``).
+
+        Example:
+            >>> oct(ExperimentConfig(umask="002").file_mask)
+            '0o22'
+        """
+        return int(self.umask, 8) | 0o022
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain nested dicts (YAML/JSON serialisable)."""

@@ -7,6 +7,7 @@ cannot say (positive sizes, known variant and corpus names, per-stage Slurm sett
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ctsl_hpc import variants
@@ -43,7 +44,8 @@ def validate(cfg: ExperimentConfig) -> None:
     """Check value ranges and cross-field rules; raise :class:`ConfigError` naming the key."""
     d, n, m, t, s, e = cfg.data, cfg.noise, cfg.model, cfg.train, cfg.student, cfg.eval
     _require(bool(cfg.name.strip()), "name", "must not be empty")
-    _require(0 <= cfg.umask <= 0o777, "umask", f"must be an octal mask such as 007 or 022, got {cfg.umask:o}")
+    _require(re.fullmatch(r"0?[0-7]{3}", cfg.umask) is not None, "umask",
+             f"must be an octal mask such as \"027\" or \"022\", got {cfg.umask!r}")
     for key, seed in (("seed", cfg.seed), ("train.seed", t.seed), ("synthetic.seed", cfg.synthetic.seed),
                       ("tune.seed", cfg.tune.seed)):
         _require(seed >= 0, key, f"must be >= 0 (numpy and torch take non-negative seeds), got {seed}")
@@ -107,6 +109,7 @@ def validate(cfg: ExperimentConfig) -> None:
             shipped_file(t.deepspeed_config, ".json", "deepspeed")
         except ConfigError as exc:
             raise ConfigError(f"train.deepspeed_config: {exc}") from None
+    _validate_tracking_uri(cfg.tracking.uri)
     _validate_tune(cfg.tune)
     _validate_slurm(cfg.slurm, t)
     for condition in e.noisy_roots:
@@ -139,22 +142,26 @@ def _validate_slurm(slurm: SlurmConfig, train: TrainConfig) -> None:
     engine = train.engine
     for name in SLURM_STAGES:
         st, key = slurm.stage(name), f"slurm.{name}"
-        _require(st.tasks_per_node is None or st.tasks_per_node >= 1, f"{key}.tasks_per_node", "must be at least 1")
-        _require(st.nodes >= 1, f"{key}.nodes", "must be at least 1")
+
+        def where(field: str, name: str = name) -> str:  # the key that was set: the stage's, else the default's
+            return f"slurm.{name}.{field}" if getattr(getattr(slurm, name), field) is not None else f"slurm.{field}"
+
+        _require(st.tasks_per_node is None or st.tasks_per_node >= 1, where("tasks_per_node"), "must be at least 1")
+        _require(st.nodes >= 1, where("nodes"), "must be at least 1")
         if name in TRAINING_STAGES:
             _require(
                 engine in ("ddp", "deepspeed") or st.tasks_per_node in (None, 1),
-                f"{key}.tasks_per_node", f"several tasks need train.engine ddp or deepspeed (train.engine is {engine!r})",
+                where("tasks_per_node"), f"several tasks need train.engine ddp or deepspeed (train.engine is {engine!r})",
             )
         if name in ONE_NODE_STAGES:
-            _require(st.nodes == 1, f"{key}.nodes", f"the {name} stage is one process: it runs on 1 node")
-        _require(st.time_min >= 1, f"{key}.time_min", "must be at least 1 minute")
-        _require(st.gpus_per_node >= 0, f"{key}.gpus_per_node", "must be >= 0")
-        _require(st.cpus_per_task >= 1, f"{key}.cpus_per_task", "must be at least 1")
-        _require(st.mem_gb > 0, f"{key}.mem_gb", "must be positive")
-        _require(st.array_parallelism >= 1, f"{key}.array_parallelism", "must be at least 1")
-        _require(0 <= st.signal_delay_s < st.time_min * 60, f"{key}.signal_delay_s", "must be in [0, time_min * 60)")
-        _require(st.max_requeues >= 0, f"{key}.max_requeues", "must be >= 0")
+            _require(st.nodes == 1, where("nodes"), f"the {name} stage is one process: it runs on 1 node")
+        _require(st.time_min >= 1, where("time_min"), "must be at least 1 minute")
+        _require(st.gpus_per_node >= 0, where("gpus_per_node"), "must be >= 0")
+        _require(st.cpus_per_task >= 1, where("cpus_per_task"), "must be at least 1")
+        _require(st.mem_gb > 0, where("mem_gb"), "must be positive")
+        _require(st.array_parallelism >= 1, where("array_parallelism"), "must be at least 1")
+        _require(0 <= st.signal_delay_s < st.time_min * 60, where("signal_delay_s"), "must be in [0, time_min * 60)")
+        _require(st.max_requeues >= 0, where("max_requeues"), "must be >= 0")
         _validate_job_environment(st, key)
 
 
@@ -170,6 +177,23 @@ def _validate_job_environment(st: SlurmConfig | SlurmStageConfig, key: str) -> N
     container = st.container
     if container.runtime is not None:
         _require(bool(container.image), f"{key}.container.image", f"is required with container.runtime {container.runtime}")
+
+
+# what MLflow's tracking stores answer to (mlflow.tracking._tracking_service.utils), and file paths
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks", "databricks-uc", "uc")
+
+
+def _validate_tracking_uri(uri: str | None) -> None:
+    """A tracking store MLflow knows (``scheme://...``) or a folder path (absolute, or ``./`` relative)."""
+    if uri is None:
+        return
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else None
+    if scheme is not None:
+        _require(scheme in TRACKING_SCHEMES, "tracking.uri",
+                 f"the scheme {scheme!r} is not one MLflow knows ({', '.join(TRACKING_SCHEMES)})")
+        return
+    _require(uri.startswith(("/", "./", "../", "~")) or "${env:" in uri, "tracking.uri",
+             f"{uri!r} is neither a URI (http://host:5000, sqlite:///path/mlflow.db, ...) nor a path (/abs or ./relative)")
 
 
 def _validate_tune(tune: TuneConfig) -> None:

@@ -24,10 +24,12 @@ from ctsl_hpc.launch.graph import submit_sweep
 from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.manage import ManageError
 from ctsl_hpc.launch.slurm_cli import SlurmError
+from ctsl_hpc.locks import WorkdirLocked
 from ctsl_hpc.logs import setup_logging
+from ctsl_hpc.masking import mask_text
 from ctsl_hpc.preflight import InputProblems, check_inputs, stale_preparation
 from ctsl_hpc.track.tags import command_tags, exported_run_tags
-from ctsl_hpc.workdir import ConfigMismatch, Workdir, WorkdirLocked
+from ctsl_hpc.workdir import ConfigMismatch, Workdir
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -68,7 +70,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _sweep(cfg: ExperimentConfig, cluster: str, command: str = "sweep") -> int:
     """Run the sweep here (a blocking backend) or submit it; done stages are skipped."""
-    os.umask(cfg.umask)
+    os.umask(cfg.file_mask)
     backend = make_backend(cluster, Workdir(cfg.workdir), cfg)
     backend.check()  # missing tools or an unknown partition stop here, before the work directory exists
     check_inputs(cfg)  # so do missing or unreadable inputs: nothing is queued for them to fail on a GPU node
@@ -116,7 +118,7 @@ def _print_runs_page(cfg: ExperimentConfig) -> None:
 
     url = training_runs_url(resolve_uri(cfg.workdir, cfg.tracking.uri), cfg.tracking.experiment or cfg.name)
     if url:
-        print(f"review in MLflow: {url}")
+        print(f"review in MLflow: {mask_text(url)}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -157,7 +159,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     workdir = Workdir(args.workdir)
     cfg = workdir.read_config()
-    os.umask(cfg.umask)
+    os.umask(cfg.file_mask)
     with workdir.lock("report"):
         for path in build_report(workdir.report.path, alpha=cfg.eval.alpha):
             print(path)
@@ -170,7 +172,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     workdir = Workdir(args.workdir)
     cfg = workdir.read_config()
-    os.umask(cfg.umask)
+    os.umask(cfg.file_mask)
     with workdir.lock("sync"):
         left = replay_spool(workdir.root, cfg.tracking.uri)
     if left:
@@ -181,9 +183,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
-    from ctsl_hpc.track.server import run_server
+    from ctsl_hpc.track.server import ServerRefused, run_server
 
-    return run_server(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.auth_config)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    tls = None if args.tls_cert is None else (args.tls_cert, args.tls_key)
+    try:
+        return run_server(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.auth_config,
+                          args.no_auth, tls)
+    except ServerRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -298,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
     server.add_argument("--port", type=int, default=5000)
     server.add_argument("--auth-config", help="an MLflow basic_auth.ini: every client must log in (see README)")
+    server.add_argument("--no-auth", action="store_true",
+                        help="listen beyond this machine without a login (only where the network is yours alone)")
+    server.add_argument("--tls-cert", help="a PEM certificate: serve HTTPS (clients trust it: MLFLOW_TRACKING_SERVER_CERT_PATH)")
+    server.add_argument("--tls-key", help="the certificate's PEM key")
     server.set_defaults(func=cmd_mlflow_server)
 
     predict = commands.add_parser("predict", help="arousal/dominance/valence (1..7) of audio files")

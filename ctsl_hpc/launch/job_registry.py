@@ -15,10 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from ctsl_hpc.atomic_io import atomic_write_json, read_json
 from ctsl_hpc.config import SLURM_STAGES
+from ctsl_hpc.locks import LeaseLock, lease_lock
 from ctsl_hpc.workdir import Workdir
 
 TERMINAL = frozenset(
@@ -76,9 +75,9 @@ class Registry:
         self.dir = self.workdir.jobs
 
     @property
-    def _lock(self) -> FileLock:
+    def _lock(self) -> LeaseLock:
         self.dir.mkdir(parents=True, exist_ok=True)  # on the first write: reading creates nothing
-        return FileLock(str(self.dir / ".lock"))
+        return lease_lock(self.dir / ".lock")  # the jobs on other nodes write here too (ctsl_hpc.locks)
 
     def get(self, key: str) -> JobRecord | None:
         """The record of ``key``, or None when it was never submitted."""

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ctsl_hpc.atomic_io import atomic_write_text
+from ctsl_hpc.atomic_io import atomic_write_text, owner_only
 from ctsl_hpc.config import TUNE_STAGE, ExperimentConfig
 from ctsl_hpc.launch import slurm_env
 from ctsl_hpc.launch.slurm_job import log_code_origin
@@ -180,7 +180,7 @@ def run_in_allocation(driver: Callable[[str], int], rendezvous: Path, timeout_s:
     ports = RayPorts.pick()
     if rank == 0:
         done_file.unlink(missing_ok=True)
-        with _private_umask():
+        with owner_only():
             atomic_write_text(token_file, secrets.token_hex(32))
         proc = start_node(None, ports, temp_dir, node_ip)
         address = f"{node_ip}:{ports.gcs}"
@@ -228,16 +228,6 @@ def node_address(nodes: int) -> str:
     return address
 
 
-@contextlib.contextmanager
-def _private_umask():
-    """Files made meanwhile are readable by their owner alone (the allocation's Ray token)."""
-    mask = os.umask(0o077)
-    try:
-        yield
-    finally:
-        os.umask(mask)
-
-
 def _reload_ray_auth() -> None:
     """Make this process re-read ``RAY_AUTH_*`` (what ``ray.init`` does itself when it enables token auth)."""
     from ray._raylet import AuthenticationTokenLoader, Config
@@ -266,7 +256,7 @@ def tune_allocation(workdir: str, config: str | None = None, overrides: list[str
     setup_logging()
     slurm_env.export_run_tags()
     log_code_origin()
-    os.umask(Workdir(workdir).read_config().umask)
+    os.umask(Workdir(workdir).read_config().file_mask)
     job = slurm_env.job_id() or "local"
     root = Workdir(workdir)
 
@@ -309,7 +299,7 @@ def sweep_tune(cfg: ExperimentConfig, cluster: str = "local") -> int:
 
     if cluster not in ("local", "slurm"):
         raise ValueError(f"sweep --tune runs locally or on Slurm, not on {cluster!r}")
-    os.umask(cfg.umask)
+    os.umask(cfg.file_mask)
     started = time.time()
     with Workdir(cfg.workdir).lock("sweep --tune"):
         if cluster == "slurm":

@@ -24,6 +24,7 @@ from typing import Any
 
 import submitit
 
+from ctsl_hpc.atomic_io import owner_only
 from ctsl_hpc.data.packed import JOB_ID_VARIABLE
 from ctsl_hpc.launch import slurm_env
 from ctsl_hpc.launch.job_registry import Registry
@@ -107,7 +108,8 @@ class SlurmJob(submitit.helpers.Checkpointable):
         if env.global_rank == 0:
             registry.update(self.task.key, state="REQUEUING", message=str(exc))
         try:
-            requeue(signal.SIGUSR2, None)  # checkpoint() -> pickle, scontrol requeue, sys.exit
+            with owner_only():  # the pickle the restart unpickles: its owner's alone
+                requeue(signal.SIGUSR2, None)  # checkpoint() -> pickle, scontrol requeue, sys.exit
         except subprocess.CalledProcessError as error:
             # Preemption with PreemptMode=REQUEUE: Slurm requeues the job itself and refuses a second requeue.
             log.warning("scontrol requeue refused (%s): Slurm is already requeuing this job", error)

@@ -6,12 +6,16 @@ submits it without knowing what it is (:mod:`ctsl_hpc.launch.backends`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ctsl_hpc.launch.job_registry import Registry
+from ctsl_hpc.masking import mask_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +62,10 @@ def run_task(
         raise
     except BaseException as exc:
         if is_main:
-            registry.update(task.key, state="FAILED", message=f"{type(exc).__name__}: {exc}"[:500])
+            try:
+                registry.update(task.key, state="FAILED", message=mask_text(f"{type(exc).__name__}: {exc}")[:500])
+            except OSError:  # a full disk fails this record too: the task's own error says what happened
+                log.warning("could not record %s as failed in %s", task.key, registry.dir)
         raise
     if is_main:
         registry.update(task.key, state="COMPLETED", message="")

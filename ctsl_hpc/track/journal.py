@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from filelock import FileLock
-
-from ctsl_hpc.atomic_io import atomic_write_json, read_json, writing
+from ctsl_hpc.atomic_io import atomic_write_json, owner_only, read_json, writing
+from ctsl_hpc.locks import lease_lock
 from ctsl_hpc.workdir import Workdir
 
 _log = logging.getLogger(__name__)
@@ -36,8 +35,9 @@ class Journal:
     def __init__(self, workdir: Path) -> None:
         self.root = Workdir(workdir).root
         self.dir = Workdir(workdir).tracking
-        (self.dir / "logged").mkdir(parents=True, exist_ok=True)
-        self.lock = FileLock(str(self.dir / "lock"))
+        with owner_only():  # the spool holds everything sent to the tracking server: its owner's alone
+            (self.dir / "logged").mkdir(parents=True, exist_ok=True)
+        self.lock = lease_lock(self.dir / "lock")  # right on shared storage and across hosts (ctsl_hpc.locks)
         self.runs_file = self.dir / "runs.json"
         self.spool = self.dir / "spool.jsonl"
         self.offset_file = self.dir / "spool.offset"

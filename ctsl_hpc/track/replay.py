@@ -14,15 +14,17 @@ import contextlib
 import json
 import logging
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import requests
-from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from ctsl_hpc.locks import LeaseLock, lease_lock
+from ctsl_hpc.masking import resolve_env
 from ctsl_hpc.track.datasets import CONTEXT_TAG
 from ctsl_hpc.track.journal import Journal
 from ctsl_hpc.track.registry import SWEEP_RUN_TAG, register_version
@@ -48,12 +50,24 @@ _METRICS_PER_BATCH = 1000
 
 
 def resolve_uri(workdir: str | Path, uri: str | None = None) -> str:
-    """The tracking URI: ``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else the work dir's SQLite."""
+    """The tracking URI: ``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else the work dir's SQLite.
+
+    A login in an HTTP URI (``https://user:password@host``) moves to MLflow's ``MLFLOW_TRACKING_USERNAME``
+    and ``MLFLOW_TRACKING_PASSWORD`` (unless they are set) and leaves the URI, which MLflow prints in its
+    "View run at" lines and tags."""
     if uri:
-        return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Workdir(workdir).mlflow_db}"
+        found = resolve_env(uri, "tracking.uri")  # ${env:NAME}: a password read here, never written down
+    else:
+        found = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Workdir(workdir).mlflow_db}"
+    parts = urllib.parse.urlsplit(found)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return found
+    login, host = parts.netloc.rsplit("@", 1)
+    user, _, password = login.partition(":")
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", urllib.parse.unquote(user))
+    if password:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", urllib.parse.unquote(password))
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 class _Rejected(Exception):
@@ -208,12 +222,12 @@ def replay_spool(workdir: str | Path, uri: str | None = None) -> int:
         return sum(1 for _ in state.pending())
 
 
-def _schema_lock(uri: str) -> FileLock | contextlib.nullcontext:
+def _schema_lock(uri: str) -> LeaseLock | contextlib.nullcontext:
     """A lock beside a SQLite database file (a no-op for other stores)."""
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :].split("?")[0])
         db.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(f"{db}.lock")
+        return lease_lock(f"{db}.lock")
     return contextlib.nullcontext()
 
 

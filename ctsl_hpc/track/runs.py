@@ -35,6 +35,7 @@ from typing import Any
 
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.config import flatten as flatten_values
+from ctsl_hpc.masking import mask, mask_text
 from ctsl_hpc.track.journal import Journal
 from ctsl_hpc.track.registry import EPOCH_TAG
 from ctsl_hpc.track.replay import PARENT_KEY, _http_defaults, _Replayer, _schema_lock, resolve_uri
@@ -253,14 +254,14 @@ class Run:
         self._after_send(self.tracker.flush())
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params; nested mappings are flattened to dotted keys."""
+        """Log params; nested mappings are flattened to dotted keys, secrets masked (:mod:`ctsl_hpc.masking`)."""
         if params:
-            self._send({"op": "params", "key": self.key, "params": flatten(params)})
+            self._send({"op": "params", "key": self.key, "params": flatten(mask(dict(params)))})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Set (or overwrite) run tags."""
+        """Set (or overwrite) run tags, secrets masked (a command line, a description)."""
         if tags:
-            self._send({"op": "tags", "key": self.key, "tags": {k: str(v) for k, v in tags.items()}})
+            self._send({"op": "tags", "key": self.key, "tags": {k: mask_text(str(v)) for k, v in tags.items()}})
 
     def set_description(self, markdown: str) -> None:
         """The run page's description (``mlflow.note.content``, rendered as markdown; cut to the

@@ -1,10 +1,17 @@
-"""An MLflow tracking server for a cluster: one worker, job execution off, in its own process group."""
+"""An MLflow tracking server for a cluster: one worker, job execution off, in its own process group.
+
+Beyond this machine it wants its clients to log in (MLflow's basic-auth app) and serves TLS when
+given a certificate and key (``--uvicorn-opts "--ssl-certfile ... --ssl-keyfile ..."``); clients,
+and the health checks here, trust that certificate through ``MLFLOW_TRACKING_SERVER_CERT_PATH``.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -12,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ctsl_hpc.atomic_io import atomic_write_text
+from ctsl_hpc.atomic_io import atomic_write_text, owner_only
 from ctsl_hpc.processes import stop_process_group
 
 
@@ -25,6 +32,7 @@ def serve(
     allowed_hosts: list[str] | None = None,
     log_file: str | Path | None = None,
     auth_config: str | Path | None = None,
+    tls: tuple[str | Path, str | Path] | None = None,
 ) -> subprocess.Popen:
     """Start ``mlflow server`` (one worker, job execution off) in its own process group.
 
@@ -36,7 +44,7 @@ def serve(
     database, admin user and password): the server then runs MLflow's basic-auth app, every request
     needs a user (``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` in the clients'
     environment), and its CSRF secret is ``$MLFLOW_FLASK_SERVER_SECRET_KEY`` or one kept next to the
-    ini file. Stop it with :func:`stop_server`.
+    ini file. ``tls``: (certificate, key) PEM files: the server speaks HTTPS. Stop it with :func:`stop_server`.
     """
     if "://" not in str(artifact_root):
         Path(artifact_root).mkdir(parents=True, exist_ok=True)
@@ -47,13 +55,16 @@ def serve(
         "--artifacts-destination", str(artifact_root),
         "--host", host, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    if allowed_hosts is None and host not in ("127.0.0.1", "localhost", "::1"):
+    if allowed_hosts is None and not is_loopback(host):
         from mlflow.server.security_utils import get_default_allowed_hosts
 
         names = {socket.gethostname(), socket.getfqdn()}
         allowed_hosts = get_default_allowed_hosts() + sorted(f"{n}{p}" for n in names for p in ("", ":*"))
     if allowed_hosts:
         cmd += ["--allowed-hosts", ",".join(allowed_hosts)]
+    if tls is not None:
+        cert, key = (Path(p).resolve() for p in tls)
+        cmd += ["--uvicorn-opts", f"--ssl-certfile {cert} --ssl-keyfile {key}"]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     if auth_config is not None:
         cmd += ["--app-name", "basic-auth"]
@@ -71,28 +82,38 @@ def _secret(auth_config: str | Path) -> str:
     """The server's CSRF secret, made once and kept (owner-only) beside the auth config: restarts keep it."""
     path = Path(auth_config).resolve().with_name("flask_secret_key")
     if not path.is_file():
-        mask = os.umask(0o077)
-        try:
+        with owner_only():
             atomic_write_text(path, secrets.token_hex(32))
-        finally:
-            os.umask(mask)
     return path.read_text().strip()
 
 
-def server_url(host: str, port: int) -> str:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine alone (127.0.0.1, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_url(host: str, port: int, tls: bool = False) -> str:
     """The URL clients use for a server bound to ``host`` (``0.0.0.0`` -> this node's name)."""
     name = socket.gethostname() if host in ("0.0.0.0", "::") else host
-    return f"http://{name}:{port}"
+    return f"{'https' if tls else 'http'}://{name}:{port}"
 
 
 def wait_until_healthy(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``<url>/health`` until it answers OK; raise if ``proc`` exits or ``timeout_s`` passes."""
+    """Poll ``<url>/health`` until it answers OK; raise if ``proc`` exits or ``timeout_s`` passes. An HTTPS
+    server's certificate is checked against ``$MLFLOW_TRACKING_SERVER_CERT_PATH`` when set (as MLflow's
+    clients do), else the system's trust store."""
     deadline = time.monotonic() + timeout_s
+    context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
     while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"mlflow server exited with code {proc.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}/health", timeout=2, context=context) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -107,15 +128,29 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
     stop_process_group(proc, timeout_s)
 
 
+class ServerRefused(ValueError):
+    """The server would be open to the network without a login; the message says how to start it."""
+
+
 def run_server(
     backend_store_uri: str, artifact_root: str | Path, host: str = "127.0.0.1", port: int = 5000,
-    auth_config: str | Path | None = None,
+    auth_config: str | Path | None = None, no_auth: bool = False, tls: tuple[str | Path, str | Path] | None = None,
 ) -> int:
-    """Start :func:`serve`, print its URL once healthy, and block until it exits (Ctrl-C stops it)."""
-    proc = serve(backend_store_uri, artifact_root, host, port, auth_config=auth_config)
-    url = server_url(host, port)
+    """Start :func:`serve`, print its URL once healthy, and block until it exits (Ctrl-C stops it).
+
+    Beyond loopback it refuses to start without ``auth_config`` unless ``no_auth`` says the network is
+    trusted; with basic-auth but no ``tls`` it warns that passwords would cross the network in clear."""
+    if not is_loopback(host) and auth_config is None and not no_auth:
+        raise ServerRefused(f"mlflow-server: --host {host} is reachable from other machines, and without "
+                            "--auth-config anyone there could read and change every run: give --auth-config "
+                            "basic_auth.ini (and --tls-cert/--tls-key), or --no-auth where the network is yours alone")
+    if not is_loopback(host) and auth_config is not None and tls is None:
+        print(f"warning: --host {host} with basic-auth but no --tls-cert/--tls-key: passwords cross the network in "
+              "clear text", file=sys.stderr)
+    proc = serve(backend_store_uri, artifact_root, host, port, auth_config=auth_config, tls=tls)
+    url = server_url(host, port, tls is not None)
     try:
-        local = f"http://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else url
+        local = f"{url.split(':')[0]}://127.0.0.1:{port}" if host in ("0.0.0.0", "::") else url
         wait_until_healthy(local, proc=proc)
         print(f"MLflow tracking server: {url}  (export MLFLOW_TRACKING_URI={url})", flush=True)
         return proc.wait()

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import ctsl_hpc
+from ctsl_hpc.masking import mask_text
 from ctsl_hpc.snapshot import package_hash
 
 RUN_TAGS_ENV = "CTSL_RUN_TAGS"  # JSON tags a launcher exports for every run of its job (and its Ray workers)
@@ -58,7 +59,8 @@ def this_program() -> str:
 def command_tags(program: str, args: Sequence[str]) -> dict[str, str]:
     """The source name (the program, without ``python -m``, and its command) and the whole command line."""
     name = " ".join([program.removeprefix(_MODULE_PREFIX), *args[:1]])
-    return {SOURCE_NAME: name, COMMAND_TAG: " ".join([program, shlex.join(args)]).strip()[:_TAG_MAX_CHARS]}
+    line = mask_text(" ".join([program, shlex.join(args)]).strip())  # a password typed in an override stays here
+    return {SOURCE_NAME: name, COMMAND_TAG: line[:_TAG_MAX_CHARS]}
 
 
 def add_run_tags(tags: Mapping[str, str]) -> None:

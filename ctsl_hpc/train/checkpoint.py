@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ctsl_hpc.atomic_io import atomic_write_text, writing
+from ctsl_hpc.atomic_io import atomic_write_text, sync_tree, writing
 from ctsl_hpc.run_records import History
 from ctsl_hpc.train.engines import Engine
 from ctsl_hpc.train.safe_load import load_state
@@ -83,6 +83,7 @@ def save_checkpoint(
         if final.exists():  # an earlier, identical save of this step (e.g. re-run after a crash)
             shutil.rmtree(final)
         tmp.rename(final)
+        sync_tree(final)  # every file on the disk before the marker says the checkpoint is complete
         atomic_write_text(final / MARKER, f"{global_step}\n")
     barrier()
     return final

@@ -85,3 +85,27 @@ def test_missing_and_invalid_yaml_files(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("umask=77", 'umask: 77 was read as a number'),  # 77 decimal is 0o115: folders without the owner's x bit
+    ("umask=0o27", 'umask: must be an octal mask such as "027"'),
+    ("tracking.uri=notauri", "tracking.uri: 'notauri' is neither a URI"),
+])
+def test_a_umask_or_tracking_uri_that_would_surprise_is_refused_with_the_fix(override, says):
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [override])
+    assert str(refused.value).startswith(says) and "\n" not in str(refused.value)
+
+
+def test_the_umask_is_octal_and_never_lets_others_write():
+    assert load_config(None, ["umask=007"]).file_mask == 0o027  # the group reads, never writes
+    assert load_config(None, ["umask=077"]).file_mask == 0o077
+    assert load_config().file_mask == 0o027
+    assert load_config(None, ["tracking.uri=./mlruns"]).tracking.uri == "./mlruns"
+
+
+def test_a_work_directory_saved_with_an_integer_umask_still_loads():
+    values = load_config().to_dict()
+    values["umask"] = 0o007  # how configs were saved before the umask was a string
+    assert config_from_dict(values).umask == "007"

@@ -9,10 +9,13 @@ The other tests start from a copy of the reference's data and trained teacher.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,14 +77,18 @@ class Sweeps:
     submit_s: float
     dependencies: dict[str, str]
     teacher_epoch1_step: int
+    stage: Path  # the Slurm sweep's data.stage_dir
+    staged: set[str]  # the staged files seen while its jobs ran
 
 
 @pytest.fixture(scope="module")
 def sweeps(slurm_cluster, tmp_path_factory) -> Sweeps:
+    """The Slurm sweep (its jobs read the corpus staged in a node-local folder) and the same sweep run here,
+    reading the files in place: the reference."""
     base = tmp_path_factory.mktemp("sweeps")
-    local, remote = base / "local", base / "slurm"
+    local, remote, stage = base / "local", base / "slurm", base / "node-local"
     started = time.monotonic()
-    out = cli("sweep", "--cluster", "slurm", "--workdir", remote, *TINY)
+    out = cli("sweep", "--cluster", "slurm", "--workdir", remote, *TINY, f"data.stage_dir={stage}")
     submit_s = time.monotonic() - started
     assert out.returncode == 0, out.stderr
     registry = Registry(remote)
@@ -90,25 +97,52 @@ def sweeps(slurm_cluster, tmp_path_factory) -> Sweeps:
         key: subprocess.run(["squeue", "-h", "-j", job, "-o", "%E"], capture_output=True, text=True).stdout.strip()
         for key, job in ids.items()
     }
+    staged: set[str] = set()
+
+    def watching(condition):  # every poll also notes the staged copies present at that moment
+        def check() -> bool:
+            staged.update(str(p.relative_to(stage)) for p in stage.glob("ctsl-*/*.npy"))
+            return condition()
+        return check
+
     # scontrol requeue (no USR2) once the teacher's first epoch is safely on disk
-    slurm_cluster.wait_until(lambda: bool(complete_checkpoints(remote / "teacher")), 240, "teacher epoch 1 checkpoint", remote)
+    slurm_cluster.wait_until(watching(lambda: bool(complete_checkpoints(remote / "teacher"))), 240,
+                             "teacher epoch 1 checkpoint", remote)
     epoch1 = int(complete_checkpoints(remote / "teacher")[-1].name.split("-")[1])
     subprocess.run(["scontrol", "requeue", ids["teacher"]], check=True, capture_output=True)
     torch.set_num_threads(1)
     assert main(["sweep", "--workdir", str(local), *TINY]) == 0  # the local reference, meanwhile
-    slurm_cluster.wait_until(lambda: _sweep_finished(remote), 480, "the Slurm sweep reaches its report", remote)
-    return Sweeps(local, remote, submit_s, deps, epoch1)
+    slurm_cluster.wait_until(watching(lambda: _sweep_finished(remote)), 480, "the Slurm sweep reaches its report", remote)
+    return Sweeps(local, remote, submit_s, deps, epoch1, stage, staged)
 
 
-def test_slurm_sweep_returns_at_once_and_reproduces_the_local_table1(sweeps: Sweeps):
+def test_slurm_sweep_returns_at_once_and_reproduces_the_local_table1(sweeps: Sweeps, slurm_cluster):
     assert sweeps.submit_s < 30, f"sweep --cluster slurm took {sweeps.submit_s:.1f} s to return"
     registry = Registry(sweeps.slurm)
-    teacher, rm, rm_tl = (registry.get(k).job_id for k in ("teacher", "student/RM", "student/RM+TL"))
+    prepare, teacher, rm, rm_tl = (registry.get(k).job_id for k in ("prepare", "teacher", "student/RM", "student/RM+TL"))
+    assert sweeps.dependencies["teacher"] == f"afterok:{prepare}(unfulfilled)"
+    times = {job: _start_end(job) for job in (prepare, teacher)}
+    assert times[prepare][1] <= times[teacher][0], times  # sacct: the prepare job ended before the teacher began
     assert rm.split("_")[0] == rm_tl.split("_")[0], "the students form one array"
     assert sweeps.dependencies["student/RM"] == f"afterok:{teacher}(unfulfilled)"
     assert f"afterok:{rm}" in sweeps.dependencies["eval"] and f"afterok:{rm_tl}" in sweeps.dependencies["eval"]
     table = lambda work: json.loads((work / "report" / "table1.json").read_text())  # noqa: E731
-    assert table(sweeps.slurm) == table(sweeps.local)
+    assert table(sweeps.slurm) == table(sweeps.local)  # read from the staged pack or from the files: the same
+
+
+def test_the_jobs_read_a_staged_copy_of_the_packed_corpus_and_remove_it(sweeps: Sweeps):
+    assert Workdir(sweeps.slurm).packed_done.is_file()
+    assert any(name.endswith(".npy") for name in sweeps.staged), "no staged shard seen while the jobs ran"
+    assert list(sweeps.stage.iterdir()) == []  # every job removed its copy at its end
+    log = Registry(sweeps.slurm).logs(Registry(sweeps.slurm).get("teacher"))[0].read_text()
+    assert "staged the packed corpus" in log
+
+
+def _start_end(job: str) -> tuple[str, str]:
+    """Slurm's accounting of a job's first start and last end (ISO times sort as text)."""
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", job, "-o", "Start,End"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0].split("|")[0], out[-1].split("|")[1]
 
 
 def test_scontrol_requeue_resumes_from_the_last_complete_checkpoint(sweeps: Sweeps, slurm_cluster):
@@ -267,3 +301,123 @@ def test_multi_task_job_exports_torch_ranks_without_touching_cuda_devices(slurm_
     assert [r[:3] for r in ranks] == [["0", "2", "0"], ["1", "2", "1"]]
     assert ranks[0][3:5] == ranks[1][3:5] and ranks[0][4].isdigit()
     assert ranks[0][5] == ranks[1][5] == "0,1"
+
+
+# ------------------------------------------------------------------------ a sweep in a folder its group shares
+
+PEER, GROUP = "ctsl-peer", "ctsl-group"  # a second Unix user, in the group that owns the shared folder
+
+_APPTAINER = """#!/bin/sh
+# A stand-in for apptainer: records its arguments, then runs the command after the image.
+printf '%s\\n' "$@" > "$CTSL_APPTAINER_ARGS"
+while [ $# -gt 0 ]; do case "$1" in exec|--nv|--bind=*) shift ;; *) shift; break ;; esac; done
+exec "$@"
+"""
+
+
+@dataclass
+class SharedSweep:
+    work: Path
+    secrets: tuple[str, ...]  # typed into the config, each must stay on this machine
+    probe: str  # the value of the variable ${env:CTSL_TEST_PROBE} named, read in the job alone
+    apptainer_args: Path
+    eval_job: str  # still pending (it may begin in an hour)
+
+
+def _as_peer(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", f"--reuid={PEER}", f"--regid={GROUP}", "--init-groups", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def shared_sweep(sweeps: Sweeps, slurm_cluster, mlflow_server) -> SharedSweep:
+    """The students and the evaluation submitted with the defaults into a folder that the group ``ctsl-group`` may
+    enter and write (so that only the package's permissions decide), tracked by a real server through a URI
+    with a password, with secrets in ``slurm.env`` and a setup line, the students in a (stand-in) Apptainer."""
+    import secrets as random_secrets
+
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("a second Unix user needs root and useradd")
+    subprocess.run(["groupadd", "-f", GROUP], check=True)
+    if subprocess.run(["id", PEER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-M", "-N", "-g", GROUP, "-s", "/bin/sh", PEER], check=True)
+    shared = Path(tempfile.mkdtemp(prefix="ctsl-shared-", dir="/tmp"))
+    shutil.chown(shared, group=GROUP)
+    shared.chmod(0o2770)  # setgid: what is made inside belongs to the group
+    bin_dir = shared / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    work, _ = _copy_with_teacher(sweeps.local, shared / "w")
+    password, token, key, probe = (random_secrets.token_hex(8) for _ in range(4))
+    host = mlflow_server.url.removeprefix("http://")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "USER": "root", "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "CTSL_TEST_PROBE": probe, "CTSL_APPTAINER_ARGS": str(shared / "apptainer-args")}
+    out = subprocess.run([
+        sys.executable, "-m", "ctsl_hpc.launch", "sweep", "--cluster", "slurm", "--workdir", str(work), *TINY,
+        "tracking.enabled=true", f"tracking.uri=http://alice:{password}@{host}",
+        "tracking.experiment=shared-sweep", f"slurm.env={{HF_TOKEN: {token}, CTSL_PROBE: '${{env:CTSL_TEST_PROBE}}'}}",
+        f"slurm.setup=['export WANDB_API_KEY={key}', 'echo \"$CTSL_PROBE\" > {shared}/probe']",
+        "slurm.students.container={runtime: apptainer, image: /images/ctsl.sif, mounts: ['/scratch/$USER:/scratch']}",
+        f"slurm.students.python={sys.executable}", "slurm.eval.additional={begin: now+3600}",
+    ], capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=300)
+    assert out.returncode == 0, out.stderr
+    eval_job = Registry(work).get("eval").job_id
+    slurm_cluster.wait_until(lambda: all(_state(work, f"student/{v}")[0] == "COMPLETED" for v in ("RM", "RM+TL")), 240,
+                             "the students finish", work)
+    yield SharedSweep(work, (password, token, key), probe, shared / "apptainer-args", eval_job)
+    subprocess.run(["scancel", eval_job], capture_output=True)
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_group_member_cannot_write_what_the_jobs_run(shared_sweep: SharedSweep):
+    work = shared_sweep.work
+    made = [p for top in ("code", "slurm", "tracking", "jobs", "students") for p in [work / top, *(work / top).rglob("*")]]
+    writable = [p for p in made if p.stat().st_mode & 0o022]
+    assert not writable and (work / "tracking").is_dir() and list((work / "code").iterdir())
+    pickles, scripts = list(work.glob("slurm/*/*.pkl")), list(work.glob("slurm/*/*_submission.sh"))
+    assert pickles and scripts
+    code = next((work / "code").iterdir())
+    spool = [p for p in (work / "tracking").rglob("*") if p.is_file()]
+    targets = [*pickles, *scripts, code / "ctsl_hpc" / "__init__.py", *spool]
+    folders = [work, work / "slurm", *(p.parent for p in pickles), code, code / "ctsl_hpc", work / "tracking"]
+    probe = ("for f in " + " ".join(shlex.quote(str(p)) for p in targets) + '; do echo x >> "$f" 2>/dev/null && '
+             'echo "wrote $f"; done; for d in ' + " ".join(shlex.quote(str(p)) for p in folders) +
+             '; do touch "$d/planted" 2>/dev/null && echo "made $d/planted"; done; touch ' +
+             shlex.quote(str(work.parent / "peer-was-here")) + " && echo the peer writes the shared folder")
+    seen = _as_peer(probe)
+    assert seen.stdout == "the peer writes the shared folder\n", seen.stdout + seen.stderr  # and nothing of the sweep
+    for log in work.glob("slurm/*/*_log.*"):  # Slurm makes them the job's: its owner's and its primary group's
+        assert log.stat().st_mode & 0o777 == 0o640, log  # readable, so a group can follow a shared sweep
+    assert all(p.group() == GROUP for p in [work / "slurm", *work.glob("slurm/*/")])  # the shared folder's group
+
+
+def test_a_job_whose_folder_the_group_can_write_refuses_to_start(shared_sweep: SharedSweep, slurm_cluster):
+    folder = shared_sweep.work / "slurm" / shared_sweep.eval_job
+    folder.chmod(0o770)  # a member of the group could now swap the pickle submitit unpickles
+    subprocess.run(["scontrol", "update", f"jobid={shared_sweep.eval_job}", "StartTime=now"], check=True)
+    assert slurm_cluster.wait_for(shared_sweep.eval_job) == "FAILED"
+    err = (folder / f"{shared_sweep.eval_job}_0_log.err").read_text()
+    assert f"refusing to start: {folder} is writable by others than its owner" in err
+    assert "Traceback" not in err  # nothing was unpickled
+
+
+def test_secrets_reach_neither_the_server_nor_the_logs_and_env_references_reach_the_job(
+    shared_sweep: SharedSweep, mlflow_server
+):
+    work = shared_sweep.work
+    runs = mlflow_server.post("runs/search", {"experiment_ids": [
+        mlflow_server.api("experiments/get-by-name", experiment_name="shared-sweep")["experiment"]["experiment_id"]]})
+    assert runs["runs"] and any(p["key"] == "tracking.uri" for r in runs["runs"] for p in r["data"].get("params", []))
+    server_side = [p for p in mlflow_server.root.rglob("*") if p.is_file()]  # the database, every artifact, its log
+    kept = {work / "config.yaml", *work.glob("slurm/*/*_submission.sh"), *work.glob("slurm/*/*_submitted.pkl"),
+            *work.glob("slurm/.submission_file_*.sh")}  # (submitit's links to the scripts)
+    ours = [p for p in work.rglob("*") if p.is_file() and p not in kept]
+    for secret in (*shared_sweep.secrets, shared_sweep.probe):
+        leaks = [p for p in [*server_side, *ours] if secret.encode() in p.read_bytes()]
+        assert not leaks, [line for p in leaks for line in p.read_text(errors="replace").splitlines() if secret in line]
+    shared = [p for p in kept if p.stat().st_mode & 0o077]
+    assert not shared, shared  # what keeps them is its owner's alone
+    assert (work.parent / "probe").read_text() == f"{shared_sweep.probe}\n"  # ${env:...} read in the job
+    assert "${env:CTSL_TEST_PROBE}" in (work / "config.yaml").read_text()
+    assert "--bind=/scratch/root:/scratch" in shared_sweep.apptainer_args.read_text().splitlines()  # $USER expanded

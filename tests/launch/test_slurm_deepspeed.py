@@ -57,7 +57,7 @@ def test_tasks_per_node_from_the_config_reaches_submitit_for_training_stages_onl
 
 
 def test_invalid_tasks_per_node_names_the_key():
-    with pytest.raises(ConfigError, match="slurm.teacher.tasks_per_node: must be at least 1"):
+    with pytest.raises(ConfigError, match="slurm.tasks_per_node: must be at least 1"):
         load_config(None, ["train.engine=deepspeed", "slurm.tasks_per_node=0"])
     with pytest.raises(ConfigError, match="slurm.students.tasks_per_node: several tasks need train.engine ddp or deepspeed"):
         load_config(None, ["slurm.students.tasks_per_node=2"])

@@ -184,12 +184,12 @@ def test_several_nodes_keep_the_evaluation_on_one_and_export_slurm_env(tmp_path:
 
 
 def test_job_environment_exports_runs_setup_then_the_frozen_code_and_wraps_containers(tmp_path: Path):
-    from ctsl_hpc.launch.backends.slurm import job_environment
+    from ctsl_hpc.launch.job_script import PYXIS_MOUNTS_VARIABLE, job_environment
 
     cfg = load_config(None, [
         "slurm.setup=['module load cuda/12.4', 'source /shared/venv/bin/activate']", "slurm.env={NCCL_SOCKET_IFNAME: ib0}",
         "slurm.students.setup=['conda activate ctsl']", "slurm.teacher.gpus_per_node=4",
-        "slurm.teacher.container={runtime: apptainer, image: /shared/ctsl.sif, mounts: [/shared, /scratch]}",
+        "slurm.teacher.container={runtime: apptainer, image: /shared/ctsl.sif, mounts: [/shared, '/scratch/$USER']}",
         "slurm.eval.container={runtime: pyxis, image: 'nvcr.io#nvidia/pytorch:24.05-py3', mounts: ['/shared:/shared']}",
     ])
     python, setup, srun = job_environment(cfg.slurm.stage("students"), tmp_path / "code" / "abc")
@@ -198,10 +198,38 @@ def test_job_environment_exports_runs_setup_then_the_frozen_code_and_wraps_conta
     assert python is None and srun == []  # the interpreter that submits
     python, setup, _ = job_environment(cfg.slurm.stage("teacher"), None)
     assert setup[1:] == ["module load cuda/12.4", "source /shared/venv/bin/activate"]
-    assert python == "apptainer exec --nv --bind=/shared --bind=/scratch /shared/ctsl.sif python3"
-    python, _, srun = job_environment(cfg.slurm.stage("eval"), None)
+    # the mounts expand in the job: $USER is the user's there, not a literal
+    assert python == 'apptainer exec --nv "--bind=/shared" "--bind=/scratch/$USER" /shared/ctsl.sif python3'
+    python, setup, srun = job_environment(cfg.slurm.stage("eval"), None)
     assert python == "python3"
-    assert srun == ["--container-image=nvcr.io#nvidia/pytorch:24.05-py3", "--container-mounts=/shared:/shared"]
+    assert srun == ["--container-image=nvcr.io#nvidia/pytorch:24.05-py3"]
+    assert setup[-1] == f'export {PYXIS_MOUNTS_VARIABLE}="/shared:/shared"'
+
+
+def test_the_job_script_first_checks_who_can_write_what_it_runs(tmp_path: Path):
+    from ctsl_hpc.launch.job_script import job_environment
+
+    cfg = load_config(None, ["slurm.env={TOKEN: '${env:MY_TOKEN}'}"])
+    _, setup, _ = job_environment(cfg.slurm.stage("students"), tmp_path / "code", tmp_path / "slurm")
+    assert "-perm /022" in setup[0] and str(tmp_path / "slurm") in setup[0] and str(tmp_path / "code") in setup[0]
+    assert setup[1] == 'export TOKEN="${MY_TOKEN}"'  # the secret is the job's environment's, never in the script
+    job = tmp_path / "slurm" / "41"
+    job.mkdir(parents=True, mode=0o750)
+    (tmp_path / "slurm").chmod(0o750)
+    (tmp_path / "code").mkdir(mode=0o750)
+    (job / "41_submitted.pkl").write_bytes(b"")
+    (job / "41_submitted.pkl").chmod(0o640)
+
+    def started() -> subprocess.CompletedProcess:
+        script = f"{setup[0]}\necho started"
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              env={"PATH": os.environ["PATH"], "SLURM_JOB_ID": "41", "MY_TOKEN": "x"})
+
+    assert started().stdout == "started\n"
+    (job / "41_submitted.pkl").chmod(0o660)  # a group member could replace what submitit unpickles
+    refused = started()
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert f"{job}/41_submitted.pkl is writable by others than its owner" in refused.stderr
 
 
 @pytest.mark.parametrize(("override", "key"), [

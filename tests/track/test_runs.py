@@ -401,3 +401,16 @@ def test_the_tracking_server_listens_on_this_machine_only_unless_told(tmp_path: 
     assert args.host == "127.0.0.1" and args.auth_config is None
     script = (REPO / "launch" / "mlflow-server.sh").read_text()
     assert 'host="${CTSL_MLFLOW_HOST:-127.0.0.1}"' in script
+
+
+def test_a_login_in_the_tracking_uri_reaches_mlflow_through_its_environment(tmp_path: Path, monkeypatch):
+    from ctsl_hpc.track.replay import resolve_uri
+
+    password = uuid.uuid4().hex
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.setenv("CTSL_TEST_PASSWORD", password)
+    uri = resolve_uri(tmp_path, "https://al%40ice:${env:CTSL_TEST_PASSWORD}@mlflow.example.org:5443/")
+    assert uri == "https://mlflow.example.org:5443/"  # what MLflow prints in its "View run at" lines
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("al@ice", password)
+    assert resolve_uri(tmp_path, "postgresql://u:p@db/mlflow") == "postgresql://u:p@db/mlflow"  # a store's own login

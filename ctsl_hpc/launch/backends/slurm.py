@@ -8,18 +8,23 @@ cancelled by Slurm if one of them fails (``--kill-on-invalid-dep=yes``). Each ta
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shlex
-from collections.abc import Callable, Mapping, Sequence
+import os
+import stat
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ctsl_hpc.atomic_io import owner_only
 from ctsl_hpc.config import GRAPH_STAGES, ExperimentConfig, SlurmStageConfig, check_training_ranks
 from ctsl_hpc.launch import slurm_cli
 from ctsl_hpc.launch.backends.base import Backend, register
 from ctsl_hpc.launch.job_registry import JobUsage
+from ctsl_hpc.launch.job_script import job_environment
 from ctsl_hpc.launch.slurm_job import SlurmJob
 from ctsl_hpc.launch.task import Task
+from ctsl_hpc.masking import mask, mask_text
 from ctsl_hpc.snapshot import package_hash, snapshot
 
 log = logging.getLogger(__name__)
@@ -50,43 +55,15 @@ def executor_parameters(name: str, stage: SlurmStageConfig, tasks: int) -> dict[
     return params
 
 
-def job_environment(stage: SlurmStageConfig, code: Path | None) -> tuple[str | None, list[str], list[str]]:
-    """How a stage's job script starts Python: (interpreter command, setup lines, srun options).
-
-    Setup: ``slurm.env`` exported, the user's lines (``module load``, ``source .../activate``), then the
-    frozen code first on ``PYTHONPATH`` (``code``: a :func:`ctsl_hpc.snapshot.snapshot` folder) and the
-    working directory off it. A container
-    runs the interpreter inside it: Apptainer wraps the command (``--nv`` with GPUs, ``--bind`` per
-    mount), pyxis takes srun options; the environment, ``PYTHONPATH`` included, passes into both.
-    """
-    setup = [f"export {name}={shlex.quote(str(value))}" for name, value in stage.env.items()]
-    setup += stage.setup
-    if code is not None:
-        setup.append(f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}")
-        # The job starts in the folder sbatch ran in, and ``python -m`` puts that folder first on sys.path:
-        # a checkout there would shadow the frozen code. PYTHONSAFEPATH (Python >= 3.11) keeps it off.
-        setup.append("export PYTHONSAFEPATH=1")
-    python, srun, container = stage.python, [], stage.container
-    if container.runtime == "apptainer":
-        gpus = ["--nv"] if stage.gpus_per_node else []
-        binds = [f"--bind={mount}" for mount in container.mounts]
-        python = shlex.join(["apptainer", "exec", *gpus, *binds, *container.options, container.image]) + " " + (python or "python3")
-    elif container.runtime == "pyxis":
-        srun = [f"--container-image={container.image}", *container.options]
-        if container.mounts:
-            srun.append(f"--container-mounts={','.join(container.mounts)}")
-        python = python or "python3"
-    return python, setup, srun
-
-
 def stage_parameters(
-    cfg: ExperimentConfig, stage: str, after: Sequence[str] = (), code: Path | None = None, **additional: Any
+    cfg: ExperimentConfig, stage: str, after: Sequence[str] = (), code: Path | None = None,
+    submission_root: Path | None = None, **additional: Any,
 ) -> tuple[str | None, dict[str, Any]]:
     """Everything submitit needs for ``stage``: the interpreter, and resources, job script set-up,
     the dependency and extra sbatch options as ``update_parameters`` arguments."""
     resolved = cfg.slurm.stage(stage)
     params = executor_parameters(f"ctsl-{cfg.name}-{stage}", resolved, tasks_per_node(cfg, stage))
-    python, setup, srun = job_environment(resolved, code)
+    python, setup, srun = job_environment(resolved, code, submission_root)
     params.update(slurm_setup=setup, slurm_srun_args=srun)
     extra = {**additional, **resolved.additional}
     if after:
@@ -140,27 +117,31 @@ class SlurmBackend(Backend):
 
     def parameters(self, stage: str, after: Sequence[str]) -> tuple[str | None, dict[str, Any]]:
         """The interpreter and submitit parameters of ``stage`` (resources, set-up, dependency, sbatch options)."""
-        return stage_parameters(self.cfg, stage, after, self.workdir.code / self.code_hash)
+        return stage_parameters(self.cfg, stage, after, self.workdir.code / self.code_hash, self.workdir.submitit)
 
     def submit(self, stage: str, tasks: Sequence[Task], after: Sequence[str]) -> list[str]:
         import submitit
 
-        snapshot(self.workdir.code)
+        with owner_only():  # the code the jobs import: writable by its owner alone
+            snapshot(self.workdir.code)
         python, params = self.parameters(stage, after)
         executor = make_executor(self.workdir.submitit / "%j", python, params)
         max_requeues = self.cfg.slurm.stage(stage).max_requeues
         ids: list[str] = []
         for chunk in slurm_cli.chunks(list(tasks), self.max_array):
             try:
-                with executor.batch():
+                # the pickles and scripts submitit writes: the owner's alone (a pickle run by the job is code); the jobs
+                # themselves, and the logs Slurm opens for them, keep the sweep's umask (SLURM_UMASK: the group reads)
+                with owner_only(), _job_umask(self.cfg.file_mask), executor.batch():
                     handles = [executor.submit(SlurmJob(task, max_requeues)) for task in chunk]
             except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as exc:
                 raise slurm_cli.SlurmError(f"sbatch refused the {stage} job(s): {exc}") from exc
+            _readable_by_group(self.workdir.submitit, [job.paths.folder for job in handles], self.cfg.file_mask)
             for task, job in zip(chunk, handles, strict=True):
                 self.registry.new_record(
                     task.key, task.stage, task.label or None, self.name, job.job_id, state="SUBMITTED",
                     max_requeues=max_requeues, stdout=str(job.paths.stdout), stderr=str(job.paths.stderr),
-                    resources=params, code=self.code_hash,
+                    resources=mask(params), code=self.code_hash,  # group-readable: no secrets
                 )
                 ids.append(job.job_id)
                 log.info("submitted %s as job %s", task.key, job.job_id)
@@ -209,4 +190,26 @@ class SlurmBackend(Backend):
         if tasks > 1:
             executor.parameters["map_count"] = tasks
         script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
-        return ["  sbatch script:", *("    " + line for line in script.splitlines())]
+        return ["  sbatch script:", *("    " + mask_text(line) for line in script.splitlines())]
+
+
+@contextlib.contextmanager
+def _job_umask(mask: int) -> Iterator[None]:
+    """sbatch hands its jobs ``$SLURM_UMASK`` when it is set (else its own umask): the sweep's, meanwhile."""
+    previous = os.environ.get("SLURM_UMASK")
+    os.environ["SLURM_UMASK"] = f"{mask:04o}"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_UMASK", None)
+        else:
+            os.environ["SLURM_UMASK"] = previous
+
+
+def _readable_by_group(root: Path, folders: Sequence[Path], mask: int) -> None:
+    """The submission folders (made owner-only) open to the group as far as the sweep's umask allows, so that it
+    can read the logs: never writable by anyone but the owner."""
+    for folder in (root, *dict.fromkeys(folders)):
+        if folder.is_dir():  # a set-group-ID bit stays: what is made inside keeps belonging to the shared group
+            folder.chmod((folder.stat().st_mode & stat.S_ISGID) | (0o777 & ~mask & ~0o022))
