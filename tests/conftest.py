@@ -48,10 +48,28 @@ def pytest_terminal_summary(terminalreporter, config):
             terminalreporter.write_line(line)
 
 
+WORKERS = pytest.StashKey[dict]()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """In the pytest-xdist controller: which workers ran each module's tests (a module is never split)."""
+    worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None)
+    if worker is not None and report.when == "call":
+        config = report.node.config
+        config.stash.setdefault(WORKERS, {}).setdefault(report.nodeid.split("::")[0], set()).add(worker)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """In a pytest-xdist worker: hand the figures to the controller, which prints the summary."""
+    """In a pytest-xdist worker: hand the figures to the controller, which prints the summary. In the controller:
+    fail the run when a module's tests ran in several workers (its costly fixtures were then made once per worker:
+    pytest-xdist's loadgroup stopped grouping)."""
     if hasattr(session.config, "workeroutput"):
         session.config.workeroutput["figures"] = session.config.stash.get(FIGURES, [])
+        return
+    split = {group: sorted(w) for group, w in session.config.stash.get(WORKERS, {}).items() if len(w) > 1}
+    if split:
+        session.config.stash.setdefault(FIGURES, []).append(f"MODULES SPLIT ACROSS WORKERS (fixtures made twice): {split}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_testnodedown(node, error) -> None:
