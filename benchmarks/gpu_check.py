@@ -43,6 +43,7 @@ from ctsl_hpc.data.corpus import SPLITS
 from ctsl_hpc.experiment import Experiment, evaluate, student_trainer, train_student, train_teacher
 from ctsl_hpc.experiment.preparation import prepare
 from ctsl_hpc.model import load_model, write_standin_backbone
+from ctsl_hpc.run_records import DEV_SCORE
 from ctsl_hpc.train.batches import make_loader, make_sampler
 from ctsl_hpc.train.flops import counted_flops, mfu, peak_bf16_tflops
 from ctsl_hpc.tune.trial import run_trial, shared_inputs
@@ -201,7 +202,7 @@ def main() -> None:
         trial_started = check.start()
         run_trial({"lambda_tl": 30.0, "lambda_cl": 3.0, "noise_minutes": 1.0}, shared_inputs(exp), "gpu-check", reported.append)
         check.row(f"Ray trial function (run_trial without Ray: {len(reported)} epoch reported)", engine, trial_started,
-                  dev_ccc_mean=reported[-1]["dev_score"])
+                  dev_ccc_mean=reported[-1][DEV_SCORE])
     report(check, load_config(None if smoke else "paper", overrides), args, time.perf_counter() - started, setup_s)
 
 

@@ -27,7 +27,15 @@ from pathlib import Path
 import soundfile as sf
 
 from ctsl_hpc.atomic_io import atomic_write_json
-from ctsl_hpc.config import EVAL_STAGE, LARGE_ROBUST, STUDENTS_STAGE, TEACHER_STAGE, ExperimentConfig
+from ctsl_hpc.config import (
+    EVAL_STAGE,
+    LARGE_ROBUST,
+    STUDENTS_STAGE,
+    TEACHER_STAGE,
+    TUNE_STAGE,
+    ExperimentConfig,
+    TuneConfig,
+)
 from ctsl_hpc.data.conditions import CONDITIONS, NOISY_CONDITIONS
 from ctsl_hpc.data.corpora import corpus_spec
 from ctsl_hpc.data.corpus import SPLITS, Utterance
@@ -158,36 +166,105 @@ def test_passes_per_model(cfg: ExperimentConfig) -> int:
 test_passes_per_model.__test__ = False  # type: ignore[attr-defined]  # a library function, not a pytest test
 
 
-def stage_costs(cfg: ExperimentConfig, n: dict[str, int], audio: dict[str, float]) -> list[StageCost]:
-    """The passes of each stage for ``n`` utterances and ``audio`` seconds per split."""
-    t, s, e = cfg.train, cfg.student, cfg.eval
+def search_trial_epochs(tc: TuneConfig) -> tuple[int, int, str]:
+    """The search's trial-epochs: (at most, expected, under what). Hyperband's count is exact (its brackets
+    do not depend on the scores, as Ray Tune's ``HyperBandScheduler`` fills them); ASHA's is synchronous
+    successive halving's, which its asynchronous promotion misses by a few epochs either way
+    (``benchmarks/tune_replay.py`` measures it).
+
+    Example:
+        >>> from ctsl_hpc.config import TuneConfig
+        >>> search_trial_epochs(TuneConfig(scheduler="hyperband", num_samples=17, max_t=9, reduction_factor=3))
+        (153, 75, "Hyperband's brackets")
+        >>> search_trial_epochs(TuneConfig(scheduler="asha", num_samples=27, max_t=9, grace_period=1, reduction_factor=3))
+        (243, 63, 'ASHA, as synchronous successive halving')
+    """
+    at_most = tc.num_samples * tc.max_t
+    if tc.scheduler == "fifo":
+        return at_most, at_most, "no early stopping"
+    if tc.scheduler == "hyperband":
+        return at_most, _hyperband_epochs(tc.num_samples, tc.max_t, tc.reduction_factor), "Hyperband's brackets"
+    rungs, rung = [], tc.grace_period
+    while rung < tc.max_t:
+        rungs.append(rung)
+        rung *= tc.reduction_factor
+    total, trained, alive = 0.0, 0, float(tc.num_samples)
+    for rung in [*rungs, tc.max_t]:
+        total += alive * (rung - trained)
+        trained, alive = rung, alive / tc.reduction_factor
+    return at_most, round(total), "ASHA, as synchronous successive halving"
+
+
+def _hyperband_epochs(trials: int, max_t: int, eta: int) -> int:
+    """Ray Tune's Hyperband: bands of brackets s = 0, 1, ...; bracket s takes ceil(s_max / (s + 1) * eta^s)
+    trials to max_t * eta^-s epochs, keeps ceil(n / eta) of its n at each rung (n counted from its size)."""
+    s_max = int(round(math.log(max_t) / math.log(eta))) + 1
+    total, left, s = 0, trials, 0
+    while left > 0:
+        r = int(max_t * eta ** -(s % s_max))
+        if r > 0:
+            n = math.ceil(s_max / (s % s_max + 1) * eta ** (s % s_max))
+            live, trained = min(n, left), 0
+            left -= live
+            for _ in range(s % s_max + 1):
+                total += live * (r - trained)
+                trained, n = r, math.ceil(n / eta)
+                live, r = min(live, n), min(r * eta, max_t)
+        s += 1
+    return total
+
+
+def _training(variants: Sequence[str], epochs: int, cfg: ExperimentConfig, n: dict[str, int], audio: dict[str, float],
+              label: str = "") -> list[Passes]:
+    """The passes of students ``variants`` trained ``epochs`` epochs (the cache of the teacher's embeddings once)."""
+    s = cfg.student
+    passes: list[Passes] = []
+    needs_teacher = [v for v in variants if recipe(v, cfg).needs_teacher]
+    if needs_teacher and s.cache_teacher_embeddings:
+        passes.append(Passes("teacher embeddings of train, once (cache)", n["train"], audio["train"], False))
+    for variant in variants:
+        trains = recipe(variant, cfg).train_backbone
+        passes.append(Passes(f"{label}{variant}: {epochs} epochs x train" + ("" if trains else " (forward: head only)"),
+                             epochs * n["train"], epochs * audio["train"], trains))
+        passes.append(Passes(f"{label}{variant}: {epochs} epochs x dev", epochs * n["dev"], epochs * audio["dev"], False))
+        if variant in needs_teacher and not s.cache_teacher_embeddings:
+            passes.append(Passes(f"{label}{variant}: live teacher, {epochs} epochs x train", epochs * n["train"],
+                                 epochs * audio["train"], False))
+    return passes
+
+
+def stage_costs(cfg: ExperimentConfig, n: dict[str, int], audio: dict[str, float], search: bool = False
+                ) -> list[StageCost]:
+    """The passes of each stage for ``n`` utterances and ``audio`` seconds per split (``search``: the Ray Tune
+    search's graph, its expected trial-epochs, then the final students)."""
+    t, s, e, tc = cfg.train, cfg.student, cfg.eval, cfg.tune
     teacher = StageCost(TEACHER_STAGE, [Passes(f"{t.epochs} epochs x train", t.epochs * n["train"], t.epochs * audio["train"], True),
                                     Passes(f"{t.epochs} epochs x dev", t.epochs * n["dev"], t.epochs * audio["dev"], False)])
-    students: list[Passes] = []
-    needs_teacher = [v for v in s.variants if recipe(v, cfg).needs_teacher]
-    if needs_teacher and s.cache_teacher_embeddings:
-        students.append(Passes("teacher embeddings of train, once (cache)", n["train"], audio["train"], False))
-    for variant in s.variants:
-        trains = recipe(variant, cfg).train_backbone
-        students.append(Passes(f"{variant}: {s.epochs} epochs x train" + ("" if trains else " (forward: head only)"),
-                               s.epochs * n["train"], s.epochs * audio["train"], trains))
-        students.append(Passes(f"{variant}: {s.epochs} epochs x dev", s.epochs * n["dev"], s.epochs * audio["dev"], False))
-        if variant in needs_teacher and not s.cache_teacher_embeddings:
-            students.append(Passes(f"{variant}: live teacher, {s.epochs} epochs x train", s.epochs * n["train"],
-                                   s.epochs * audio["train"], False))
-    models = {TEACHER: t.epochs, **dict.fromkeys(s.variants, s.epochs)}
+    stages = [teacher]
+    variants = list(tc.final_variants or s.variants) if search else list(s.variants)
+    if search:
+        at_most, expected, how = search_trial_epochs(tc)
+        label = f"{tc.num_samples} trials, expected under {how} (at most {at_most} trial-epochs), "
+        stages.append(StageCost(TUNE_STAGE, _training([tc.variant], expected, cfg, n, audio, label)))
+    stages.append(StageCost(STUDENTS_STAGE, _training(variants, s.epochs, cfg, n, audio, "final " if search else "")))
+    models = {TEACHER: t.epochs, **dict.fromkeys(variants, s.epochs)}
     checkpoints = sum(min(e.top_k, math.ceil(epochs / 2)) for epochs in models.values())  # non-consecutive epochs
     per_model = test_passes_per_model(cfg)
-    evaluation = StageCost(EVAL_STAGE, [
+    stages.append(StageCost(EVAL_STAGE, [
         Passes(f"{checkpoints} checkpoints x {per_model} test passes ({e.groups}, n_groups {e.n_groups})",
                checkpoints * per_model * n["test"], checkpoints * per_model * audio["test"], False),
         Passes(f"Table 2: {len(models)} models x {len(CONDITIONS)} conditions + the teacher's clean x dev",
                (len(models) * len(CONDITIONS) + 1) * n["dev"], (len(models) * len(CONDITIONS) + 1) * audio["dev"], False),
-    ])
-    return [teacher, StageCost(STUDENTS_STAGE, students), evaluation]
+    ]))
+    k = len(cfg.seeds)
+    if k > 1:  # replicates: every stage once per seed
+        stages = [StageCost(st.stage, [Passes(f"{p.what}, x {k} seeds", p.passes * k, p.audio_s * k, p.training)
+                                       for p in st.passes]) for st in stages]
+    return stages
 
 
-def sweep_cost(cfg: ExperimentConfig, workdir: Workdir) -> tuple[dict[str, int], dict[str, float], list[StageCost]] | str:
+def sweep_cost(cfg: ExperimentConfig, workdir: Workdir, search: bool = False
+               ) -> tuple[dict[str, int], dict[str, float], list[StageCost]] | str:
     """(utterances per split, audio seconds per split, stage costs), or why the corpus cannot be counted yet."""
     try:
         corpus = corpus_spec(cfg.data.corpus).existing(cfg, workdir.synthetic_data)
@@ -201,12 +278,12 @@ def sweep_cost(cfg: ExperimentConfig, workdir: Workdir) -> tuple[dict[str, int],
     cap = cfg.data.max_seconds
     n = {split: len(corpus.splits[split]) for split in SPLITS}
     audio = {split: sum(min(seconds[str(u.path)], cap) for u in corpus.splits[split]) for split in SPLITS}
-    return n, audio, stage_costs(cfg, n, audio)
+    return n, audio, stage_costs(cfg, n, audio, search)
 
 
-def cost_lines(cfg: ExperimentConfig, workdir: Workdir) -> dict[str, list[str]]:
-    """The dry run's cost lines: ``inputs`` and ``total``, and one entry per stage (teacher, students, eval)."""
-    counted = sweep_cost(cfg, workdir)
+def cost_lines(cfg: ExperimentConfig, workdir: Workdir, search: bool = False) -> dict[str, list[str]]:
+    """The dry run's cost lines: ``inputs`` and ``total``, and one entry per stage (teacher, tune, students, eval)."""
+    counted = sweep_cost(cfg, workdir, search)
     if isinstance(counted, str):
         return {"inputs": [f"cost: not estimated: {counted}"]}
     n, audio, stages = counted

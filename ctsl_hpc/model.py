@@ -62,7 +62,7 @@ def tiny_backbone_config(cfg: ModelConfig) -> Wav2Vec2Config:
         # zero variance and their gradients explode (~1e10 at the first layer)
         feat_extract_norm="layer",
         do_stable_layer_norm=True,
-        layerdrop=0.0,
+        layerdrop=cfg.layerdrop,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         activation_dropout=0.0,
@@ -134,13 +134,13 @@ def write_standin_backbone(directory: str | os.PathLike, seed: int = 0) -> Path:
     return out
 
 
-def prune_config(config: Wav2Vec2Config, num_layers: int) -> Wav2Vec2Config:
-    """``config`` with its bottom ``num_layers`` transformer layers and no LayerDrop (every rank of a
-    DDP/DeepSpeed job must run the same layers)."""
+def prune_config(config: Wav2Vec2Config, num_layers: int, layerdrop: float = 0.0) -> Wav2Vec2Config:
+    """``config`` with its bottom ``num_layers`` transformer layers and ``model.layerdrop`` (0 by default: every
+    rank of a DDP/DeepSpeed job must run the same layers)."""
     if num_layers > config.num_hidden_layers:
         raise ValueError(f"model.num_layers={num_layers} but the backbone has only {config.num_hidden_layers} layers")
     config.num_hidden_layers = num_layers
-    config.layerdrop = 0.0
+    config.layerdrop = layerdrop
     return config
 @contextmanager
 def backbone_source(name: str) -> Iterator[str]:
@@ -154,14 +154,14 @@ def backbone_source(name: str) -> Iterator[str]:
         yield str(folder)
 
 
-def pretrained_backbone(name_or_dir: str, num_layers: int) -> Wav2Vec2Model:
+def pretrained_backbone(name_or_dir: str, num_layers: int, layerdrop: float = 0.0) -> Wav2Vec2Model:
     """Load a wav2vec2 checkpoint keeping its bottom ``num_layers`` transformer layers.
 
     ``name_or_dir`` is a hub id such as ``facebook/wav2vec2-large-robust`` (needs the hub or a warm
     Hugging Face cache) or a local directory with ``config.json`` and the weights.
     """
     try:
-        config = prune_config(Wav2Vec2Config.from_pretrained(name_or_dir), num_layers)
+        config = prune_config(Wav2Vec2Config.from_pretrained(name_or_dir), num_layers, layerdrop)
     except ValueError as exc:
         raise ValueError(f"{name_or_dir}: {exc}") from None
     return Wav2Vec2Model.from_pretrained(name_or_dir, config=config)
@@ -228,7 +228,7 @@ def build_model(cfg: ModelConfig) -> EmotionModel:
         backbone = Wav2Vec2Model(backbone_cfg)
     else:
         with backbone_source(cfg.backbone) as source:
-            backbone = pretrained_backbone(source, cfg.num_layers)
+            backbone = pretrained_backbone(source, cfg.num_layers, cfg.layerdrop)
     return EmotionModel(backbone, cfg)
 
 

@@ -3,8 +3,8 @@
 A mistake found in a job costs the queue wait and the GPU time it holds. Before ``sweep`` submits
 or runs anything (and in its dry run) every input is looked at without decoding: the manifest or
 corpus root exists and parses and every listed audio file exists (one stat each), each noise
-folder exists, holds audio and shares none with another, every ``eval.noisy_roots`` folder holds a
-file for each test utterance, the backbone folder has its config and weights, and the work
+folder exists, holds audio and shares none with another, every ``eval.noisy_roots`` (``noisy_dev_roots``)
+folder holds a file for each test (development) utterance, the backbone folder has its config and weights, and the work
 directory's file system takes a write. Each problem is one line naming the key and the path.
 Decoding every file is the prepare stage's job (:mod:`ctsl_hpc.experiment.preparation`), a CPU job
 of its own. On a parallel file system the stats go to its metadata server: expect seconds per
@@ -135,18 +135,21 @@ def _noise(folders: dict[str, str | os.PathLike[str] | None]) -> list[str]:
 
 
 def _noisy_roots(cfg: ExperimentConfig, corpus: Corpus) -> list[str]:
-    """Each real noisy test set holds a file of the same name for every test utterance."""
+    """Each real noisy test (``eval.noisy_roots``) or development set (``eval.noisy_dev_roots``) holds a file of
+    the same name for every utterance of its split."""
     problems = []
-    for condition, folder in cfg.eval.noisy_roots.items():
-        key, path = f"eval.noisy_roots.{condition}", Path(folder)
-        if not path.is_dir():
-            problems.append(f"{key}: {path}: not a folder")
-            continue
-        present = set(os.listdir(path))
-        missing = [u.path.name for u in corpus.splits["test"] if u.path.name not in present]
-        if missing:
-            problems.append(f"{key}: {path} lacks {len(missing)} of the {len(corpus.splits['test'])} test "
-                            f"utterances: {_few(missing)}")
+    for name, split, roots in (("eval.noisy_roots", "test", cfg.eval.noisy_roots),
+                               ("eval.noisy_dev_roots", "dev", cfg.eval.noisy_dev_roots)):
+        for condition, folder in roots.items():
+            key, path = f"{name}.{condition}", Path(folder)
+            if not path.is_dir():
+                problems.append(f"{key}: {path}: not a folder")
+                continue
+            present = set(os.listdir(path))
+            missing = [u.path.name for u in corpus.splits[split] if u.path.name not in present]
+            if missing:
+                problems.append(f"{key}: {path} lacks {len(missing)} of the {len(corpus.splits[split])} {split} "
+                                f"utterances: {_few(missing)}")
     return problems
 
 

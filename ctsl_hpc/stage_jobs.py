@@ -20,7 +20,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ctsl_hpc.atomic_io import atomic_write_json
 from ctsl_hpc.config import TEACHER_STAGE
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 StopRequest = Callable[[], bool]
 PREPARE_KEY, EVAL_KEY = "prepare", "eval"  # the prepare stage's and the evaluation's job keys (training: run_key)
+SEARCH_KEY = "tune"  # the Ray Tune search's job key
+FINAL_PREFIX = "final/"  # a search's final students and evaluation: their job and run keys (final/student/RM)
 NOISY_SPLITS = ("train", "dev")  # the noise pools a student (or trial) trains and selects on
 UsageMetrics = Callable[[Path], Mapping[str, float]]
 
@@ -74,13 +76,18 @@ def _opened(workdir: str | Path) -> Iterator[Experiment]:
         yield exp
 
 
-def _tracker(exp: Experiment, system_metrics: bool | None = None):
+def _tracker(exp: Experiment) -> tuple[Any, str]:
+    """The run tree the job logs into and its keys' prefix. A search's final students and evaluation (its
+    ``final/`` work directory) and a replicate's stages (``seed-<s>/``) log into their sweep's tree, as
+    ``final/student/<variant>`` or ``seed-<s>/teacher``; the sweep's parent run holds the sweep's config."""
     from ctsl_hpc.track.runs import open_tracker
 
-    tracker = open_tracker(exp.workdir.root, exp.cfg, system_metrics)
-    if tracker is not None:
-        tracker.parent(config=exp.cfg, tags={"ctsl.corpus_fingerprint": exp.data.fingerprint})
-    return tracker
+    home, prefix = exp.workdir.home() or (exp.workdir, "")
+    tracker = open_tracker(home.root, exp.cfg)
+    if tracker is not None and prefix != FINAL_PREFIX:  # a search's parent run is the search's own
+        config = exp.cfg if home is exp.workdir else home.read_config()
+        tracker.parent(config=config, tags={"ctsl.corpus_fingerprint": exp.data.fingerprint})
+    return tracker, prefix
 
 
 def dataset_inputs(exp: Experiment, noise: Sequence[str] = ()) -> list[dict]:
@@ -116,8 +123,8 @@ def teacher_job(workdir: str | Path, should_stop: StopRequest | None = None) -> 
     from ctsl_hpc.variants import TEACHER
 
     with _opened(workdir) as exp:
-        tracker = _tracker(exp)
-        run = None if tracker is None else tracker.child(run_key(TEACHER))
+        tracker, prefix = _tracker(exp)
+        run = None if tracker is None else tracker.child(prefix + run_key(TEACHER))
         if run is not None:
             run.log_inputs(dataset_inputs(exp))
         summary = train_teacher(exp, sink=run, should_stop=should_stop or never)
@@ -130,8 +137,8 @@ def student_job(workdir: str | Path, variant: str, should_stop: StopRequest | No
     from ctsl_hpc.experiment import never, train_student
 
     with _opened(workdir) as exp:
-        tracker = _tracker(exp)
-        run = None if tracker is None else tracker.child(run_key(variant))
+        tracker, prefix = _tracker(exp)
+        run = None if tracker is None else tracker.child(prefix + run_key(variant))
         if run is not None:
             run.log_inputs(dataset_inputs(exp, NOISY_SPLITS))
         summary = train_student(exp, variant, sink=run, should_stop=should_stop or never)
@@ -149,12 +156,14 @@ def evaluate_job(
     from ctsl_hpc.variants import TEACHER
 
     with _opened(workdir) as exp:
-        tracker = _tracker(exp)
+        tracker, prefix = _tracker(exp)
+        home = (exp.workdir.home() or (exp.workdir, ""))[0]
+        replicate = home is not exp.workdir and prefix != FINAL_PREFIX
         variants = [TEACHER, *exp.cfg.student.variants]
         reopened = {}
 
         def sink_for(variant: str):
-            key = run_key(variant)
+            key = prefix + run_key(variant)
             run = None if tracker is None else tracker.child(key, retag=False)  # its tags tell where and how it trained
             if run is not None:
                 reopened[key] = run
@@ -162,18 +171,57 @@ def evaluate_job(
 
         report_dir = evaluate(exp, variants, sink_for=sink_for, should_stop=should_stop or never)
     if tracker is not None:
-        publish_models(tracker, exp, variants, reopened)
-        metrics = dict(usage(exp.workdir.root)) if usage is not None else {}
-        parent = tracker.parent()
-        parent.set_tags({"ctsl.code_snapshots": ",".join(exp.workdir.code_snapshots())})  # every code its jobs ran
-        parent.log_artifacts(report_dir, "report")
-        if metrics:
-            parent.log_metrics(metrics, step=0)
-        parent.set_description(sweep_description(exp, variants, metrics))
-        parent.finish("FINISHED")
-        tracker.flush()
+        publish_models(tracker, exp, variants, reopened, key_prefix=prefix)
+        tracker.parent().log_artifacts(report_dir, prefix + "report")
+        if not replicate:
+            _end_sweep(tracker, home, exp.workdir.report, {prefix + run_key(v): exp.workdir.run(v) for v in variants},
+                       usage, exp.cfg.name)
     atomic_write_json(exp.workdir.report.done, {"variants": variants})
+    if replicate:
+        combine_replicates(home, usage, tracker)
     return report_dir
+
+
+def _end_sweep(tracker, home, report, runs: Mapping, usage: UsageMetrics | None, name: str) -> None:
+    """The sweep's parent run: its code snapshots, usage (GPU-hours), a description with ``report``'s Table 1 and a
+    line per stage of ``runs``; then the run tree ends."""
+    metrics = dict(usage(home.root)) if usage is not None else {}
+    parent = tracker.parent()
+    parent.set_tags({"ctsl.code_snapshots": ",".join(home.code_snapshots())})  # every code its jobs ran
+    if metrics:
+        parent.log_metrics(metrics, step=0)
+    parent.set_description(_note(name, home, report, runs, metrics))
+    parent.finish("FINISHED")
+    tracker.flush()
+
+
+def _note(name: str, home, report, runs: Mapping, usage: Mapping[str, float]) -> str:
+    from ctsl_hpc.track.notes import GPU_HOURS_PREFIX, stages, sweep_note
+
+    return sweep_note(f"{name}: sweep {home.root.name}", report.table1_md.read_text(), stages(runs, report, usage),
+                      usage.get(f"{GPU_HOURS_PREFIX}total"))
+
+
+def combine_replicates(home, usage: UsageMetrics | None = None, tracker=None) -> Path | None:
+    """Once every replicate of ``home`` has its report: the combined Table 1 and the averaged Table 2 in
+    ``home``'s report (:mod:`ctsl_hpc.evaluate.replicates`), attached to the sweep's parent run, which then
+    ends; None while a replicate is not done. Whichever replicate's evaluation ends last builds it (the same
+    files whoever does)."""
+    from ctsl_hpc.evaluate.replicates import write_combined
+    from ctsl_hpc.variants import TEACHER
+
+    cfg = home.read_config()
+    replicates = {seed: home.replicate(seed) for seed in cfg.seeds}
+    if not all(r.report.done.is_file() for r in replicates.values()):
+        return None
+    write_combined({seed: r.report.path for seed, r in replicates.items()}, home.report.path, cfg.eval.alpha)
+    if tracker is not None:
+        tracker.parent().log_artifacts(home.report.path, "report")
+        runs = {f"{r.root.name}/{run_key(v)}": r.run(v) for r in replicates.values()
+                for v in (TEACHER, *cfg.student.variants)}
+        _end_sweep(tracker, home, home.report, runs, usage, cfg.name)
+    atomic_write_json(home.report.done, {"seeds": list(cfg.seeds)})
+    return home.report.path
 
 
 def publish_models(tracker, exp: Experiment, variants: Sequence[str], runs: Mapping, key_prefix: str = "") -> None:
@@ -216,10 +264,5 @@ def sweep_description(
     exp: Experiment, variants: Sequence[str], usage: Mapping[str, float], key_prefix: str = ""
 ) -> str:
     """The sweep run's description: Table 1 of the report and a line per stage (status, GPU-hours)."""
-    from ctsl_hpc.track.notes import GPU_HOURS_PREFIX, stages, sweep_note
-
-    files = exp.workdir.report
     runs = {key_prefix + run_key(v): exp.workdir.run(v) for v in variants}
-    title = f"{exp.cfg.name}: sweep {exp.workdir.root.name}"
-    total = usage.get(f"{GPU_HOURS_PREFIX}total")
-    return sweep_note(title, files.table1_md.read_text(), stages(runs, files, usage), total)
+    return _note(exp.cfg.name, exp.workdir, exp.workdir.report, runs, usage)

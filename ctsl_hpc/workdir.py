@@ -22,7 +22,9 @@ Layout (``Workdir`` attributes in brackets)::
     slurm/<job id>/        submitit's scripts and logs [submitit]
     code/<hash>/ctsl_hpc/  the package the sweep's jobs import (ctsl_hpc.snapshot) [code]
     ray/<job id>/          a Ray allocation's rendezvous [ray]
-    tune/, final/, best_config.yaml, trials.csv, tune_summary.png   the Ray Tune search
+    tune/, final/, best_config.yaml, trials.csv, tune_summary.png   the Ray Tune search (final/: its final students)
+    sweep.json             how the sweep was started: a search or not, the backend [sweep_record]
+    seed-<s>/              the replicates of `seeds`: the sweep per seed, sharing data/ and cache/ [replicate]
 
 The inside of a checkpoint (engine files), of a model directory (:mod:`ctsl_hpc.model`) and of the
 tracking folder belong to the modules that write them. Every record here is written atomically and
@@ -50,6 +52,7 @@ from ctsl_hpc.run_records import read_history
 from ctsl_hpc.variants import TEACHER
 
 # what may change on an existing sweep: where and how it runs, not what it computes (a section or a dotted key)
+REPLICATE_PREFIX = "seed-"  # a replicate's folder: seed-<s>/
 RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "cost", "data.on_bad_audio", "data.stage_dir", "tune.max_failures")
 
 
@@ -214,6 +217,7 @@ class Workdir:
     tune = property(lambda self: self.root / "tune")
     final = property(lambda self: self.root / "final")
     best_config = property(lambda self: self.root / "best_config.yaml")
+    sweep_record = property(lambda self: self.root / "sweep.json")  # how it was started: a search or not, the backend
     trials_csv = property(lambda self: self.root / "trials.csv")
     tune_summary_plot = property(lambda self: self.root / "tune_summary.png")
     code = property(lambda self: self.root / "code")  # frozen copies of the package, one per content hash
@@ -261,6 +265,58 @@ class Workdir:
         """``with workdir.lock("sweep"):`` hold the work directory while this process drives it."""
         self.root.mkdir(parents=True, exist_ok=True)
         return WorkdirLock(self.lock_file, command)
+
+    def home(self) -> tuple[Workdir, str] | None:
+        """The sweep this work directory belongs to, and the prefix of its jobs' and runs' keys there: a search's
+        ``final/`` (``final/``) or a replicate ``seed-<s>/`` (``seed-<s>/``); None for a sweep's own. Its jobs are
+        registered, and its runs logged, in that sweep's."""
+        parent = Workdir(self.root.parent)
+        if parent.final == self.root and parent.best_config.is_file():
+            return parent, "final/"
+        if self.root.name.startswith(REPLICATE_PREFIX) and parent.config_file.is_file() and parent.replicates():
+            return parent, f"{self.root.name}/"
+        return None
+
+    def replicate(self, seed: int) -> Workdir:
+        """The work directory of replicate ``seed`` (``seed-<seed>/``: the sweep once more with that seed)."""
+        return Workdir(self.root / f"{REPLICATE_PREFIX}{seed}")
+
+    def replicates(self) -> list[int]:
+        """The seeds of the replicates this sweep holds (``seeds`` in its config), none for a single run."""
+        return list(self.read_config().seeds) if self.config_file.is_file() else []
+
+    def share_with_replicate(self, seed: int) -> Workdir:
+        """``seed-<seed>/``, linked to this sweep's data and cache (the corpus and the prepare stage's results,
+        checked once for every seed; the cached teacher embeddings are keyed by teacher)."""
+        replicate = self.replicate(seed)
+        replicate.root.mkdir(parents=True, exist_ok=True)
+        for name in ("data", "cache"):
+            link = replicate.root / name
+            if not link.exists() and not link.is_symlink():
+                link.symlink_to(os.path.join("..", name), target_is_directory=True)
+        return replicate
+
+    def record_sweep(self, search: bool, backend: str | None) -> None:
+        """Note how the sweep was started, for ``resume`` and ``status``."""
+        atomic_write_json(self.sweep_record, {"search": search, "backend": backend})
+
+    def sweep(self) -> dict:
+        """How the sweep was started (``search``, ``backend``); a work directory from before the record: a plain sweep."""
+        if not self.sweep_record.is_file():
+            return {"search": self.best_config.is_file() or self.tune.is_dir(), "backend": None}
+        return read_json(self.sweep_record, "delete it: the next sweep writes it again")
+
+    def open_replicates(self, cfg: ExperimentConfig) -> list[Workdir]:
+        """``seed-<s>/`` for each of ``cfg.seeds``, linked to this sweep's data and cache, each with the sweep's
+        config under its seed (``seed`` and ``train.seed``; no ``seeds``)."""
+        opened = []
+        for seed in cfg.seeds:
+            replicate = self.share_with_replicate(seed)
+            values = cfg.to_dict()
+            values.update(seeds=[], seed=seed, workdir=str(replicate.root))
+            values["train"]["seed"] = seed
+            opened.append(Workdir.open(config_from_dict(values), replicate.root))
+        return opened
 
     def code_snapshots(self) -> list[str]:
         """The content hashes of the package copies the sweep's jobs imported (``code/<hash>``)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 
+import numpy as np
 import pytest
 
 from ctsl_hpc.config import load_config
@@ -86,3 +88,40 @@ def test_the_papers_backbone_has_an_estimate_marked_as_such():
     rate = throughput(load_config("paper", []))
     assert rate is not None and "estimate" in rate.source
     assert throughput(load_config("paper", ["cost.train_audio_s_per_gpu_s=900"])).train == 900.0
+
+
+def _replay_module():
+    import importlib.util
+
+    from tests.helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("tune_replay", REPO / "benchmarks" / "tune_replay.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("trials", "max_t", "factor"), [(27, 9, 3), (17, 9, 3), (10, 4, 2), (8, 27, 3)])
+def test_the_dry_runs_hyperband_count_is_what_rays_scheduler_trains(trials, max_t, factor, rng):
+    from ray.tune.schedulers import HyperBandScheduler
+
+    from ctsl_hpc.config import TuneConfig
+    from ctsl_hpc.cost import search_trial_epochs
+
+    replay = _replay_module()
+    points = [(float(i), 1.0, 1.0) for i in range(trials)]
+    curves = {p: {"dev_score": list(np.maximum.accumulate(rng.uniform(0, 1, max_t))), "seconds": list(rng.uniform(1, 2, max_t))}
+              for p in points}  # fresh random scores: Hyperband's count must not depend on them
+    scheduler = HyperBandScheduler(time_attr="epoch", metric=replay.METRIC, mode="max", max_t=max_t,
+                                   reduction_factor=factor)
+    order = iter(points)
+
+    def suggest(_trial_id: str):
+        point = next(order, None)
+        return None if point is None else dict(zip(("lambda_tl", "lambda_cl", "noise_minutes"), point, strict=True))
+
+    trained = sum(t.epochs for t in replay.Replay(scheduler, suggest, curves, 2, trials).run())
+    expected = search_trial_epochs(TuneConfig(scheduler="hyperband", num_samples=trials, max_t=max_t,
+                                              reduction_factor=factor))
+    assert expected == (trials * max_t, trained, "Hyperband's brackets")

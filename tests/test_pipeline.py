@@ -46,6 +46,19 @@ def test_rerunning_the_same_sweep_reuses_everything(swept, tiny_overrides, capsy
     assert "| RM+TL+CL |" in out and f"work directory: {swept}" in out
 
 
+@pytest.mark.slow
+def test_resume_runs_where_the_sweep_was_started_and_status_speaks_json(swept, capsys):
+    import json
+
+    assert main(["resume", "--workdir", str(swept)]) == 0  # a local sweep resumes here: no Slurm asked for
+    out = capsys.readouterr().out
+    assert "| RM+TL+CL |" in out and f"work directory: {swept}" in out
+    assert main(["status", "--workdir", str(swept), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert {job["stage"] for job in status["jobs"]} == {"prepare", "teacher", "students", "eval"}
+    assert {job["state"] for job in status["jobs"]} == {"COMPLETED"} and "trials" not in status
+
+
 def test_a_workdir_made_with_another_config_is_refused(swept, tiny_overrides, capsys):
     assert main(["sweep", *tiny_overrides(swept), "student.lambda_tl=5"]) == 2
     assert "student.lambda_tl" in capsys.readouterr().err

@@ -85,3 +85,46 @@ def test_the_dry_run_and_the_sweep_exit_2_with_a_line_per_problem_and_make_nothi
         assert err == [f"input error: data.manifest: {root / 'nope.csv'}: file not found",
                        f"input error: noise.train: {folders['train']}: not a folder"], err
     assert not Path(load_config(None, overrides).workdir).exists()
+
+
+def _recorded_dev_set(root: Path, folder: Path, rng) -> list[str]:
+    """``folder``: a noisy recording of every dev utterance (the clean file plus a loud hum), their names."""
+    import numpy as np
+    import soundfile as sf
+
+    names = []
+    for row in _rows(root / "manifest.csv"):
+        if row["split"] == "dev":
+            wave, rate = sf.read(root / row["path"], dtype="float32")
+            hum = 0.3 * np.sin(2 * np.pi * rng.uniform(50, 60) * np.arange(wave.size) / rate)
+            folder.mkdir(parents=True, exist_ok=True)
+            sf.write(folder / Path(row["path"]).name, (wave + hum).astype(np.float32), rate, subtype="FLOAT")
+            names.append(Path(row["path"]).name)
+    return names
+
+
+def test_a_real_noisy_development_set_is_what_selection_and_table2_read(inputs, tmp_path, rng):
+    import numpy as np
+
+    from ctsl_hpc.evaluate.scoring import condition_set
+    from ctsl_hpc.experiment import Experiment
+    from ctsl_hpc.experiment.preparation import prepare
+
+    root, _, overrides = inputs
+    folder = tmp_path / "dev-0db"
+    names = _recorded_dev_set(root, folder, rng)
+    cfg = load_config(None, [*overrides, f"eval.noisy_dev_roots={{snr0: {folder}}}"])
+    assert input_problems(cfg) == []
+    exp = Experiment.open(cfg)
+    prepare(exp, processes=1)
+    dev = exp.data.noisy("dev", 0.0)  # what the students select their checkpoints on (student.snr_db = 0)
+    assert [u.path for u in dev.utterances] == [folder / n for n in names] and dev.noise is None
+    recorded = exp.data.recorded("dev")["snr0"]
+    heard, clean = np.asarray(recorded[0]["clean"]), np.asarray(exp.data.clean("dev")[0]["clean"])
+    assert heard.shape == clean.shape and not np.allclose(heard, clean, atol=0.05)  # the recording, hum and all
+    view = condition_set(exp.data.clean("dev"), "snr0", 0, exp.data.pool("dev"), "rms", recorded)
+    assert view is recorded  # Table 2's 0 dB development condition
+    assert exp.data.noisy("dev", 5.0).noise is not None  # a condition without recordings is mixed
+    (folder / names[-1]).unlink()
+    (problem,) = input_problems(cfg)
+    assert problem.startswith(f"eval.noisy_dev_roots.snr0: {folder} lacks 1 of the {len(names)} dev utterances")

@@ -136,6 +136,7 @@ def test_one_sweep_per_workdir_a_killed_run_is_failed_and_a_moved_workdir_resume
     while not list(workdir.teacher.checkpoints.glob("step-*/COMPLETE")):  # polls a file another process writes
         assert sweep.poll() is None and time.monotonic() < deadline, sweep.stdout.read()
         time.sleep(0.2)
+    sweep.send_signal(signal.SIGSTOP)  # frozen mid-training, still holding the lock, while the second one tries
     second = cli("sweep", *overrides)
     assert second.returncode == 2, second.stderr
     assert f"pid {sweep.pid} on {socket.gethostname()}, since " in second.stderr and "LOCK" in second.stderr

@@ -76,6 +76,9 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(m.head_layers >= 0, "model.head_layers", "must be >= 0")
     _require(m.head_hidden >= 1, "model.head_hidden", "must be positive")
     _require(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
+    _require(0 <= m.layerdrop < 1, "model.layerdrop", "must be in [0, 1)")
+    _require(m.layerdrop == 0 or cfg.train.engine == "plain", "model.layerdrop",
+             f"needs train.engine plain: under {cfg.train.engine} every rank would drop other layers")
     tiny = m.tiny
     _require(
         len(tiny.conv_stride) == len(tiny.conv_kernel),
@@ -109,15 +112,14 @@ def validate(cfg: ExperimentConfig) -> None:
             shipped_file(t.deepspeed_config, ".json", "deepspeed")
         except ConfigError as exc:
             raise ConfigError(f"train.deepspeed_config: {exc}") from None
+    _require(len(set(cfg.seeds)) == len(cfg.seeds) and all(s >= 0 for s in cfg.seeds) and len(cfg.seeds) != 1, "seeds",
+             f"give two or more distinct seeds >= 0 for replicates (or none for a single run), got {cfg.seeds}")
     _validate_tracking_uri(cfg.tracking.uri)
     _validate_tune(cfg.tune)
     _validate_slurm(cfg.slurm, t)
-    for condition in e.noisy_roots:
-        _require(
-            condition in NOISY_CONDITIONS,
-            f"eval.noisy_roots.{condition}",
-            f"conditions are {', '.join(NOISY_CONDITIONS)}",
-        )
+    for key, roots in (("eval.noisy_roots", e.noisy_roots), ("eval.noisy_dev_roots", e.noisy_dev_roots)):
+        for condition in roots:
+            _require(condition in NOISY_CONDITIONS, f"{key}.{condition}", f"conditions are {', '.join(NOISY_CONDITIONS)}")
 
 
 def check_training_ranks(cfg: ExperimentConfig) -> None:

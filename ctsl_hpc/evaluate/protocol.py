@@ -105,13 +105,14 @@ def _derived_seed(*entropy: int) -> int:
     return int(np.random.SeedSequence(list(entropy)).generate_state(1)[0])
 
 
-def test_groups(n_utterances: int, n_groups: int = 30, mode: GroupMode = "copies", seed: int = 0) -> list[GroupSpec]:
+def test_groups(n_utterances: int, n_groups: int = 30, mode: GroupMode = "splits", seed: int = 0) -> list[GroupSpec]:
     """The test groups of the protocol.
 
-    ``copies``: every group is the whole test set, each with its own noise seed (the authors'
-    code). ``splits``: a seeded partition of the test set into ``n_groups`` disjoint groups of
-    near-equal size (the paper's text) sharing one noise draw (one noise seed); each group needs at
-    least 2 utterances for a CCC. Indices are sorted within each group.
+    ``splits`` (the paper's): a seeded partition of the test set into ``n_groups`` disjoint groups of
+    near-equal size sharing one noise draw (one noise seed); each group needs at least 2 utterances for
+    a CCC. ``copies``: every group is the whole test set, each with its own noise seed: ``n_groups``
+    independently contaminated copies (the authors' code scores the clean test set once, with no
+    groups; the copies are this package's, for small synthetic sets). Indices are sorted within each group.
     """
     if n_groups < 1:
         raise ValueError(f"eval.n_groups must be >= 1, got {n_groups}")

@@ -37,29 +37,14 @@ from ctsl_hpc.evaluate.tables import (
     ATTRIBUTE_SHORT,
     CONDITION_LABEL,
     PAPER_CONDITION_ORDER,
+    baseline_markers,
     finite_or_none,
     markdown_table,
+    md_escape,
 )
-from ctsl_hpc.variants import marked_baselines
 from ctsl_hpc.workdir import ReportFiles
 
-MARKER_SYMBOLS: tuple[str, ...] = ("*", "†", "‡", "§", "¶")
 _STUDENT_KEY = "student:"
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _markers() -> dict[str, str]:
-    """A symbol per marked baseline (:func:`ctsl_hpc.variants.marked_baselines`), in the paper's order."""
-    baselines = marked_baselines()
-    if len(baselines) > len(MARKER_SYMBOLS):
-        raise ValueError(f"at most {len(MARKER_SYMBOLS)} baselines can be marked, got {list(baselines)}")
-    return dict(zip(baselines, MARKER_SYMBOLS, strict=False))
-
-
-def _md_escape(marker: str) -> str:
-    return "\\*" if marker == "*" else marker
 
 
 # --------------------------------------------------------------------------- Table 1
@@ -95,7 +80,7 @@ def table1_markdown(
     marker per baseline listed before the variant that it beats significantly (p <= alpha); a
     legend follows.
     """
-    markers = _markers()
+    markers = baseline_markers()
     variants = table_order(table)
     columns = [(c, a) for c in PAPER_CONDITION_ORDER for a in ATTRIBUTES]
     best = {}
@@ -113,12 +98,12 @@ def table1_markdown(
             text = f"{cell.mean:.3f}"
             if cell.mean == best[condition, attribute]:
                 text = f"**{text}**"
-            text += "".join(_md_escape(symbol) for b, symbol in markers.items() if cell.significant.get(b, False))
+            text += "".join(md_escape(symbol) for b, symbol in markers.items() if cell.significant.get(b, False))
             row.append(text)
         rows.append(row)
     header = ["model"] + [f"{CONDITION_LABEL[c]} {ATTRIBUTE_SHORT[a]}" for c, a in columns]
     ns = sorted({cell.n for by_c in table.values() for cells in by_c.values() for cell in cells.values()})
-    legend = ", ".join(f"{_md_escape(symbol)} vs {b}" for b, symbol in markers.items())
+    legend = ", ".join(f"{md_escape(symbol)} vs {b}" for b, symbol in markers.items())
     notes = [
         "",
         f"Mean CCC over the models x test groups of each cell (n = {', '.join(map(str, ns))}; "

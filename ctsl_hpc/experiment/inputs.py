@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from pathlib import Path
 
 from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.data.audio import AudioError, WaveformStats, merge_moments
 from ctsl_hpc.data.audit import AudioVerdict, Reading, audit, fingerprint
 from ctsl_hpc.data.batching import UtteranceSet
+from ctsl_hpc.data.conditions import SNR_OF
 from ctsl_hpc.data.corpora import corpus_spec
 from ctsl_hpc.data.corpus import SPLITS, CorpusError, Utterance
 from ctsl_hpc.data.noise import NoisePool
@@ -133,5 +135,25 @@ class Data:
         return self._set(self.splits[split], self.stats)
 
     def noisy(self, split: str, snr_db: float) -> UtteranceSet:
-        """``split`` mixed with its own noise pool at ``snr_db`` (re-drawn per epoch for train)."""
+        """``split`` mixed with its own noise pool at ``snr_db`` (re-drawn per epoch for train), or the corpus's own
+        noisy recordings of it at that SNR where the config names them (:meth:`recorded`)."""
+        recorded = {SNR_OF[c]: s for c, s in self.recorded(split).items()}
+        if snr_db in recorded:
+            return recorded[snr_db]
         return self._set(self.splits[split], self.stats, self.pool(split), snr_db)
+
+    def recorded(self, split: str) -> dict[str, UtteranceSet]:
+        """The corpus's own noisy recordings of ``split`` per condition: ``eval.noisy_roots`` for the test set,
+        ``eval.noisy_dev_roots`` for the development set (a file of the same name per utterance, checked before
+        the queue by :mod:`ctsl_hpc.preflight`)."""
+        roots = {"test": self.cfg.eval.noisy_roots, "dev": self.cfg.eval.noisy_dev_roots}.get(split, {})
+        sets = {}
+        for condition, folder in roots.items():
+            utterances = [Utterance(Path(folder) / u.path.name, u.labels, u.split, u.speaker) for u in self.splits[split]]
+            missing = next((u.path for u in utterances if not u.path.is_file()), None)
+            if missing is not None:
+                key = "eval.noisy_roots" if split == "test" else "eval.noisy_dev_roots"
+                raise FileNotFoundError(f"{key}.{condition}: {missing} does not exist")
+            d = self.cfg.data
+            sets[condition] = UtteranceSet(utterances, d.sample_rate, d.max_seconds, d.min_seconds, self.stats, d.preload)
+        return sets

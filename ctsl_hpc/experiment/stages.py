@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ctsl_hpc.data.batching import UtteranceSet
-from ctsl_hpc.data.corpus import Utterance, label_distance_on_model_scale
+from ctsl_hpc.data.corpus import label_distance_on_model_scale
 from ctsl_hpc.evaluate import report
 from ctsl_hpc.evaluate.embeddings import embedding_metrics
 from ctsl_hpc.evaluate.protocol import select_checkpoints, test_groups
@@ -117,18 +116,6 @@ def selected_models(exp: Experiment, variants: list[str]) -> dict[str, dict[int,
     return chosen
 
 
-def _real_noisy_sets(exp: Experiment) -> dict[str, UtteranceSet]:
-    sets = {}
-    for condition, folder in exp.cfg.eval.noisy_roots.items():
-        utts = [Utterance(Path(folder) / u.path.name, u.labels, u.split, u.speaker) for u in exp.data.splits["test"]]
-        for utt in utts:
-            if not utt.path.is_file():
-                raise FileNotFoundError(f"eval.noisy_roots.{condition}: {utt.path} does not exist")
-        d = exp.cfg.data
-        sets[condition] = UtteranceSet(utts, d.sample_rate, d.max_seconds, d.min_seconds, exp.data.stats, d.preload)
-    return sets
-
-
 def evaluate(
     exp: Experiment, variants: list[str], sink_for: SinkFactory = lambda _: None, should_stop: StopRequest = never
 ) -> Path:
@@ -144,7 +131,7 @@ def evaluate(
     scores = Scores.read_csv(files.scores_csv) if files.scores_csv.is_file() else Scores()
     test_set = exp.data.clean("test")
     groups = test_groups(len(test_set), cfg.eval.n_groups, cfg.eval.groups, cfg.seed)
-    real_noisy = _real_noisy_sets(exp)
+    real_noisy = exp.data.recorded("test")
     for variant in variants:  # one variant at a time, saved after each: a resumed evaluation skips it
         score_models(
             {variant: models[variant]}, test_set, exp.data.pool("test"), groups, cfg.eval.groups,
@@ -156,7 +143,7 @@ def evaluate(
     best = {v: next(iter(m.values())) for v, m in models.items()}
     emb, projection = embedding_metrics(
         best, exp.data.clean("dev"), exp.data.pool("dev"), cfg.noise.snr_mode, label_distance_on_model_scale(cfg.student.margin),
-        cfg.student.temperature, cfg.eval.batch_size,
+        cfg.student.temperature, cfg.eval.batch_size, cfg.seed, exp.data.recorded("dev"),
     )
     write_table2(emb, files.path)
     report.save_projection(*projection, files.projection_npz)

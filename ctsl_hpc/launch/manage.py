@@ -12,13 +12,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ctsl_hpc.atomic_io import read_json
 from ctsl_hpc.config import TRAINING_STAGES, ExperimentConfig
-from ctsl_hpc.cost import cost_lines
+from ctsl_hpc.cost import cost_lines, search_trial_epochs
 from ctsl_hpc.launch.backends import Backend, make_backend
 from ctsl_hpc.launch.graph import plan_sweep, stage_names, sweep_tasks
 from ctsl_hpc.launch.job_registry import ACTIVE, JobRecord, JobUsage, Registry
 from ctsl_hpc.launch.slurm_cli import SlurmError
 from ctsl_hpc.processes import pid_alive
+from ctsl_hpc.run_records import read_history
+from ctsl_hpc.tune.space import POINT_FILE, SEARCHED
 from ctsl_hpc.workdir import RunDir, Workdir
 
 
@@ -114,6 +117,53 @@ def format_status(rows: Sequence[StatusRow]) -> str:
     return "\n".join(text)
 
 
+@dataclass
+class TrialRow:
+    """One trial of a search, as its run folder tells."""
+
+    trial_id: str
+    point: dict[str, float]
+    state: str
+    epochs: int
+    last_dev_ccc: float | None
+    best_dev_ccc: float | None
+
+
+def trial_rows(workdir: Workdir, cfg: ExperimentConfig, search_state: str) -> list[TrialRow]:
+    """The search's trials from their run folders (``search_state``: the state of the search's job). A trial that
+    ran ``tune.max_t`` epochs is finished; one with fewer was stopped early once the search is done, is running or
+    waiting while it goes on, and was interrupted with it otherwise (``resume`` continues it)."""
+    root = workdir.tune / "trials"
+    rows = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        run = RunDir(folder)
+        point = read_json(folder / POINT_FILE, "delete it: the trial writes it again") if (folder / POINT_FILE).is_file() else {}
+        history = read_history(run.history).epochs if run.history.is_file() else []
+        epochs = history[-1].epoch if history else 0
+        if epochs >= cfg.tune.max_t:
+            state = "finished"
+        elif search_state in ("DONE", "COMPLETED"):
+            state = "stopped early"
+        elif search_state in ACTIVE:
+            state = "running or waiting"
+        else:
+            state = "interrupted"
+        rows.append(TrialRow(folder.name, point, state, epochs, history[-1].dev_score if history else None,
+                             max(r.dev_score for r in history) if history else None))
+    return rows
+
+
+def format_trials(rows: Sequence[TrialRow]) -> str:
+    """The trial table of ``status``: point, state, epochs, last and best development CCC."""
+    header = ["trial", *SEARCHED, "state", "epochs", "last dev CCC", "best dev CCC"]
+    lines = [header] + [[
+        r.trial_id, *(f"{r.point[k]:.4g}" if k in r.point else "?" for k in SEARCHED), r.state, str(r.epochs),
+        "" if r.last_dev_ccc is None else f"{r.last_dev_ccc:.3f}", "" if r.best_dev_ccc is None else f"{r.best_dev_ccc:.3f}",
+    ] for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
 def resolve_keys(workdir: Workdir, selector: str | None) -> list[JobRecord]:
     """Registry records matching ``selector``: None/"all", a stage (teacher, students, eval), a key
     (``student/RM+TL``) or a student variant (``RM+TL``)."""
@@ -172,18 +222,23 @@ def print_logs(workdir: Workdir, cfg: ExperimentConfig, selector: str, follow: b
         time.sleep(interval_s)  # polling files written by another machine
 
 
-def dry_run_lines(workdir: Workdir, cfg: ExperimentConfig, backend: Backend) -> list[str]:
-    """What ``sweep`` would submit: one line per stage with its tasks, then what the backend says of it,
-    and what the sweep costs (:mod:`ctsl_hpc.cost`)."""
+def dry_run_lines(workdir: Workdir, cfg: ExperimentConfig, backend: Backend, search: bool = False) -> list[str]:
+    """What ``sweep`` (``search``: ``sweep --tune``) would submit: one line per stage with its tasks, then what
+    the backend says of it, and what the sweep costs (:mod:`ctsl_hpc.cost`). Nothing runs: no Ray, no job."""
     records = Registry(workdir.root).all()
     try:
         states = backend.job_states([r.job_id for r in records if r.job_id])
     except SlurmError:
         states = {}
-    costs = cost_lines(cfg, workdir)
+    costs = cost_lines(cfg, workdir, search)
     lines = [f"dry run: nothing is submitted ({backend.name}, work directory {workdir.root})", *costs["inputs"]]
+    if search:
+        tc = cfg.tune
+        at_most, expected, how = search_trial_epochs(tc)
+        lines.append(f"search: {tc.num_samples} trials of {tc.variant} ({tc.search_alg} search, {tc.scheduler} "
+                     f"scheduler, max_t {tc.max_t}): {expected} trial-epochs expected under {how}, at most {at_most}")
     waits = ""
-    for stage in plan_sweep(workdir, cfg, states, backend):
+    for stage in plan_sweep(workdir, cfg, states, backend, search):
         lines.append(f"{stage.stage}: submit [{stage_names(stage.submit) or '-'}]"
                      + (f"; done [{stage_names(stage.done)}]" if stage.done else "")
                      + (f"; running {sorted(stage.running.values())}" if stage.running else ""))

@@ -2,7 +2,7 @@
 
 One task per node (``srun``/submitit, ``SLURM_PROCID`` = node rank): rank 0 starts ``ray start --head``,
 publishes its address in ``<workdir>/ray/<job id>/address`` (shared storage), waits for every node and
-runs the driver (:func:`ctsl_hpc.tune.run_sweep`); the other ranks start ``ray start --address ...`` and
+runs the search (:func:`ctsl_hpc.tune.driver.search_job`); the other ranks start ``ray start --address ...`` and
 stay until the head writes ``DONE``. Every port Ray opens (GCS, node manager, object manager, agents,
 metrics, the worker range) is chosen free on the node instead of Ray's fixed defaults,
 so two allocations sharing a node do not collide; each node's processes run in their own process group
@@ -12,13 +12,14 @@ and only those are stopped (``ray stop`` would kill every Ray of the user on the
 Ray runs on the node, takes the GCS port from the command line and ends with ``ray stop``: on shared
 nodes this module is the safer choice.
 
-Preemption: the driver turns SIGUSR2 (``slurm.signal_delay_s`` before the end) into a stop request the
-trials read; when the search ends on such a request, the job requeues itself (``scontrol requeue``) and
-the rerun restores the Tune experiment from the shared storage.
+Preemption: the job's stop request (SIGUSR2, ``slurm.signal_delay_s`` before the end) becomes a stop
+file the trials read; the search then ends with ``TrainingInterrupted``, the job requeues itself like
+every stage's (:mod:`ctsl_hpc.launch.slurm_job`) and the rerun restores the Tune experiment from the
+shared storage.
 
-Entry points: :func:`submit` (submitit: one allocation with the ``slurm.tune`` stage's resources),
-:func:`sweep_tune` (the CLI's ``sweep --tune``), and the hidden ``python -m ctsl_hpc.launch ray-node
---workdir W`` inside an ``srun`` (what ``launch/ray-on-slurm.sh`` runs).
+Entry points: :func:`search_task`, the job graph's search (any backend runs or submits it: on Slurm
+one allocation with the ``slurm.tune`` stage's resources, one task per node), and :mod:`ctsl_hpc.launch.ray_node`
+(what ``launch/ray-on-slurm.sh`` runs: the search's whole graph in one hand-made allocation).
 """
 
 from __future__ import annotations
@@ -38,15 +39,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ctsl_hpc.atomic_io import atomic_write_text, owner_only
-from ctsl_hpc.config import TUNE_STAGE, ExperimentConfig
 from ctsl_hpc.launch import slurm_env
-from ctsl_hpc.launch.slurm_job import log_code_origin
-from ctsl_hpc.logs import setup_logging
 from ctsl_hpc.processes import free_port, stop_process_group
-from ctsl_hpc.snapshot import snapshot
-from ctsl_hpc.workdir import ReportFiles, Workdir
+from ctsl_hpc.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +123,9 @@ def start_node(address: str | None, ports: RayPorts, temp_dir: Path, node_ip: st
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", f"--node-ip-address={node_ip}"]
     cmd += ["--head", "--include-dashboard=false", f"--temp-dir={temp_dir}"] if address is None else [f"--address={address}"]
     cmd += ports.start_args(head=address is None) + node_resources()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_worker_niceness="0")  # trials: the job's own priority
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # the job's torch ranks (one per node) are not the trials': each trains alone
     log.info("starting Ray %s: %s", "head" if address is None else "worker", " ".join(cmd))
     return subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_ignore_preemption_signal)
 
@@ -245,74 +245,13 @@ def _gcs_answers(address: str) -> bool:
         return False
 
 
-def tune_allocation(workdir: str, config: str | None = None, overrides: list[str] = ()) -> int:
-    """The allocation's program on every node: Ray cluster + the sweep driver; requeue if preempted.
+def search_task(workdir: str | Path, should_stop: Callable[[], bool] | None = None) -> Any:
+    """The graph's search task (stage ``tune``): in a Slurm allocation, a Ray cluster of its nodes with the search
+    on the first (the others serve as Ray workers until it ends); elsewhere a private local Ray (or the cluster at
+    ``$RAY_ADDRESS``). Returns the final students' work directory (on the first node)."""
+    from ctsl_hpc.tune.driver import search_job
 
-    The head (rank 0) runs the sweep of ``config`` + ``overrides`` (default: the configuration saved in
-    ``workdir``); the other nodes only need ``workdir`` for the rendezvous.
-    """
-    from ctsl_hpc.tune.driver import INTERRUPTED, run_sweep
-
-    setup_logging()
-    slurm_env.export_run_tags()
-    log_code_origin()
-    os.umask(Workdir(workdir).read_config().file_mask)
-    job = slurm_env.job_id() or "local"
-    root = Workdir(workdir)
-
-    def drive(address: str) -> int:
-        from ctsl_hpc.config import load_config
-
-        if config is None and not overrides:
-            cfg = root.read_config()
-        else:
-            cfg = load_config(config, list(overrides))
-            cfg.workdir = str(root.root)
-        result = run_sweep(cfg, address=address)
-        if result is None:
-            return INTERRUPTED
-        print(ReportFiles(result.report_dir).table1_md.read_text(), flush=True)
-        return 0
-
-    status = run_in_allocation(drive, root.ray / job)
-    if status == INTERRUPTED and slurm_env.task_rank() == 0 and slurm_env.job_id():
-        log.warning("preempted: requeueing job %s (the rerun restores the search)", job)
-        subprocess.run(["scontrol", "requeue", job], check=False)
-    return status
-
-
-def submit(cfg: ExperimentConfig, workdir: Workdir):
-    """Submit the sweep (Ray cluster + Tune driver) as one Slurm allocation; returns the submitit job."""
-    from ctsl_hpc.launch.backends.slurm import make_executor, stage_parameters
-
-    python, params = stage_parameters(cfg, TUNE_STAGE, code=snapshot(workdir.code), requeue=True)
-    params["name"] = f"{cfg.name}-tune"
-    job = make_executor(workdir.submitit / "tune", python, params).submit(tune_allocation, str(workdir.root))
-    workdir.ray.mkdir(exist_ok=True)
-    atomic_write_text(workdir.ray / "submitted", f"{job.job_id}\n")
-    return job
-
-
-def sweep_tune(cfg: ExperimentConfig, cluster: str = "local") -> int:
-    """``sweep --tune``: run the search here (``local``) or submit its allocation (``slurm``)."""
-    from ctsl_hpc.tune.driver import INTERRUPTED, run_sweep
-
-    if cluster not in ("local", "slurm"):
-        raise ValueError(f"sweep --tune runs locally or on Slurm, not on {cluster!r}")
-    os.umask(cfg.file_mask)
-    started = time.time()
-    with Workdir(cfg.workdir).lock("sweep --tune"):
-        if cluster == "slurm":
-            workdir = Workdir.open(cfg)
-            job = submit(cfg, workdir)
-            print(f"submitted the Ray Tune sweep as Slurm job {job.job_id} ({cfg.slurm.stage('tune').nodes} node(s))")
-            print(f"work directory: {workdir.root}; log: {job.paths.stdout}")
-            return 0
-        result = run_sweep(cfg, address=os.environ.get("RAY_ADDRESS"))
-    if result is None:
-        print("the search was stopped on request; run the same command again to continue")
-        return INTERRUPTED
-    print(ReportFiles(result.report_dir).table1_md.read_text())
-    print(f"best: {result.best['params']} ({result.best['metric']} {result.best['value']:.4f}) -> {result.best_config}")
-    print(f"report: {result.report_dir} ({time.time() - started:.0f} s)")
-    return 0
+    job = slurm_env.job_id()
+    if job is None:
+        return search_job(workdir, os.environ.get("RAY_ADDRESS"), should_stop)
+    return run_in_allocation(lambda address: search_job(workdir, address, should_stop), Workdir(workdir).ray / job)

@@ -72,7 +72,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         os.environ[JOB_ID_VARIABLE] = slurm_env.job_id() or ""  # names the job's node-local copy (data.stage_dir)
         log_code_origin()
         env = submitit.JobEnvironment()
-        registry, restarts = Registry(self.task.workdir), slurm_env.restart_count()
+        registry, restarts = self.task.registry, slurm_env.restart_count()
         if env.global_rank == 0:
             registry.update(self.task.key, state="RUNNING", job_id=env.job_id, requeues=restarts, message="")
         if restarts > self.max_requeues:

@@ -25,11 +25,17 @@ class Task:
     key: str  # registry key and tracked-run key: "teacher", "student/RM+TL", "eval" (ctsl_hpc.stage_jobs)
     stage: str  # the resource section it runs with (config.SLURM_STAGES)
     fn: Callable[..., Any]
-    workdir: Path  # the sweep's work directory: its job registry, and the callable's first argument
+    workdir: Path  # the callable's first argument: the sweep's work directory, or a search's final/
     marker: Path
     args: tuple[Any, ...] = ()
     label: str = ""  # what status and dry runs print (a variant)
     kwargs: tuple[tuple[str, Any], ...] = ()
+    home: Path | None = None  # the sweep's work directory, whose job registry holds the task (default: workdir)
+
+    @property
+    def registry(self) -> Registry:
+        """The job registry of the sweep the task belongs to."""
+        return Registry(self.home or self.workdir)
 
     @property
     def name(self) -> str:
@@ -53,7 +59,7 @@ def run_task(
 
     An exception in ``interruptions`` (a stop on request, handled by the caller) is not a failure.
     """
-    registry = Registry(task.workdir)
+    registry = task.registry
     if is_main:
         registry.update(task.key, state="RUNNING", message="")
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import signal
 import socket
 import ssl
 import subprocess
@@ -147,6 +148,10 @@ def run_server(
     if not is_loopback(host) and auth_config is not None and tls is None:
         print(f"warning: --host {host} with basic-auth but no --tls-cert/--tls-key: passwords cross the network in "
               "clear text", file=sys.stderr)
+    def stop_on_term(*_: object) -> None:  # scancel, kill: stop the server too (it runs in its own process group)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_term)
     proc = serve(backend_store_uri, artifact_root, host, port, auth_config=auth_config, tls=tls)
     url = server_url(host, port, tls is not None)
     try:

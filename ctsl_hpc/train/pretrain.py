@@ -1,8 +1,10 @@
 """Self-supervised pre-training of a small wav2vec2 with wav2vec 2.0's contrastive and diversity losses.
 
 :func:`pretrain` trains transformers' ``Wav2Vec2ForPreTraining`` on unlabelled speech crops, each
-mixed with a noise segment at a random SNR with probability ``noise_prob`` (noisy pre-training, as
-for wav2vec2-large-robust), normalised with the corpus's waveform statistics. Every draw (items,
+mixed with a noise segment at a random SNR with probability ``noise_prob``, normalised with the
+corpus's waveform statistics. The added noise is this package's choice for a tiny model that sees
+little speech: wav2vec2-large-robust itself was pre-trained on speech of many domains (read, telephone,
+conversational, noisy recordings among them), not with noise mixed in. Every draw (items,
 crops, noise, masks, negatives) comes from ``(seed, step)``. :func:`export_backbone` writes the
 encoder alone (``config.json`` + ``model.safetensors``): a folder ``model.backbone`` can name.
 """

@@ -75,8 +75,9 @@ class TrainingData:
 
 
 def evaluate_dev(model: EmotionModel, dev_set: UtteranceSet, noisy: bool, batch_size: int) -> np.ndarray:
-    """CCC per attribute of ``model`` on the whole development set (noisy for students)."""
-    pred, _ = predict(model, dev_set, batch_size, use_noisy=noisy)
+    """CCC per attribute of ``model`` on the whole development set (noisy for students: mixed with its pool, or
+    read as they are when it holds the corpus's own noisy recordings and mixes nothing)."""
+    pred, _ = predict(model, dev_set, batch_size, use_noisy=noisy and dev_set.noise is not None)
     return ccc(torch.from_numpy(pred).double(), torch.from_numpy(dev_set.labels).double()).numpy()
 
 

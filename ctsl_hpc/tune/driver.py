@@ -1,36 +1,37 @@
-"""The search's driver: teacher -> cache -> shared noise -> Tune (ASHA) -> best config -> final students -> report.
+"""The search's task on the job graph: cache -> shared noise -> Tune -> best point -> the final students' config.
 
-:func:`run_sweep` goes from nothing to the report and is resumable: the teacher is trained once,
-the teacher's clean embeddings are cached in the work directory, the noise pools are read once and
-shared through Ray's object store, the search is restored from its experiment folder when it
-exists (``Tuner.restore``), and the final students reuse everything of the search.
+:func:`search_job` runs after the graph's prepare and teacher tasks and before its final student and
+evaluation tasks (which train and evaluate in ``<workdir>/final``, made here). It is resumable: the
+teacher's clean embeddings are cached in the work directory, the noise pools are read once and
+shared through Ray's object store, and the search is restored from its experiment folder when it
+exists (``Tuner.restore``).
 
-Ray does not forward signals to trials: the driver turns SIGUSR2 into a flag file
+Ray does not forward signals to trials: the job's stop request (its signal flag) becomes a flag file
 (:class:`~ctsl_hpc.tune.relay.PreemptionRelay`) that every trial reads; trials save and stop, then
-:class:`SweepCallback` ends the Tune run the way Tune's own SIGUSR1 does, leaving it restorable.
+:class:`SweepCallback` ends the Tune run the way Tune's own SIGUSR1 does, leaving it restorable, and
+the job ends with ``TrainingInterrupted`` (requeued on Slurm).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from ctsl_hpc import stage_jobs
-from ctsl_hpc.config import ExperimentConfig, TuneConfig
+from ctsl_hpc.config import TuneConfig
 from ctsl_hpc.experiment import Experiment, never, teacher_embedder, teacher_summary
 from ctsl_hpc.track.runs import open_tracker
 from ctsl_hpc.train.recipe import recipe
-from ctsl_hpc.tune.final import train_and_evaluate_final
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
-from ctsl_hpc.tune.space import TIME_ATTR, search_space
+from ctsl_hpc.tune.space import TIME_ATTR, apply_params, scheduler_metric, search_space
 from ctsl_hpc.tune.summary import best_of, trial_table, write_summary
 from ctsl_hpc.tune.trial import SharedInputs, shared_inputs, train_trial, trial_key
 from ctsl_hpc.workdir import Workdir
@@ -38,7 +39,8 @@ from ctsl_hpc.workdir import Workdir
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "search"
-INTERRUPTED = 3  # exit status of a sweep stopped by a preemption request (run it again to continue)
+# Ray runs its workers at nice 15; the trials are the search's own work, at the priority of the job that runs it
+TRIAL_NICENESS = "RAY_worker_niceness"
 
 
 class SweepCallback(Callback):
@@ -88,6 +90,18 @@ class SweepCallback(Callback):
             self.stop_seen = float("inf")
 
 
+def _scheduler(tc: TuneConfig, early_stopping: bool = True):
+    """``tune.scheduler``: ASHA (asynchronous successive halving), Hyperband (synchronous brackets), or FIFO."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    if not early_stopping or tc.scheduler == "fifo":
+        return FIFOScheduler()
+    if tc.scheduler == "hyperband":
+        return HyperBandScheduler(time_attr=TIME_ATTR, max_t=tc.max_t, reduction_factor=tc.reduction_factor)
+    return ASHAScheduler(time_attr=TIME_ATTR, max_t=tc.max_t, grace_period=tc.grace_period,
+                         reduction_factor=tc.reduction_factor)
+
+
 def _search_alg(tc: TuneConfig):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
@@ -110,10 +124,11 @@ def make_tuner(
     """A new Tuner for the workspace's search, or the restored one when the experiment exists.
 
     ``param_space`` replaces the configured space (e.g. a grid); ``early_stopping=False`` runs every
-    trial to ``tune.max_t`` (FIFO) instead of ASHA.
+    trial to ``tune.max_t`` (FIFO) instead of ``tune.scheduler``. The scheduler and the searcher compare
+    trials by their best ``tune.metric`` so far (:func:`~ctsl_hpc.tune.space.scheduler_metric`): the
+    epoch a trial's model is selected at, not its last.
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     tc = exp.cfg.tune
     folder = tune_dir(exp.cfg, exp.workdir)
@@ -124,14 +139,12 @@ def make_tuner(
     if tune.Tuner.can_restore(str(path)):
         log.info("continuing the search in %s", path)
         return tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
-    scheduler = ASHAScheduler(
-        time_attr=TIME_ATTR, max_t=tc.max_t, grace_period=tc.grace_period, reduction_factor=tc.reduction_factor
-    ) if early_stopping else FIFOScheduler()
     return tune.Tuner(
         trainable,
         param_space=param_space or search_space(tc),
         tune_config=tune.TuneConfig(
-            metric=tc.metric, mode="max", scheduler=scheduler, search_alg=_search_alg(tc),
+            metric=scheduler_metric(tc.metric), mode="max", scheduler=_scheduler(tc, early_stopping),
+            search_alg=_search_alg(tc),
             num_samples=1 if param_space else tc.num_samples,
         ),
         run_config=tune.RunConfig(
@@ -147,29 +160,19 @@ def make_tuner(
     )
 
 
-def prepare_shared(exp: Experiment, should_stop: Callable[[], bool] = never) -> SharedInputs:
-    """Train the teacher (once), fill the embedding cache, read the noise pools: before any trial."""
+def prepare_shared(exp: Experiment) -> SharedInputs:
+    """Fill the embedding cache with the finished teacher's clean embeddings and read the noise pools: before
+    any trial (the teacher is the graph's task before this one)."""
     cfg = exp.cfg
-    stage_jobs.teacher_job(exp.workdir.root, should_stop=should_stop)
     if cfg.student.cache_teacher_embeddings and recipe(cfg.tune.variant, cfg).needs_teacher:
         teacher_embedder(exp, teacher_summary(exp).best_dir)  # computed here once, read by every trial
     return shared_inputs(exp)
 
 
-@dataclass
-class SweepResult:
-    """What a finished search produced."""
-
-    best: dict[str, Any]  # params, trial id, metric, epoch
-    best_config: Path
-    trials: Path
-    plot: Path
-    report_dir: Path | None
-
-
 def init_ray(address: str | None = None) -> None:
     """Connect to the cluster at ``address``, or start a private local Ray with this machine's CPUs."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault(TRIAL_NICENESS, "0")
     if not address:  # a private single-node Ray: its services on the loopback interface only
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
@@ -182,52 +185,73 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
 
 
-def run_search(exp: Experiment, grace_s: float = 60.0):
-    """Run (or continue) the search; returns Tune's ResultGrid, or None if a stop request ended it.
+@contextlib.contextmanager
+def relayed(should_stop: Callable[[], bool], relay: PreemptionRelay, poll_s: float = 0.5) -> Iterator[None]:
+    """Meanwhile, a stop request of the job (its signal flag) becomes the trials' ``STOP`` file."""
+    done = threading.Event()
 
-    From here on SIGUSR2 (Slurm's preemption warning) asks the teacher or the trials to save and stop.
-    """
+    def watch() -> None:
+        while not done.wait(poll_s):
+            if should_stop():
+                log.warning("stop requested: asking the trials to checkpoint and stop")
+                relay.request("the search's job was asked to stop")
+                return
+
+    watcher = threading.Thread(target=watch, name="stop-relay", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def run_search(exp: Experiment, should_stop: Callable[[], bool] = never, grace_s: float = 60.0):
+    """Run (or continue) the search; Tune's ResultGrid. A stop request ends it restorable, with
+    ``TrainingInterrupted`` (run the job again to continue)."""
     from ctsl_hpc.train.trainer import TrainingInterrupted
 
     relay = PreemptionRelay(tune_dir(exp.cfg, exp.workdir))
     relay.clear()
-    relay.install()
-    try:
-        shared = prepare_shared(exp, should_stop=relay.requested)
-    except TrainingInterrupted:
-        log.warning("the teacher was stopped on request; run the same command again to continue")
-        return None
+    shared = prepare_shared(exp)
     tuner = make_tuner(exp, shared, callbacks=[SweepCallback(exp.workdir.root, grace_s)])
-    results = tuner.fit()
+    with relayed(should_stop, relay):
+        results = tuner.fit()
     if relay.requested():
-        log.warning("the search was stopped on request; run the same command again to continue")
-        return None
+        raise TrainingInterrupted(tune_dir(exp.cfg, exp.workdir) / EXPERIMENT)
     return results
 
 
-def run_sweep(cfg: ExperimentConfig, address: str | None = None) -> SweepResult | None:
-    """``sweep --tune``: teacher, search, best config, final students and report; resumable.
-
-    Returns None when a stop request (SIGUSR2) ended the search early: running it again continues.
-    """
-    exp = Experiment.open(cfg)
+def search_job(workdir: str | Path, address: str | None = None, should_stop: Callable[[], bool] | None = None) -> Path:
+    """The search's task: Tune over the trials, then the best point, the trial table and its plot, and the final
+    students' work directory (``<workdir>/final``, the base config with the best point): the graph's student and
+    evaluation tasks after this one train and evaluate there. Resumable: a restored Tune experiment goes on."""
+    exp = Experiment.reopen(workdir)
+    os.umask(exp.cfg.file_mask)
+    cfg = exp.cfg
     tracker = open_tracker(exp.workdir.root, cfg, system_metrics=False)
-    parent = None if tracker is None else tracker.parent(config=cfg)
+    if tracker is not None:  # the trials' runs are its children (a teacher reused from elsewhere opened none)
+        tracker.parent(config=cfg, tags={"ctsl.corpus_fingerprint": exp.data.fingerprint})
     init_ray(address)
-    results = run_search(exp)
-    if results is None:
-        return None
+    results = run_search(exp, should_stop or never)
     best = best_of(results, cfg.tune.metric)
     rows = trial_table(results, cfg.tune.metric)
     best_path, csv_path, plot = write_summary(rows, best, cfg, exp.workdir)
     log.info("best %s = %.4f at epoch %d with %s", best["metric"], best["value"], best["epoch"], best["params"])
-    if parent is not None:
+    if tracker is not None:
+        parent = tracker.parent()
         parent.set_tags({f"tune.best.{k}": v for k, v in best["params"].items()} | {"tune.best.trial_id": best["trial_id"]})
         parent.log_metrics({"tune/best_dev": best["value"], "tune/trials": len(rows)}, step=0)
         for path in (best_path, csv_path, plot):
             parent.log_artifact(path, "tune")
-    report_dir = train_and_evaluate_final(exp, best, tracker)
-    if parent is not None:
-        parent.log_artifacts(report_dir, "final_report")
         tracker.flush()
-    return SweepResult(best, best_path, csv_path, plot, report_dir)
+    return final_experiment(exp, best).workdir.root
+
+
+def final_experiment(exp: Experiment, best: dict[str, Any]) -> Experiment:
+    """``<workdir>/final``: the base config with the best point and ``tune.final_variants`` as its students,
+    linked to the search's teacher, data and cache (the searched keys do not touch the clean teacher)."""
+    final = exp.workdir.share_with_final()
+    variants = exp.cfg.tune.final_variants or exp.cfg.student.variants
+    cfg = apply_params(exp.cfg, best["params"], variants=list(variants), workdir=str(final.root))
+    return Experiment.open(cfg, final.root)

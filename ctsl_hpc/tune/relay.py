@@ -1,16 +1,15 @@
-"""Preemption for a Ray Tune search: Ray forwards no signal to trials, so the driver relays a flag file.
+"""Preemption for a Ray Tune search: Ray forwards no signal to trials, so the search relays a flag file.
 
-The driver turns SIGUSR2 (Slurm's preemption warning) into a ``STOP`` file in the Tune experiment's
-folder; every trial's ``should_stop`` reads it, saves a checkpoint and stops.
+The search task turns its job's stop request (SIGUSR2, Slurm's preemption warning) into a ``STOP``
+file in the Tune experiment's folder (:func:`ctsl_hpc.tune.driver.relayed`); every trial's
+``should_stop`` reads it, saves a checkpoint and stops.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from pathlib import Path
-from typing import Any
 
 from ctsl_hpc.atomic_io import atomic_write_text
 from ctsl_hpc.config import ExperimentConfig
@@ -39,12 +38,3 @@ class PreemptionRelay:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
-
-    def install(self, signum: int = signal.SIGUSR2) -> None:
-        """Turn ``signum`` (Slurm's preemption warning) into a stop request for the trials."""
-
-        def handler(sig: int, _frame: Any) -> None:
-            log.warning("signal %d: asking the trials to checkpoint and stop", sig)
-            self.request(f"signal {sig}")
-
-        signal.signal(signum, handler)

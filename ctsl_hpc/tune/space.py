@@ -7,7 +7,18 @@ from typing import Any
 from ctsl_hpc.config import ExperimentConfig, TuneConfig, config_from_dict
 
 SEARCHED = ("lambda_tl", "lambda_cl", "noise_minutes")
+POINT_FILE = "params.json"  # a trial's point, in its run folder (<workdir>/tune/trials/<id>/)
 TIME_ATTR = "epoch"  # the trials' clock: what they report their progress in, and what the scheduler counts
+
+
+def scheduler_metric(metric: str) -> str:
+    """The name under which trials report their best ``metric`` so far, which the scheduler and searcher compare.
+
+    Example:
+        >>> scheduler_metric("dev/ccc_mean")
+        'best/dev/ccc_mean'
+    """
+    return f"best/{metric}"
 
 
 def search_space(tc: TuneConfig) -> dict[str, Any]:

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctsl_hpc.atomic_io import atomic_write_json
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.experiment import Experiment, student_trainer
 from ctsl_hpc.run_records import EpochRecord
 from ctsl_hpc.stage_jobs import NOISY_SPLITS, dataset_inputs
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
-from ctsl_hpc.tune.space import SEARCHED, TIME_ATTR, apply_params
+from ctsl_hpc.tune.space import POINT_FILE, SEARCHED, TIME_ATTR, apply_params, scheduler_metric
 from ctsl_hpc.workdir import RunDir
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,20 @@ def trial_key(trial_id: str) -> str:
     return f"trial/{trial_id}"
 
 
-def _report(record: EpochRecord) -> None:
+def _report(metrics: dict[str, float]) -> None:
     """Send one epoch to Tune with a checkpoint naming it (the weights stay in the trial's run folder)."""
     from ray import tune
 
     with tempfile.TemporaryDirectory(prefix="ctsl-tune-") as tmp:
-        (Path(tmp) / TRIAL_STATE).write_text(json.dumps({TIME_ATTR: record.epoch}))
-        tune.report({TIME_ATTR: record.epoch, **record.metrics()}, checkpoint=tune.Checkpoint.from_directory(tmp))
+        (Path(tmp) / TRIAL_STATE).write_text(json.dumps({TIME_ATTR: metrics[TIME_ATTR]}))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def epoch_report(record: EpochRecord, history: list[EpochRecord], metric: str) -> dict[str, float]:
+    """What a trial reports after an epoch: the epoch, its metrics, and the best ``metric`` of the epochs so far
+    (:func:`~ctsl_hpc.tune.space.scheduler_metric`, what the scheduler compares)."""
+    best = max(r.metrics()[metric] for r in history if r.epoch <= record.epoch)
+    return {TIME_ATTR: record.epoch, **record.metrics(), scheduler_metric(metric): best}
 
 
 def _reported_epoch() -> int:
@@ -84,16 +92,17 @@ def _reported_epoch() -> int:
         return int(json.loads((Path(path) / TRIAL_STATE).read_text())[TIME_ATTR])
 
 
-def _catch_up(run: RunDir, reported: int, report: Callable[[EpochRecord], None]) -> None:
+def _catch_up(run: RunDir, reported: int, report: Callable[[dict[str, float]], None], metric: str) -> None:
     """Report the epochs the trial finished but Tune never recorded (the driver died in between)."""
     from ctsl_hpc.train import checkpoint as ckpt
 
     latest = ckpt.latest_complete_checkpoint(run.path)
     if latest is None:
         return
-    for record in ckpt.TrainerState.read(latest).history.epochs:
+    history = ckpt.TrainerState.read(latest).history.epochs
+    for record in history:
         if record.epoch > reported:
-            report(record)
+            report(epoch_report(record, history, metric))
 
 
 def _trial_run(base: Experiment, trial: Experiment, trial_id: str, params: dict[str, Any]):
@@ -119,12 +128,13 @@ def train_trial(params: dict[str, Any], shared: SharedInputs) -> None:
 
 
 def run_trial(
-    params: dict[str, Any], shared: SharedInputs, trial_id: str, report: Callable[[EpochRecord], None],
+    params: dict[str, Any], shared: SharedInputs, trial_id: str, report: Callable[[dict[str, float]], None],
     reported_epoch: int = 0,
 ) -> None:
     """The trial's training: ``tune.max_t`` epochs of ``tune.variant`` in ``<workdir>/tune/trials/<trial_id>``,
-    each epoch's record passed to ``report`` once its checkpoint is on disk (the epochs after ``reported_epoch``
-    that a resumed trial finished earlier first)."""
+    each epoch's :func:`epoch_report` passed to ``report`` once its checkpoint is on disk (the epochs after
+    ``reported_epoch`` that a resumed trial finished earlier first). The point is kept in the run folder
+    (``params.json``) for ``status``."""
     import torch
 
     from ctsl_hpc.train.trainer import TrainingInterrupted
@@ -139,6 +149,12 @@ def run_trial(
     exp = Experiment(apply_params(base.cfg, params, epochs=tc.max_t), base.workdir)  # same data, teacher, cache
     exp.data.set_pool("train", shared.train_pool.head(float(params["noise_minutes"])))
     exp.data.set_pool("dev", shared.dev_pool)
-    _catch_up(run, reported_epoch, report)
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.path / POINT_FILE, {k: float(params[k]) for k in SEARCHED})
+    _catch_up(run, reported_epoch, report, tc.metric)
     trainer = student_trainer(exp, tc.variant, run, sink=_trial_run(base, exp, trial_id, params))
-    trainer.fit(relay.requested, on_epoch_end=lambda record, _checkpoint: report(record))
+
+    def reported(record: EpochRecord, _checkpoint: Path) -> None:
+        report(epoch_report(record, trainer.state.history.epochs, tc.metric))
+
+    trainer.fit(relay.requested, on_epoch_end=reported)

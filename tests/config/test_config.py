@@ -1,5 +1,7 @@
 """The typed config: YAML + dotted overrides, validation naming the key."""
 
+import re
+
 import pytest
 
 from ctsl_hpc.config import CONFIG_DIR, ConfigError, config_from_dict, load_config, parse_override
@@ -109,3 +111,43 @@ def test_a_work_directory_saved_with_an_integer_umask_still_loads():
     values = load_config().to_dict()
     values["umask"] = 0o007  # how configs were saved before the umask was a string
     assert config_from_dict(values).umask == "007"
+
+
+def test_a_config_without_eval_or_train_sections_follows_the_papers_protocol(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("name: mine\nworkdir: runs/mine\n")
+    cfg = load_config(mine)
+    assert cfg.eval.groups == "splits" and cfg.eval.n_groups == 30  # disjoint groups, as the paper
+    assert not cfg.train.bucket_by_length  # random batches, as the paper
+    assert cfg.model.layerdrop == 0.0
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("model.layerdrop=1.5", "model.layerdrop: must be in [0, 1)"),
+    ("seeds=[3]", "seeds: give two or more distinct seeds"),
+    ("seeds=[1,1]", "seeds: give two or more distinct seeds"),
+    ("eval.noisy_dev_roots={snr3: /x}", "eval.noisy_dev_roots.snr3: conditions are"),
+])
+def test_replicates_layerdrop_and_noisy_dev_sets_are_checked(override, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(None, [override])
+
+
+def test_layerdrop_needs_the_plain_engine():
+    assert load_config(None, ["model.layerdrop=0.1"]).model.layerdrop == 0.1
+    with pytest.raises(ConfigError, match="model.layerdrop: needs train.engine plain"):
+        load_config(None, ["model.layerdrop=0.1", "train.engine=ddp"])
+
+
+def test_the_configuration_reference_is_generated_from_the_schema_and_up_to_date():
+    from ctsl_hpc.config import reference
+    from tests.helpers import REPO
+
+    text = reference.markdown()
+    assert (REPO / "docs" / "configuration.md").read_text() == text, (
+        "docs/configuration.md is out of date: python -m ctsl_hpc.config.reference > docs/configuration.md")
+    for key in ("data.stage_dir", "eval.noisy_dev_roots", "model.layerdrop", "seeds", "tune.scheduler",
+                "slurm.<stage>.gpus_per_node"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{key}` |"))
+        assert row.split("|")[-2].strip(), f"{key} has no meaning in the schema"
+    assert all(line.count("|") >= 4 and line.split("|")[-2].strip() for line in text.splitlines() if line.startswith("| `"))

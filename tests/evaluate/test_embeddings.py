@@ -11,7 +11,7 @@ from scipy.special import logsumexp
 from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.conditions import CONDITIONS
 from ctsl_hpc.data.noise import NoisePool
-from ctsl_hpc.evaluate.embeddings import INFONCE_BATCH, compare_embeddings, embedding_metrics
+from ctsl_hpc.evaluate.embeddings import INFONCE_BATCH, compare_embeddings, embedding_metrics, infonce_batches
 from ctsl_hpc.evaluate.metrics import ccc_numpy
 from ctsl_hpc.evaluate.protocol import best_student
 from ctsl_hpc.evaluate.scoring import condition_set
@@ -64,8 +64,10 @@ def test_compare_embeddings_matches_a_float64_reference_over_batches_of_32(rng):
     teacher = rng.normal(size=(n, dim)).astype(np.float32)
     noisy = (teacher + rng.normal(scale=0.7, size=(n, dim))).astype(np.float32)
     labels = rng.uniform(0, 1, size=(n, 3)).astype(np.float32)
-    got = compare_embeddings(teacher, noisy, labels, margin=0.2, temperature=0.1)
-    want = _reference(teacher, noisy, labels.astype(np.float64), 0.2, 0.1, INFONCE_BATCH)
+    seed = int(rng.integers(1000))
+    got = compare_embeddings(teacher, noisy, labels, margin=0.2, temperature=0.1, seed=seed)
+    order = np.concatenate(infonce_batches(n, seed))  # the reference batches the pairs in that order
+    want = _reference(teacher[order], noisy[order], labels[order].astype(np.float64), 0.2, 0.1, INFONCE_BATCH)
     assert INFONCE_BATCH == 32
     for name in ("rmse", "cosine", "infonce"):
         assert got[name] == pytest.approx(want[name], rel=1e-9, abs=1e-12), name
@@ -74,19 +76,28 @@ def test_compare_embeddings_matches_a_float64_reference_over_batches_of_32(rng):
     assert abs(whole_set["infonce"] - got["infonce"]) > 1e-3, "the batch size must matter for this check to bite"
 
 
+def test_table2_batches_are_a_seeded_permutation_that_uses_every_sample_once(rng):
+    n, seed = int(rng.integers(33, 200)), int(rng.integers(1000))
+    batches = infonce_batches(n, seed)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(n))  # every dev sample once
+    assert [len(b) for b in batches[:-1]] == [INFONCE_BATCH] * (len(batches) - 1) and 0 < len(batches[-1]) <= 32
+    assert all(np.array_equal(a, b) for a, b in zip(batches, infonce_batches(n, seed), strict=True))  # reproducible
+    assert not np.array_equal(np.concatenate(batches), np.arange(n))  # not the corpus order
+    assert not np.array_equal(np.concatenate(batches), np.concatenate(infonce_batches(n, seed + 1)))
+
+
 def test_infonce_skips_batches_without_an_anchor_and_counts_the_anchors_it_used(rng):
     n_batches, dim, margin = 4, 16, 0.2
     n = INFONCE_BATCH * n_batches
     teacher = rng.normal(size=(n, dim))
     noisy = teacher + rng.normal(scale=0.8, size=(n, dim))
     labels = rng.uniform(0, 1, size=(n, 3))
+    seed = int(rng.integers(1000))
+    batches = infonce_batches(n, seed)
     empty = int(rng.integers(n_batches))  # one batch whose labels all lie within the margin: no anchor there
-    labels[empty * INFONCE_BATCH : (empty + 1) * INFONCE_BATCH] = rng.uniform(0.45, 0.55, size=(INFONCE_BATCH, 3))
-    got = compare_embeddings(teacher, noisy, labels, margin, temperature=0.1)
-    per_batch = [
-        _infonce_reference(noisy[i : i + INFONCE_BATCH], teacher[i : i + INFONCE_BATCH], labels[i : i + INFONCE_BATCH], margin, 0.1)
-        for i in range(0, n, INFONCE_BATCH)
-    ]
+    labels[batches[empty]] = rng.uniform(0.45, 0.55, size=(INFONCE_BATCH, 3))
+    got = compare_embeddings(teacher, noisy, labels, margin, temperature=0.1, seed=seed)
+    per_batch = [_infonce_reference(noisy[b], teacher[b], labels[b], margin, 0.1) for b in batches]
     assert per_batch[empty][1] == 0 and all(count > 0 for b, (_, count) in enumerate(per_batch) if b != empty)
     expected = np.mean([loss for b, (loss, _) in enumerate(per_batch) if b != empty])
     assert got["infonce"] == pytest.approx(expected, rel=1e-9)
@@ -100,10 +111,12 @@ def test_infonce_skips_batches_without_an_anchor_and_counts_the_anchors_it_used(
 def test_identical_embeddings_have_zero_rmse_and_unit_cosine(rng):
     emb = rng.normal(size=(40, 16))
     labels = rng.uniform(0, 1, size=(40, 3))
-    got = compare_embeddings(emb, emb.copy(), labels, margin=0.2, temperature=0.1)
+    got = compare_embeddings(emb, emb.copy(), labels, margin=0.2, temperature=0.1, seed=3)
     assert got["rmse"] == 0.0
     assert got["cosine"] == pytest.approx(1.0, abs=1e-12)
-    assert got["infonce"] == pytest.approx(_reference(emb, emb, labels, 0.2, 0.1, 32)["infonce"], rel=1e-9)
+    order = np.concatenate(infonce_batches(40, 3))
+    assert got["infonce"] == pytest.approx(_reference(emb[order], emb[order], labels[order], 0.2, 0.1, 32)["infonce"],
+                                           rel=1e-9)
 
 
 def test_best_student_is_the_highest_non_original_with_nan_last_and_ties_first():
@@ -145,7 +158,8 @@ def test_embedding_metrics_per_model_and_condition_and_the_projected_models(tmp_
         view = condition_set(dev_set, "snr0", 5, dev_pool, "rms")
         pred, emb = predict(model, view, 4, use_noisy=True)
         ccc_0db[variant] = float(ccc_numpy(pred, dev_set.labels).mean())
-        want = _reference(teacher_clean, emb, dev_set.labels.astype(np.float64), margin, tau, 32)
+        order = np.concatenate(infonce_batches(len(emb), 5))
+        want = _reference(teacher_clean[order], emb[order], dev_set.labels[order].astype(np.float64), margin, tau, 32)
         for name, value in want.items():
             assert table[variant]["snr0"][name] == pytest.approx(value, rel=1e-4, abs=1e-5), (variant, name)
         if variant in projected:

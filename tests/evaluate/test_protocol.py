@@ -262,7 +262,8 @@ def test_significance_statistics_and_p_values_per_cell(rng: np.random.Generator)
                 assert cell.n == 12
                 assert cell.mean == pytest.approx(values.mean())
                 assert cell.std == pytest.approx(values.std(ddof=1))
-                assert set(cell.p) == {"original", "RH", "RM"} & set(variants[: variants.index(variant)])
+                marked = {"original"} if variant in ("RH", "RM") else {"original", "RH", "RM"}  # the paper's markers
+                assert set(cell.p) == marked & set(variants[: variants.index(variant)])
                 for baseline, p in cell.p.items():
                     expected = stats.ttest_ind(
                         values, scores.values(baseline, condition, attribute), equal_var=False, alternative="greater"
@@ -274,7 +275,7 @@ def test_significance_statistics_and_p_values_per_cell(rng: np.random.Generator)
 
 
 def test_each_model_is_tested_only_against_the_baselines_listed_before_it(rng: np.random.Generator) -> None:
-    """The paper's markers: none on original, only * on RH, * and † on RM, all three below (whatever the scores)."""
+    """The paper's markers: none on original, only * on RH and RM, all three below (whatever the scores)."""
     level = {"MINE": 0.8, "RM+TL+CL": 0.4, "RM+CL": 0.3, "RM+TL": 0.7, "RM": 0.2, "RH": 0.1, "original": 0.6}
     scores = Scores()
     for variant, centre in level.items():  # inserted in reverse: the rule follows the table order
@@ -284,7 +285,7 @@ def test_each_model_is_tested_only_against_the_baselines_listed_before_it(rng: n
     listed = ["original", "RH", "RM", "RM+TL", "RM+CL", "RM+TL+CL", "MINE"]
     assert list(table) == table_order(scores.variants()) == listed
     for row, variant in enumerate(listed):
-        expected = {"original", "RH", "RM"} & set(listed[:row])
+        expected = {"original", "RH", "RM"} & set(listed[:row]) if row > 2 else {"original"} & set(listed[:row])
         for cell in table[variant]["snr0"].values():
             assert set(cell.p) == expected and set(cell.significant) == expected
             assert cell.significant == {b: level[variant] > level[b] for b in expected}

@@ -98,7 +98,8 @@ def test_table1_json_keeps_mean_std_n_p_r_and_bias_of_every_cell(tmp_path: Path,
                 assert cell["n"] == 15
                 assert cell["mean"] == pytest.approx(values.mean(), rel=1e-12)
                 assert cell["std"] == pytest.approx(values.std(ddof=1), rel=1e-12)
-                assert set(cell["p"]) == {"original", "RH", "RM"} & set(VARIANTS[: VARIANTS.index(variant)])
+                marked = {"original"} if variant in ("RH", "RM") else {"original", "RH", "RM"}  # the paper's markers
+                assert set(cell["p"]) == marked & set(VARIANTS[: VARIANTS.index(variant)])
                 for metric in ("r", "bias"):
                     diag = scores.values(variant, condition, attribute, metric)
                     assert cell[metric]["mean"] == pytest.approx(diag.mean(), rel=1e-12)
@@ -288,3 +289,14 @@ def test_build_report_also_renders_saved_embedding_results(tmp_path: Path, rng: 
 def test_build_report_without_scores_names_the_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="scores.csv"):
         report.build_report(tmp_path)
+
+
+def test_rm_rows_carry_no_dagger_the_paper_marks_rm_against_original_only(tmp_path: Path, rng: np.random.Generator):
+    scores = Scores()
+    for variant, centre in (("original", 0.2), ("RH", 0.3), ("RM", 0.8), ("RM+TL", 0.9)):
+        for group in range(6):
+            scores.add(variant, 1, "snr0", group, centre + rng.normal(0, 0.01, 3))
+    md, _, _ = report.write_table1(scores, tmp_path)
+    rows = {line.split("|")[1].strip(): line for line in md.read_text().splitlines() if line.startswith("| R")}
+    assert "\\*" in rows["RM"] and "†" not in rows["RM"] and "‡" not in rows["RM"]  # far above RH, yet no †
+    assert "†" in rows["RM+TL"] and "‡" in rows["RM+TL"]

@@ -1,7 +1,7 @@
-"""Ray Tune across hosts: ``sweep --tune --cluster slurm slurm.nodes=2`` on the multi-node dev Slurm.
+"""Ray Tune across hosts: ``sweep --tune --cluster slurm slurm.tune.nodes=2`` on the multi-node dev Slurm.
 
-The allocation's first node runs the Ray head and the search, the second a Ray worker (one CPU
-each: one trial per node at a time). Once a trial on the worker node has a complete checkpoint,
+The search's job (a task of the graph, after the prepare and teacher jobs) takes two nodes: the first
+runs the Ray head and the search, the second a Ray worker (one CPU each: one trial per node at a time). Once a trial on the worker node has a complete checkpoint,
 every Ray process on that node is killed (-9): the trial fails there and Tune retries it
 (``tune.max_failures``) from its checkpoint on the head node's CPU, and the search, the final
 students and the report finish on the head alone. Every trial reports to a real MLflow server
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.ray_cluster import DONE_FILE
 from ctsl_hpc.train.checkpoint import complete_checkpoints
 from ctsl_hpc.workdir import RunDir, Workdir
@@ -58,7 +59,7 @@ def test_trials_run_on_both_hosts_and_the_search_survives_losing_the_worker(
     overrides = [
         *tiny_overrides(workdir.root), "tune.num_samples=4", f"tune.max_t={MAX_T}", "tune.grace_period=2",
         "tune.noise_minutes=[0.25,1.0]", "tune.final_variants=[RM]", "tune.cpus_per_trial=1", "tune.max_failures=2",
-        "slurm.nodes=2", "slurm.cpus_per_task=1", "slurm.mem_gb=2", "slurm.time_min=30",
+        "slurm.tune.nodes=2", "slurm.cpus_per_task=1", "slurm.mem_gb=2", "slurm.time_min=30",
         "slurm.additional={exclude: node3}", "tracking.enabled=true", f"tracking.uri={bridge_mlflow.url}",
         f"tracking.experiment={experiment}",
     ]
@@ -68,7 +69,7 @@ def test_trials_run_on_both_hosts_and_the_search_survives_losing_the_worker(
     out = subprocess.run([sys.executable, "-m", "ctsl_hpc.launch", "sweep", "--tune", "--cluster", "slurm",
                           "--workdir", workdir.root, *overrides], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    job = (workdir.ray / "submitted").read_text().strip()
+    job = Registry(workdir.root).get("tune").job_id
 
     def worker_trial_checkpointed() -> bool:
         if multinode_cluster.job_state(job).split()[0] in ("FAILED", "CANCELLED", "COMPLETED", "TIMEOUT"):
@@ -82,10 +83,11 @@ def test_trials_run_on_both_hosts_and_the_search_survives_losing_the_worker(
     multinode_cluster.wait_until(worker_trial_checkpointed, 600, "a trial on node2 with a checkpoint", workdir.root)
     for pid in _ray_processes(multinode_cluster, "node2"):
         os.kill(pid, signal.SIGKILL)
-    multinode_cluster.wait_until(lambda: multinode_cluster.job_state(job).split()[0] not in ("RUNNING", "PENDING"),
-                                 900, "the search, the final students and the report", workdir.root)
+    final = Workdir(workdir.final)
+    multinode_cluster.wait_until(lambda: final.report.done.is_file(), 900, "the search, the final students and the "
+                                 "report", workdir.root)
     assert multinode_cluster.wait_for_sacct(job, "COMPLETED")
-    log = "".join((workdir.submitit / "tune" / f"{job}_0_log.{kind}").read_text() for kind in ("out", "err"))
+    log = "".join(p.read_text() for p in Registry(workdir.root).logs(Registry(workdir.root).get("tune")))
     assert "Ray cluster of 2 node(s)" in log
     assert (workdir.ray / job / DONE_FILE).is_file()
     assert Workdir(workdir.final).report.table1_md.is_file()

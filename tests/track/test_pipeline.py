@@ -11,6 +11,7 @@ from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.model import WEIGHTS_FILE
 from ctsl_hpc.stage_jobs import evaluate_job
 from ctsl_hpc.workdir import Workdir
+from tests.helpers import STUDENT_ARTIFACTS, STUDENT_TAGS, student_run_shape
 
 STUDENTS = ["RH", "RM", "RM+TL", "RM+CL", "RM+TL+CL"]
 
@@ -47,6 +48,8 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
             assert key in run.data.metrics, (name, key)
         assert f"model/{WEIGHTS_FILE}" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
         assert run.info.status == "FINISHED", name
+        if name.startswith("student/"):
+            assert student_run_shape(client, run) == (STUDENT_ARTIFACTS, STUDENT_TAGS), name
     tl = client.get_metric_history(runs["student/RM+TL+CL"].info.run_id, "loss/tl")
     assert all(m.value > 0 for m in tl)
 

@@ -78,3 +78,5 @@ def test_a_tls_server_with_a_self_signed_certificate_takes_a_tiny_sweeps_runs(tm
             p.stat().st_size == 0 for p in (tmp_path / "w" / "tracking").glob("spool*.jsonl"))  # nothing left behind
     finally:
         stop_process_group(server, 20)
+    with socket.socket() as probe:  # the command took its server down with it
+        assert probe.connect_ex(("127.0.0.1", port)) != 0

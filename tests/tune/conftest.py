@@ -28,6 +28,7 @@ class TinySearch:
             "tune.noise_minutes=[0.1,0.25,0.5,1.0]",
             "tune.final_variants=[RM+TL+CL]",
             "tune.cpus_per_trial=1",
+            "tune.max_concurrent=1",  # one trial at a time and a seeded search: the same search gives the same trials
             f"tune.seed={seed}",
             f"seed={seed}",
         ]

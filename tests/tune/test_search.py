@@ -1,7 +1,8 @@
-"""The Ray Tune sweep: search space from the config, the preemption relay, and `sweep --tune` end to end:
-ASHA stopping trials early, a driver killed mid-search, then preempted (USR2), then resumed to
-completion without duplicate MLflow runs, the best configuration and the final report. The run inside
-the one-node Slurm is in tests/launch/test_ray_cluster.py (it needs the `slurm_cluster` fixture)."""
+"""The Ray Tune sweep: search space from the config, the stop relay, and `sweep --tune` end to end: ASHA
+stopping trials early, the search killed (-9) mid-search, then asked to stop (USR2), then resumed to
+completion with the best point of the same search uninterrupted, no finished trial trained again, no
+duplicate MLflow run, and the final students' runs carrying what a plain sweep's students carry. The
+search on the one-node Slurm (status, logs, cancel, resume) is in tests/launch/test_ray_cluster.py."""
 
 from __future__ import annotations
 
@@ -9,21 +10,25 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ctsl_hpc.config import ConfigError, load_config
-from ctsl_hpc.tune.driver import INTERRUPTED
+from ctsl_hpc.launch.__main__ import STOPPED
+from ctsl_hpc.tune.driver import relayed
 from ctsl_hpc.tune.relay import PreemptionRelay
 from ctsl_hpc.tune.space import apply_params, overrides_for, search_space
 from ctsl_hpc.tune.summary import read_best_config
 from ctsl_hpc.workdir import Workdir
+from tests.helpers import STUDENT_ARTIFACTS, STUDENT_TAGS, student_run_shape
 
 
 def test_search_space_samples_stay_in_the_configured_ranges():
@@ -59,19 +64,34 @@ def test_a_bad_search_setting_names_its_key(override, key):
         load_config(None, [override])
 
 
-def test_sigusr2_reaches_trials_as_a_stop_request_in_the_work_directory(tmp_path):
+def test_the_jobs_stop_request_reaches_the_trials_as_a_file_in_the_work_directory(tmp_path):
     relay = PreemptionRelay(tmp_path / "tune")
     trial_view = PreemptionRelay(tmp_path / "tune")  # what a trial process sees
-    previous = signal.getsignal(signal.SIGUSR2)
-    try:
-        relay.install()
+    asked: list[bool] = []
+    with relayed(lambda: bool(asked), relay, poll_s=0.01):
+        time.sleep(0.05)
         assert not trial_view.requested()
-        os.kill(os.getpid(), signal.SIGUSR2)
-        assert trial_view.requested()
-        relay.clear()
-        assert not trial_view.requested()
-    finally:
-        signal.signal(signal.SIGUSR2, previous)
+        asked.append(True)  # the job's signal flag (SIGUSR2 on Slurm, or to a local sweep)
+        deadline = time.monotonic() + 5
+        while not trial_view.requested():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # polling the file the watcher thread writes
+    relay.clear()
+    assert not trial_view.requested()
+
+
+def test_the_dry_run_of_a_search_prints_its_plan_and_cost_and_starts_no_ray(tiny_overrides, tiny_search, tmp_path):
+    code = ("import sys; from ctsl_hpc.launch.__main__ import main; status = main(sys.argv[1:]); "
+            "assert 'ray' not in sys.modules, 'the dry run imported Ray'; sys.exit(status)")
+    args = ["sweep", "--tune", "--dry-run", *tiny_overrides(tmp_path / "w"), *tiny_search.overrides(0)]
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=tiny_search.env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"search: {tiny_search.num_samples} trials of RM+TL+CL" in out.stdout
+    assert f"at most {tiny_search.num_samples * tiny_search.max_t}" in out.stdout
+    assert "tune: submit [search]" in out.stdout and "eval: submit [final/eval]" in out.stdout
+    assert "trial-epochs expected" in out.stdout and "  cost: " in out.stdout  # the passes of each stage
+    assert not (tmp_path / "w").exists()  # nothing made, nothing run
 
 
 def _sweep_command(workdir: Path, overrides: list[str]) -> list[str]:
@@ -94,24 +114,51 @@ def _start_and_wait_for_a_report(cmd: list[str], log: Path, storage: Path, env: 
     return proc
 
 
+@dataclass
+class ResumedSweep:
+    workdir: Path
+    stdout: str
+    seconds: float
+    finished_before_kill: set[str]  # trials done when the search was killed
+    reference: Path  # the same search, uninterrupted, from the same teacher
+
+
+def _same_teacher(workdir: Path, dest: Path) -> None:
+    """``dest``: a work directory holding ``workdir``'s config, prepared data, teacher and cache."""
+    dest.mkdir(parents=True)
+    for name in ("config.yaml", "waveform_stats.json"):
+        shutil.copy2(workdir / name, dest / name)
+    for name in ("data", "teacher", "cache"):
+        shutil.copytree(workdir / name, dest / name)
+
+
 @pytest.fixture(scope="module")
 def resumed_sweep(tiny_overrides, tmp_path_factory, tiny_search):
-    """`sweep --tune` killed (SIGKILL to its process group) after the first trial report, rerun and
-    preempted (SIGUSR2, relayed to the trials) after its next report, then rerun to completion."""
+    """`sweep --tune` killed (SIGKILL to its process group) after the first trial report, rerun and asked to
+    stop (SIGUSR2, relayed to the trials) after its next report, then rerun to completion; meanwhile the same
+    search from a copy of its teacher, uninterrupted."""
     workdir = tmp_path_factory.mktemp("tune")
     storage = workdir / "tune"
-    cmd = _sweep_command(workdir, [*tiny_overrides(workdir), *tiny_search.overrides(random.randrange(1000))])
+    settings = tiny_search.overrides(random.randrange(1000))
+    cmd = _sweep_command(workdir, [*tiny_overrides(workdir), *settings])
     killed = _start_and_wait_for_a_report(cmd, workdir.parent / "killed.log", storage, tiny_search.env)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
+    finished = {p.parent.name for p in (storage / "trials").glob("*/DONE")}
+    reference = workdir.parent / "reference"
+    _same_teacher(workdir, reference)
+    uninterrupted = subprocess.Popen(_sweep_command(reference, [*tiny_overrides(reference), *settings]),
+                                     env=tiny_search.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     preempted = _start_and_wait_for_a_report(cmd, workdir.parent / "preempted.log", storage, tiny_search.env)
     os.kill(preempted.pid, signal.SIGUSR2)
-    assert preempted.wait(timeout=300) == INTERRUPTED, (workdir.parent / "preempted.log").read_text()[-3000:]
+    assert preempted.wait(timeout=300) == STOPPED, (workdir.parent / "preempted.log").read_text()[-3000:]
     assert not Workdir(workdir).best_config.exists()
     started = time.monotonic()
     final = subprocess.run(cmd, env=tiny_search.env, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
-    return workdir, final.stdout, time.monotonic() - started
+    _, err = uninterrupted.communicate(timeout=900)
+    assert uninterrupted.returncode == 0, err[-3000:]
+    return ResumedSweep(workdir, final.stdout, time.monotonic() - started, finished, reference)
 
 
 def _trial_rows(workdir: Path) -> list[dict[str, str]]:
@@ -121,7 +168,7 @@ def _trial_rows(workdir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_asha_stops_some_trials_before_max_t(resumed_sweep, tiny_search):
-    workdir, _, _ = resumed_sweep
+    workdir = resumed_sweep.workdir
     rows = _trial_rows(workdir)
     assert len(rows) == tiny_search.num_samples
     epochs = [int(r["epochs"]) for r in rows]
@@ -137,7 +184,7 @@ def test_asha_stops_some_trials_before_max_t(resumed_sweep, tiny_search):
 def test_killed_sweep_resumes_with_one_mlflow_run_per_trial(resumed_sweep, tiny_search):
     from mlflow import MlflowClient
 
-    workdir, _, _ = resumed_sweep
+    workdir = resumed_sweep.workdir
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
     keys = [r.data.tags.get("ctsl.run_key", "") for r in runs]
@@ -159,7 +206,7 @@ def test_killed_sweep_resumes_with_one_mlflow_run_per_trial(resumed_sweep, tiny_
 
 @pytest.mark.slow
 def test_best_config_is_written_and_its_students_reach_table1(resumed_sweep):
-    workdir, stdout, _ = resumed_sweep
+    workdir, stdout = resumed_sweep.workdir, resumed_sweep.stdout
     best = read_best_config(workdir)
     rows = _trial_rows(workdir)
     top = max(rows, key=lambda r: float(r["best"]))
@@ -178,7 +225,7 @@ def test_best_config_is_written_and_its_students_reach_table1(resumed_sweep):
 def test_the_final_students_are_described_and_registered(resumed_sweep):
     from mlflow import MlflowClient
 
-    workdir, _, _ = resumed_sweep
+    workdir = resumed_sweep.workdir
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = {r.data.tags["ctsl.run_key"]: r for r in client.search_runs(
         [e.experiment_id for e in client.search_experiments()], max_results=1000)}  # fmt: skip
@@ -189,3 +236,20 @@ def test_the_final_students_are_described_and_registered(resumed_sweep):
     student = next(v for name, v in versions.items() if name.endswith("-RM+TL+CL"))
     assert {v.tags["sweep"] for v in student} == {str(final.root)}
     assert {v.run_id for v in student} == {runs["final/student/RM+TL+CL"].info.run_id}
+    artifacts, tags = student_run_shape(client, runs["final/student/RM+TL+CL"])
+    assert (artifacts, tags) == (STUDENT_ARTIFACTS, STUDENT_TAGS)  # what a plain sweep's students carry
+    assert runs["final/student/RM+TL+CL"].data.tags["mlflow.parentRunId"] == runs["parent"].info.run_id
+    assert runs["parent"].info.status == "FINISHED" and (final.report.done).is_file()
+
+
+@pytest.mark.slow
+def test_the_resumed_search_ends_at_the_uninterrupted_ones_best_point_training_no_finished_trial_again(
+    resumed_sweep, tiny_search
+):
+    resumed, reference = read_best_config(resumed_sweep.workdir), read_best_config(resumed_sweep.reference)
+    assert (resumed["params"], resumed["value"], resumed["epoch"]) == (
+        reference["params"], reference["value"], reference["epoch"])  # one trial at a time, a seeded search
+    assert resumed_sweep.finished_before_kill, "no trial had finished when the search was killed"
+    for trial in resumed_sweep.finished_before_kill:
+        starts = Workdir(resumed_sweep.workdir).trial(trial).starts()
+        assert len(starts) == 1, f"{trial} finished before the kill and was trained again: {starts}"
