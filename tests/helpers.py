@@ -24,7 +24,7 @@ def cli(*args: str | Path, timeout: float = 600, check: bool = False) -> subproc
 # What every student's MLflow run of a sweep holds beside its metrics: the same for a plain sweep's students
 # (tests/track/test_pipeline.py) and a search's final students (tests/tune/test_search.py).
 STUDENT_ARTIFACTS = {"config.yaml", "model", "models"}
-STUDENT_TAGS = {"ctsl.run_key", "ctsl.host", "ctsl.code", "mlflow.note.content", "mlflow.parentRunId", "mlflow.runName",
+STUDENT_TAGS = {"ctsl.run_key", "ctsl.host", "ctsl.code_hash", "mlflow.note.content", "mlflow.parentRunId", "mlflow.runName",
                 "mlflow.source.name"}
 
 

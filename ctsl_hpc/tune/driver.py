@@ -31,7 +31,8 @@ from ctsl_hpc.experiment import Experiment, never, teacher_embedder, teacher_sum
 from ctsl_hpc.track.runs import open_tracker
 from ctsl_hpc.train.recipe import recipe
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
-from ctsl_hpc.tune.space import TIME_ATTR, apply_params, scheduler_metric, search_space
+from ctsl_hpc.tune.schedulers import make_scheduler
+from ctsl_hpc.tune.space import apply_params, scheduler_metric, search_space
 from ctsl_hpc.tune.summary import best_of, trial_table, write_summary
 from ctsl_hpc.tune.trial import SharedInputs, shared_inputs, train_trial, trial_key
 from ctsl_hpc.workdir import Workdir
@@ -90,18 +91,6 @@ class SweepCallback(Callback):
             self.stop_seen = float("inf")
 
 
-def _scheduler(tc: TuneConfig, early_stopping: bool = True):
-    """``tune.scheduler``: ASHA (asynchronous successive halving), Hyperband (synchronous brackets), or FIFO."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
-
-    if not early_stopping or tc.scheduler == "fifo":
-        return FIFOScheduler()
-    if tc.scheduler == "hyperband":
-        return HyperBandScheduler(time_attr=TIME_ATTR, max_t=tc.max_t, reduction_factor=tc.reduction_factor)
-    return ASHAScheduler(time_attr=TIME_ATTR, max_t=tc.max_t, grace_period=tc.grace_period,
-                         reduction_factor=tc.reduction_factor)
-
-
 def _search_alg(tc: TuneConfig):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
@@ -143,7 +132,8 @@ def make_tuner(
         trainable,
         param_space=param_space or search_space(tc),
         tune_config=tune.TuneConfig(
-            metric=scheduler_metric(tc.metric), mode="max", scheduler=_scheduler(tc, early_stopping),
+            metric=scheduler_metric(tc.metric), mode="max",
+            scheduler=make_scheduler(tc, folder / f"{name}.scheduler.jsonl", early_stopping),
             search_alg=_search_alg(tc),
             num_samples=1 if param_space else tc.num_samples,
         ),

@@ -104,6 +104,8 @@ def runs(slurm_cluster, tiny_overrides, tmp_path_factory) -> Runs:
             logs = [task_log(work_c, job_c, rank) for rank in (0, 1)]
             return all(p.is_file() and f"rank {r} of 2 ready" in p.read_text() for r, p in enumerate(logs))
 
+        # C queues behind A, B and the other modules' jobs on this one node: its start is the queue's business
+        slurm_cluster.wait_until(lambda: slurm_cluster.job_state(job_c) != "PENDING", 1500, "job C starts", work_c)
         slurm_cluster.wait_until(both_ranks_ready, 420, "job C's two ranks joined", work_c)
         subprocess.run(["scancel", "--signal=USR2", job_c], check=True)
         for work, key in ((work_a, "teacher"), (work_b, STUDENT), (work_c, STUDENT)):

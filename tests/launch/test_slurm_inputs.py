@@ -13,6 +13,7 @@ import pytest
 from ctsl_hpc.launch.__main__ import main
 
 pytestmark = pytest.mark.cluster
+NAME = "bad-inputs"
 
 
 def test_bad_inputs_queue_nothing_and_print_a_line_per_problem(slurm_cluster, small_corpus, tmp_path, capsys):
@@ -32,6 +33,7 @@ def test_bad_inputs_queue_nothing_and_print_a_line_per_problem(slurm_cluster, sm
         "data.corpus=csv", f"data.manifest={corpus / 'manifest.csv'}", f"noise.train={corpus / 'noise' / 'train'}",
         f"noise.dev={tmp_path / 'no-such-folder'}", f"noise.test={shared}",
         f"eval.noisy_roots={{snr5: {noisy}}}", f"model.backbone={backbone}", f"workdir={work}", "slurm.time_min=15",
+        f"name={NAME}",  # its own job names: other modules' jobs share this cluster
     ]
     expected = [
         f"data.manifest: {corpus / 'manifest.csv'}: 1 of ",
@@ -45,8 +47,9 @@ def test_bad_inputs_queue_nothing_and_print_a_line_per_problem(slurm_cluster, sm
         assert len(lines) == len(expected), lines
         for line, start in zip(lines, expected, strict=True):
             assert line.startswith(f"input error: {start}"), (line, start)
-    queued = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, check=True).stdout
-    assert "ctsl" not in queued and not work.exists()  # nothing queued, no job registry, no work directory
+    queued = subprocess.run(["squeue", "-h", "-o", "%j"], capture_output=True, text=True, check=True).stdout
+    accounted = subprocess.run(["sacct", "-n", "-X", "-o", "JobName%60"], capture_output=True, text=True, check=True).stdout
+    assert NAME not in queued + accounted and not work.exists()  # nothing queued, no job registry, no work directory
 
 
 def test_a_noisy_test_set_missing_a_file_is_found_before_the_queue(slurm_cluster, small_corpus, tmp_path, capsys):

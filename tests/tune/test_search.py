@@ -103,13 +103,28 @@ def _reports(storage: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in storage.glob("search/*/result.json"))
 
 
-def _start_and_wait_for_a_report(cmd: list[str], log: Path, storage: Path, env: dict[str, str]) -> subprocess.Popen:
-    before = _reports(storage)
+def _finished(storage: Path) -> set[str]:
+    """The trials that Tune's saved experiment state holds as ended (TERMINATED: stopped early or at max_t)."""
+    states = sorted((storage / "search").glob("experiment_state-*.json"))
+    try:
+        trials = [json.loads(t) for t, _ in json.loads(states[-1].read_text())["trial_data"]] if states else []
+    except json.JSONDecodeError:  # being rewritten
+        return set()
+    return {t["trial_id"] for t in trials if t["status"] == "TERMINATED"}
+
+
+def _start_and_wait_for_a_report(
+    cmd: list[str], log: Path, storage: Path, env: dict[str, str], after_a_finished_trial: bool = False
+) -> subprocess.Popen:
+    """Start the search; return once it has made a new trial report (after one trial finished, if asked)."""
     proc = subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while _reports(storage) <= before:
+    deadline = time.monotonic() + 600
+    before = _reports(storage)
+    while _reports(storage) <= before or (after_a_finished_trial and not _finished(storage)):
         assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, "no new trial report within 300 s"
+        assert time.monotonic() < deadline, "no new trial report within 600 s"
+        if after_a_finished_trial and not _finished(storage):
+            before = _reports(storage)
         time.sleep(0.5)  # polling the Tune storage for the next report
     return proc
 
@@ -134,17 +149,18 @@ def _same_teacher(workdir: Path, dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def resumed_sweep(tiny_overrides, tmp_path_factory, tiny_search):
-    """`sweep --tune` killed (SIGKILL to its process group) after the first trial report, rerun and asked to
-    stop (SIGUSR2, relayed to the trials) after its next report, then rerun to completion; meanwhile the same
-    search from a copy of its teacher, uninterrupted."""
+    """`sweep --tune` killed (SIGKILL to its process group) at a trial report after a first trial finished,
+    rerun and asked to stop (SIGUSR2, relayed to the trials) after its next report, then rerun to
+    completion; meanwhile the same search from a copy of its teacher, uninterrupted."""
     workdir = tmp_path_factory.mktemp("tune")
     storage = workdir / "tune"
     settings = tiny_search.overrides(random.randrange(1000))
     cmd = _sweep_command(workdir, [*tiny_overrides(workdir), *settings])
-    killed = _start_and_wait_for_a_report(cmd, workdir.parent / "killed.log", storage, tiny_search.env)
+    killed = _start_and_wait_for_a_report(cmd, workdir.parent / "killed.log", storage, tiny_search.env,
+                                          after_a_finished_trial=True)  # fmt: skip
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
-    finished = {p.parent.name for p in (storage / "trials").glob("*/DONE")}
+    finished = _finished(storage)
     reference = workdir.parent / "reference"
     _same_teacher(workdir, reference)
     uninterrupted = subprocess.Popen(_sweep_command(reference, [*tiny_overrides(reference), *settings]),
