@@ -27,7 +27,8 @@ The shipped configs (`demo`, `paper`, `sweep`, `slurm-gpu`) set some of them: se
 
 def _type(annotation: Any) -> str:
     """A field's type for a Markdown table: ``str or None``, a choice as ``'rms' or 'msp'``."""
-    text = str(annotation).replace("typing.", "").replace("NoneType", "None")
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)  # str(int) is "<class 'int'>"
+    text = text.replace("typing.", "").replace("NoneType", "None")
     text = re.sub(r"Literal\[(.*?)\]", lambda m: " or ".join(p.strip() for p in m.group(1).split(",")), text)
     return text.replace(" | ", " or ")
 
