@@ -1,13 +1,13 @@
-"""The README's "Review in MLflow" screenshots: a tiny sweep on a local MLflow server, seen in headless Chromium.
+"""The MLflow guide's screenshots (docs/mlflow.md): the real demo on a local MLflow server, seen in headless Chromium.
 
-Builds the 40-utterance demo corpus the tests use, runs the sweep (teacher and the five students, tiny
-model, three epochs) against a fresh ``mlflow server`` on 127.0.0.1, and saves
+Runs ``make demo``'s sweep (``configs/demo.yaml``: the teacher and the five students) against a fresh
+``mlflow server`` on 127.0.0.1, and saves
 
 - ``docs/img/mlflow-sweep-run.png``: the sweep's run page, its description holding Table 1 and the stages;
 - ``docs/img/mlflow-compare-chart.png``: the development CCC of the teacher and the students, per epoch.
 
-The numbers are those of a tiny model trained for seconds: the pictures show where things are, not results.
-Needs Debian's ``chromium``; about four minutes on two cores::
+Needs Debian's ``chromium``; takes as long as ``make demo`` (the runs must be on this server, so the
+demo runs again here)::
 
     python docs/mlflow_screenshots.py
 """
@@ -24,15 +24,14 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image  # matplotlib's dependency
 
-from ctsl_hpc.data.synthetic import build_demo_corpus
+from ctsl_hpc.config import load_config
 from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.track.server import TRAINING_VIEW, training_runs_url
 from tests.chromium import Page, open_page
-from tests.conftest import _tiny_overrides
 from tests.mlflow_fixtures import MlflowServer
 
 OUT = REPO / "docs" / "img"
-EXPERIMENT = "demo"
+EXPERIMENT = load_config(None).name  # the demo's
 CLOSE_ASSISTANT = "button[aria-label=Close]"  # MLflow's assistant panel opens by itself on a first visit
 EXPAND_PARENTS = """(() => { const b = document.querySelectorAll('button[data-component-id*="runnamecellrenderer"]');
   b.forEach((x) => x.click()); return b.length; })()"""
@@ -41,12 +40,9 @@ FULLSCREEN = "button[data-component-id=fullscreen_button_chartcard]"
 
 
 def run_sweep(work: Path, url: str) -> Path:
-    """The demo sweep, tiny, tracked on ``url``; its work directory."""
-    corpus = build_demo_corpus(work / "corpus", n_utterances=40, seed=3, noise_minutes=(1.0, 0.5, 0.5))
-    workdir = work / "sweep"
-    args = ["sweep", *_tiny_overrides(corpus, workdir), "train.epochs=3", "student.epochs=3", f"name={EXPERIMENT}",
-            f"tracking.uri={url}"]  # fmt: skip
-    if main(args) != 0:
+    """The demo's sweep, tracked on ``url``; its work directory (named ``demo``, as ``make demo``'s)."""
+    workdir = work / "demo"
+    if main(["sweep", "--workdir", str(workdir), f"tracking.uri={url}"]) != 0:
         raise RuntimeError("the sweep failed")
     return workdir
 
@@ -62,9 +58,9 @@ async def sweep_page(page: Page, url: str, png: Path) -> None:
     await page.screenshot(png)
 
 
-async def comparison_chart(page: Page, url: str, png: Path) -> None:
+async def comparison_chart(page: Page, url: str, png: Path, parent_name: str) -> None:
     await page.goto(url)
-    await page.wait_for_text(["sweep sweep"], timeout_s=60)
+    await page.wait_for_text([parent_name], timeout_s=60)
     if await page.evaluate(EXPAND_PARENTS) < 1:
         raise RuntimeError("no sweep run to expand")
     await page.wait_for_text(["student/RM+TL+CL", "teacher"], timeout_s=30)
@@ -78,12 +74,12 @@ async def comparison_chart(page: Page, url: str, png: Path) -> None:
     await page.screenshot(png)
 
 
-async def screenshots(run_page: str, runs_page: str, profile: Path) -> list[Path]:
+async def screenshots(run_page: str, runs_page: str, profile: Path, parent_name: str) -> list[Path]:
     OUT.mkdir(parents=True, exist_ok=True)
     shots = [OUT / "mlflow-sweep-run.png", OUT / "mlflow-compare-chart.png"]
     async with open_page(profile, width=1800, height=1100) as page:
         await sweep_page(page, run_page, shots[0])
-        await comparison_chart(page, f"{runs_page}&compareRunsMode=CHART", shots[1])
+        await comparison_chart(page, f"{runs_page}&compareRunsMode=CHART", shots[1], parent_name)
     return shots
 
 
@@ -109,7 +105,7 @@ def run() -> None:
             run_page = f"{runs}/{parent.info.run_id}?{TRAINING_VIEW}"
             profile = Path(tmp) / "chromium"
             profile.mkdir()
-            for png in asyncio.run(screenshots(run_page, runs_page, profile)):
+            for png in asyncio.run(screenshots(run_page, runs_page, profile, parent.info.run_name)):
                 shrink(png)
                 print(f"wrote {png.relative_to(REPO)} ({png.stat().st_size // 1024} KiB)")
         finally:
