@@ -134,6 +134,8 @@ def _tiny_overrides(corpus, workdir) -> list[str]:
         "student.epochs=2",
         "eval.n_groups=2",
         "eval.top_k=1",
+        "model.backbone=tiny",  # random init: the smallest model; the demo's tiny-ssl has its own tests
+        "model.freeze_feature_encoder=false",
         "model.head_hidden=16",
         "model.tiny.hidden_size=16",
         "model.tiny.intermediate_size=32",

@@ -18,7 +18,7 @@ from ctsl_hpc.model import (
 
 @pytest.fixture
 def model_cfg():
-    return load_config(None, ["model.tiny.num_layers=3", "model.num_layers=3"]).model
+    return load_config(None, ["model.backbone=tiny", "model.tiny.num_layers=3", "model.num_layers=3"]).model
 
 
 def batch(lengths, seed=0):

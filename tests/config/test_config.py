@@ -9,7 +9,8 @@ from ctsl_hpc.config import CONFIG_DIR, ConfigError, config_from_dict, load_conf
 
 def test_demo_config_is_the_default_and_loads():
     cfg = load_config()
-    assert cfg.data.corpus == "synthetic" and cfg.model.backbone == "tiny"
+    assert cfg.data.corpus == "synthetic"
+    assert cfg.model.backbone == "tiny-ssl" and cfg.model.freeze_feature_encoder  # self-supervised, as the paper starts
 
 
 def test_paper_config_holds_the_papers_setup():
