@@ -19,9 +19,10 @@ export RAY_USAGE_STATS_ENABLED := 0
 demo: system-deps install
 	$(PY) -m ctsl_hpc.launch sweep
 
+# Three pytest workers on two cores: the two cluster groups spend much of their time waiting on Slurm and Ray.
 test: system-deps test-system-deps install-dev
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
+	$(PY) -m pytest -n 3 --dist loadgroup --no-loadscope-reorder
 
 # torch first, pinned: the local CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml

@@ -14,7 +14,7 @@ from tests.seeds import fresh_seed
 pytest_plugins = ["tests.mlflow_fixtures"]  # the session-wide `mlflow_server` fixture
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# One thread per process: make test runs two workers on a 2-core machine, and the processes they start (sweeps,
+# One thread per process: make test runs three workers on a 2-core machine, and the processes they start (sweeps,
 # Slurm jobs, ranks) inherit this. More threads than cores spin in OpenMP and BLAS waits, burning the CPU they share.
 for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads, "1")
@@ -78,7 +78,7 @@ def pytest_testnodedown(node, error) -> None:
 
 
 # The fixtures that cost the most: the tests that use one run in one pytest-xdist worker, so that it is made
-# once (make test runs two workers, --dist loadgroup), heaviest first (--no-loadscope-reorder keeps this order).
+# once (make test runs three workers, --dist loadgroup), heaviest first (--no-loadscope-reorder keeps this order).
 SHARED_FIXTURES = {"multinode_cluster": "multinode-cluster", "slurm_cluster": "one-node-cluster",
                    "standin_backbone": "standin-backbone"}
 
