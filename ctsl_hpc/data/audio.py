@@ -54,15 +54,13 @@ def read_audio(
     path = Path(path)
     source = str(path) if content is None else io.BytesIO(content)
     try:
-        info = sf.info(source)
-        frames = info.frames
-        if max_seconds is not None:
-            # read a little past the crop when resampling, so the crop's end sees the same filter context
-            margin = 0 if info.samplerate == sample_rate else int(0.1 * info.samplerate)
-            frames = min(frames, int(math.ceil(max_seconds * info.samplerate)) + margin)
-        if content is not None:
-            source.seek(0)
-        data, rate = sf.read(source, frames=frames, dtype="float32", always_2d=True)
+        with sf.SoundFile(source) as file:  # one open for the header and the samples (sf.info would open it again)
+            frames, rate = file.frames, file.samplerate
+            if max_seconds is not None:
+                # read a little past the crop when resampling, so the crop's end sees the same filter context
+                margin = 0 if rate == sample_rate else int(0.1 * rate)
+                frames = min(frames, int(math.ceil(max_seconds * rate)) + margin)
+            data = file.read(frames, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{path}: cannot read audio ({exc})") from exc
     if data.shape[0] == 0:

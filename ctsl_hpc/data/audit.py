@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import soundfile as sf
@@ -34,7 +34,8 @@ from .corpus import Utterance
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 15.0  # a batch log hears from a long check at least this often (a terminal gets a bar)
-_CHUNK = 32  # files a worker takes at a time
+_CHUNK = 32  # files between two cache flushes and stop checks
+_CHUNKS_PER_MESSAGE = 4  # chunks a worker takes and returns at a time: fewer, larger messages keep the parent light
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ def check_file(path: str, reading: Reading) -> tuple[str, list | None, AudioVerd
         return path, None, AudioVerdict("", f"{file}: cannot read ({exc.strerror})")
     digest = hashlib.sha256(content).hexdigest()
     try:
-        seconds = float(sf.info(io.BytesIO(content)).duration)
+        with sf.SoundFile(io.BytesIO(content)) as header:  # the header alone: sf.info also formats its fields
+            seconds = header.frames / header.samplerate
         wave = read_audio(file, reading.sample_rate, reading.max_seconds, reading.min_seconds, content=content)
         return path, stamp, AudioVerdict(digest, None, seconds, Moments.of(wave))
     except (sf.SoundFileError, RuntimeError):
@@ -83,9 +85,14 @@ def check_file(path: str, reading: Reading) -> tuple[str, list | None, AudioVerd
         return path, stamp, AudioVerdict(digest, str(exc), seconds)
 
 
-def _check_chunk(args: tuple[list[str], Reading]) -> list[tuple[str, list | None, AudioVerdict]]:
-    paths, reading = args
-    return [check_file(path, reading) for path in paths]
+def _check_chunk(args: tuple[list[str], Reading, VerdictCache]) -> list[tuple]:
+    """(path, its cache line or None, the verdict's fields) for each file. The worker writes the line and sends
+    plain tuples (dataclasses unpickle several times slower): the parent, which every worker waits on, then
+    only appends lines and builds the verdicts."""
+    paths, reading, cache = args
+    return [(path, None if stamp is None else cache.line(path, stamp, verdict), verdict.digest, verdict.problem,
+             verdict.seconds, None if verdict.moments is None else astuple(verdict.moments))
+            for path, stamp, verdict in (check_file(path, reading) for path in paths)]
 
 
 class AuditStopped(RuntimeError):
@@ -200,11 +207,11 @@ def audit(
              store.path, processes)
     progress = Progress(len(todo), what)
     with store.writer() as out:
-        for results in _checked(todo, reading, processes):
-            for name, stamp, verdict in results:
-                verdicts[name] = verdict
-                if stamp is not None:
-                    out.write(store.line(name, stamp, verdict))
+        for results in _checked(todo, reading, store, processes):
+            for name, line, digest, problem, seconds, moments in results:
+                verdicts[name] = AudioVerdict(digest, problem, seconds, None if moments is None else Moments(*moments))
+                if line is not None:
+                    out.write(line)
             out.flush()  # a killed check keeps every verdict written so far
             progress.update(len(results))
             if should_stop():
@@ -217,15 +224,15 @@ def audit(
     return {name: verdicts[name] for name in names}
 
 
-def _checked(todo: Sequence[str], reading: Reading, processes: int):
-    """Chunks of (path, stamp, verdict), in whatever order the workers finish them."""
-    chunks = [(list(todo[i : i + _CHUNK]), reading) for i in range(0, len(todo), _CHUNK)]
+def _checked(todo: Sequence[str], reading: Reading, cache: VerdictCache, processes: int):
+    """Chunks of (path, cache line, verdict), in whatever order the workers finish them."""
+    chunks = [(list(todo[i : i + _CHUNK]), reading, cache) for i in range(0, len(todo), _CHUNK)]
     if processes <= 1:
         yield from map(_check_chunk, chunks)
         return
     # spawn, not fork: the parent may hold threads (logging, tqdm) that a forked child would inherit mid-lock
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        yield from pool.imap_unordered(_check_chunk, chunks)
+        yield from pool.imap_unordered(_check_chunk, chunks, chunksize=_CHUNKS_PER_MESSAGE)
 
 
 def fingerprint(splits: dict[str, list[Utterance]], verdicts: dict[str, AudioVerdict]) -> str:
