@@ -225,7 +225,7 @@ def audit(
 
 
 def _checked(todo: Sequence[str], reading: Reading, cache: VerdictCache, processes: int):
-    """Chunks of (path, cache line, verdict), in whatever order the workers finish them."""
+    """Chunks of :func:`_check_chunk`'s tuples, in whatever order the workers finish them."""
     chunks = [(list(todo[i : i + _CHUNK]), reading, cache) for i in range(0, len(todo), _CHUNK)]
     if processes <= 1:
         yield from map(_check_chunk, chunks)
