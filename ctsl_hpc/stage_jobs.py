@@ -90,6 +90,15 @@ def _tracker(exp: Experiment) -> tuple[Any, str]:
     return tracker, prefix
 
 
+def _model_run(tracker: Any, prefix: str, variant: str) -> Any:
+    """The tracked run of ``variant``'s training (None without tracking), in the variant's chart colour."""
+    if tracker is None:
+        return None
+    from ctsl_hpc.track.colours import RUN_COLOR_TAG, variant_colour
+
+    return tracker.child(prefix + run_key(variant), tags={RUN_COLOR_TAG: variant_colour(variant)})
+
+
 def dataset_inputs(exp: Experiment, noise: Sequence[str] = ()) -> list[dict]:
     """What a training run sees, as dataset inputs: the corpus and the noise pools of ``noise`` splits."""
     from ctsl_hpc.track.datasets import corpus_input, pool_input
@@ -124,7 +133,7 @@ def teacher_job(workdir: str | Path, should_stop: StopRequest | None = None) -> 
 
     with _opened(workdir) as exp:
         tracker, prefix = _tracker(exp)
-        run = None if tracker is None else tracker.child(prefix + run_key(TEACHER))
+        run = _model_run(tracker, prefix, TEACHER)
         if run is not None:
             run.log_inputs(dataset_inputs(exp))
         summary = train_teacher(exp, sink=run, should_stop=should_stop or never)
@@ -138,7 +147,7 @@ def student_job(workdir: str | Path, variant: str, should_stop: StopRequest | No
 
     with _opened(workdir) as exp:
         tracker, prefix = _tracker(exp)
-        run = None if tracker is None else tracker.child(prefix + run_key(variant))
+        run = _model_run(tracker, prefix, variant)
         if run is not None:
             run.log_inputs(dataset_inputs(exp, NOISY_SPLITS))
         summary = train_student(exp, variant, sink=run, should_stop=should_stop or never)

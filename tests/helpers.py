@@ -25,7 +25,7 @@ def cli(*args: str | Path, timeout: float = 600, check: bool = False) -> subproc
 # (tests/track/test_pipeline.py) and a search's final students (tests/tune/test_search.py).
 STUDENT_ARTIFACTS = {"config.yaml", "model", "models"}
 STUDENT_TAGS = {"ctsl.run_key", "ctsl.host", "ctsl.code_hash", "mlflow.note.content", "mlflow.parentRunId", "mlflow.runName",
-                "mlflow.source.name"}
+                "mlflow.source.name", "mlflow.runColor"}
 
 
 def student_run_shape(client, run) -> tuple[set[str], set[str]]:

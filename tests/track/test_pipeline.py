@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from mlflow import MlflowClient
@@ -50,6 +51,8 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
         assert run.info.status == "FINISHED", name
         if name.startswith("student/"):
             assert student_run_shape(client, run) == (STUDENT_ARTIFACTS, STUDENT_TAGS), name
+    colours = [run.data.tags["mlflow.runColor"] for run in runs.values()]  # the charts tell the six models apart
+    assert len(set(colours)) == len(runs) and all(re.fullmatch("#[0-9a-f]{6}", c) for c in colours), colours
     tl = client.get_metric_history(runs["student/RM+TL+CL"].info.run_id, "loss/tl")
     assert all(m.value > 0 for m in tl)
 
