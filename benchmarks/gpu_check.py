@@ -50,7 +50,7 @@ from ctsl_hpc.tune.trial import run_trial, shared_inputs
 from ctsl_hpc.workdir import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from student_step import SAMPLE_RATE, msp_like_seconds, speech_like, write_corpus  # noqa: E402
+from speech_stand_in import SAMPLE_RATE, msp_like_seconds, speech_like, write_corpus  # noqa: E402
 
 VARIANT = "RM+TL+CL"
 SIZES = {"gpu": {"train": 384, "dev": 96, "test": 96}, "smoke": {"train": 8, "dev": 4, "test": 4}}

@@ -37,7 +37,7 @@ from ctsl_hpc.data.packed import pack, stage
 from ctsl_hpc.preflight import input_problems
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from student_step import SAMPLE_RATE, msp_like_seconds, speech_like  # noqa: E402
+from speech_stand_in import SAMPLE_RATE, msp_like_seconds, speech_like  # noqa: E402
 
 SPLIT_SHARES = {"train": 84_030, "dev": 19_815, "test": 30_647}  # MSP-Podcast 1.11's partitions
 

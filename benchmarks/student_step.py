@@ -35,13 +35,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from ctsl_hpc.config import ExperimentConfig, load_config
 from ctsl_hpc.data.audio import WaveformStats
 from ctsl_hpc.data.batching import RandomBatchSampler, UtteranceSet, collate, padding_waste
-from ctsl_hpc.data.corpus import Utterance
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.model import EmotionModel, build_model, large_robust_config, model_from_backbone_config, save_model
 from ctsl_hpc.train.batches import make_loader, make_sampler
@@ -50,9 +48,8 @@ from ctsl_hpc.train.engines import OptimSettings, make_engine
 from ctsl_hpc.train.flops import counted_flops, mfu, peak_bf16_tflops
 from ctsl_hpc.train.objective import student_loss
 from ctsl_hpc.train.recipe import Recipe, recipe
+from speech_stand_in import MAX_SECONDS, SAMPLE_RATE, msp_like_seconds, speech_like, write_corpus
 
-SAMPLE_RATE = 16000
-MIN_SECONDS, MAX_SECONDS = 2.75, 11.0
 VARIANT = "RM+TL+CL"
 DEMO_NOISE = Path("runs/demo/data/synthetic/noise/train")
 
@@ -77,35 +74,6 @@ class Loop:
     padding_waste: float
     sync: Callable[[], None]
     epoch_padded: float  # samples fed to the model in one epoch (padding included), mean of 3 epochs
-
-
-def msp_like_seconds(n: int, rng: np.random.Generator, dist: str) -> np.ndarray:
-    """Utterance durations in [2.75, 11] s: log-normal (median 5 s, most short, a long tail) or uniform."""
-    if dist == "uniform":
-        return rng.uniform(MIN_SECONDS, MAX_SECONDS, n)
-    return np.clip(rng.lognormal(np.log(5.0), 0.4, n), MIN_SECONDS, MAX_SECONDS)
-
-
-def speech_like(n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """A voiced, syllable-modulated harmonic signal with a wandering pitch (a speech stand-in)."""
-    t = np.arange(n_samples) / SAMPLE_RATE
-    f0 = rng.uniform(90, 250) * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 1.5) * t))
-    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
-    syllables = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(3, 6) * t)) ** 2
-    wave = voiced * syllables + 0.02 * rng.standard_normal(n_samples)
-    return (0.1 * wave / np.abs(wave).max()).astype(np.float32)
-
-
-def write_corpus(folder: Path, seconds: np.ndarray, rng: np.random.Generator) -> list[Utterance]:
-    """WAV files of the given durations with random labels on the 1..7 scale."""
-    folder.mkdir(parents=True, exist_ok=True)
-    utts = []
-    for i, s in enumerate(seconds):
-        path = folder / f"utt{i:05d}.wav"
-        sf.write(path, speech_like(int(s * SAMPLE_RATE), rng), SAMPLE_RATE, subtype="PCM_16")
-        utts.append(Utterance(path, tuple(rng.uniform(1, 7, 3).tolist()), "train"))
-    return utts
 
 
 def noise_pool(noise_dir: Path | None, rng: np.random.Generator) -> tuple[NoisePool, str]:

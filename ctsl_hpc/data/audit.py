@@ -5,7 +5,7 @@ trained. :func:`audit` reads each file once: its bytes are hashed (the corpus fi
 these digests) and decoded from memory the way training reads it (the crop to ``max_seconds``, the
 silence and length checks of :func:`~ctsl_hpc.data.audio.read_audio`); the samples' moments come
 along for the waveform statistics and the header's duration for the cost estimate. Files are
-spread over worker processes; each verdict is appended to a JSON-lines cache as soon as it is
+spread over worker processes; each worker appends its verdicts to a JSON-lines cache as soon as they are
 known, with the file's size and modification time, so a killed check keeps what it did and a rerun
 decodes only what is new or changed. Progress is a bar on a terminal and, in a batch log, a line at
 least every :data:`PROGRESS_EVERY_S` seconds.
@@ -85,14 +85,16 @@ def check_file(path: str, reading: Reading) -> tuple[str, list | None, AudioVerd
         return path, stamp, AudioVerdict(digest, str(exc), seconds)
 
 
-def _check_chunk(args: tuple[list[str], Reading, VerdictCache]) -> list[tuple]:
-    """(path, its cache line or None, the verdict's fields) for each file. The worker writes the line and sends
-    plain tuples (dataclasses unpickle several times slower): the parent, which every worker waits on, then
-    only appends lines and builds the verdicts."""
-    paths, reading, cache = args
-    return [(path, None if stamp is None else cache.line(path, stamp, verdict), verdict.digest, verdict.problem,
-             verdict.seconds, None if verdict.moments is None else astuple(verdict.moments))
-            for path, stamp, verdict in (check_file(path, reading) for path in paths)]
+def _check_chunk(args: tuple[int, list[str], Reading, VerdictCache]) -> tuple[int, list[tuple]]:
+    """Check one chunk of files and append their cache lines; (the chunk's index, each verdict's fields).
+
+    The worker writes the lines itself and sends back plain tuples in the chunk's order (dataclasses
+    unpickle several times slower): the parent, whose CPU the workers share, only builds the verdicts."""
+    index, paths, reading, cache = args
+    checked = [check_file(path, reading) for path in paths]
+    cache.append([cache.line(path, stamp, verdict) for path, stamp, verdict in checked if stamp is not None])
+    return index, [(v.digest, v.problem, v.seconds, None if v.moments is None else astuple(v.moments))
+                   for _, _, v in checked]
 
 
 class AuditStopped(RuntimeError):
@@ -134,9 +136,27 @@ class VerdictCache:
                     continue  # torn by a kill, or from another version: that file is checked again
         return known
 
-    def writer(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return open(self.path, "a", encoding="utf-8")
+    def append(self, lines: list[str]) -> None:
+        """Append ``lines`` in one ``O_APPEND`` write, so that the workers' chunks never interleave
+        within a line (on file systems that do not promise it, a torn line is only checked again)."""
+        data = "".join(lines).encode()
+        if not data:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+
+    def sync(self) -> None:
+        """Force the appended lines to disk."""
+        if self.path.is_file():
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def line(self, path: str, stamp: list, verdict: AudioVerdict) -> str:
         return json.dumps({"path": self.key(path), "stamp": stamp, **asdict(verdict)}) + "\n"
@@ -206,33 +226,33 @@ def audit(
     log.info("%s: %d file(s) to check (%d known from %s) with %d process(es)", what, len(todo), len(names) - len(todo),
              store.path, processes)
     progress = Progress(len(todo), what)
-    with store.writer() as out:
-        for results in _checked(todo, reading, store, processes):
-            for name, line, digest, problem, seconds, moments in results:
-                verdicts[name] = AudioVerdict(digest, problem, seconds, None if moments is None else Moments(*moments))
-                if line is not None:
-                    out.write(line)
-            out.flush()  # a killed check keeps every verdict written so far
-            progress.update(len(results))
-            if should_stop():
-                progress.close()
-                raise AuditStopped(f"{what} stopped on request after {progress.done} of {len(todo)} files; the "
-                                   f"verdicts so far are in {store.path}")
-        os.fsync(out.fileno())
+    store.path.parent.mkdir(parents=True, exist_ok=True)
+    for chunk, results in _checked(todo, reading, store, processes):
+        for name, (digest, problem, seconds, moments) in zip(chunk, results, strict=True):
+            verdicts[name] = AudioVerdict(digest, problem, seconds, None if moments is None else Moments(*moments))
+        progress.update(len(results))  # the worker has appended their lines: a killed check keeps them
+        if should_stop():
+            progress.close()
+            raise AuditStopped(f"{what} stopped on request after {progress.done} of {len(todo)} files; the "
+                               f"verdicts so far are in {store.path}")
+    store.sync()
     progress.close()
     log.info("%s", progress.line().replace(", about 0 s left", ""))
     return {name: verdicts[name] for name in names}
 
 
 def _checked(todo: Sequence[str], reading: Reading, cache: VerdictCache, processes: int):
-    """Chunks of :func:`_check_chunk`'s tuples, in whatever order the workers finish them."""
-    chunks = [(list(todo[i : i + _CHUNK]), reading, cache) for i in range(0, len(todo), _CHUNK)]
+    """(chunk of paths, :func:`_check_chunk`'s tuples for it), in whatever order the workers finish them."""
+    chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+    tasks = [(index, list(chunk), reading, cache) for index, chunk in enumerate(chunks)]
     if processes <= 1:
-        yield from map(_check_chunk, chunks)
+        for index, results in map(_check_chunk, tasks):
+            yield chunks[index], results
         return
     # spawn, not fork: the parent may hold threads (logging, tqdm) that a forked child would inherit mid-lock
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        yield from pool.imap_unordered(_check_chunk, chunks, chunksize=_CHUNKS_PER_MESSAGE)
+        for index, results in pool.imap_unordered(_check_chunk, tasks, chunksize=_CHUNKS_PER_MESSAGE):
+            yield chunks[index], results
 
 
 def fingerprint(splits: dict[str, list[Utterance]], verdicts: dict[str, AudioVerdict]) -> str:

@@ -248,9 +248,10 @@ def test_usr2_on_two_hosts_saves_one_checkpoint_and_resumes_bitwise(runs: Runs):
     assert_identical_runs(student_dir(runs.usr2), student_dir(runs.sweeps["deepspeed"]), epochs=EPOCHS)
 
 
-def test_lost_node_requeues_the_job_which_continues_from_its_checkpoint(runs: Runs):
+def test_lost_node_requeues_the_job_which_continues_from_its_checkpoint(runs: Runs, multinode_cluster: SlurmCluster):
     record = Registry(runs.failed).get(STUDENT)
-    states = [row[0].split()[0] for row in sacct(record.job_id, "State")]
+    # accounting lags slurmctld: the requeued run may still read RUNNING for a moment after it ended
+    states = [row["State"].split()[0] for row in multinode_cluster.wait_for_sacct(record.job_id, "COMPLETED")]
     assert states == ["NODE_FAIL", "COMPLETED"] and record.requeues == 1, (states, record.requeues)
     starts = RunDir(student_dir(runs.failed)).starts()
     assert [s["hosts"] for s in starts] == [["node1", FAILED_NODE]] * 2
