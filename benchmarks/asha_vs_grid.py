@@ -3,10 +3,15 @@
 Both searches evaluate the same grid of (lambda_TL, lambda_CL, noise minutes) points with the same
 teacher, embedding cache and noise pools (one work directory); the grid runs every point to
 ``tune.max_t`` epochs (FIFO), ASHA stops the weak ones early. ``--asha GRACE:FACTOR`` runs ASHA once
-per setting (default: the config's ``tune.grace_period`` and ``tune.reduction_factor``), each against
-the one grid run. Run (tens of minutes on 2 cores at the default 3 x 3 x 3 points and max_t 9):
+per setting (``GRACE:FACTOR[:BRACKETS]``; default: the config's ``tune.grace_period``,
+``tune.reduction_factor`` and ``tune.brackets``), each against the one grid run, or against the grid's
+recorded curves (``--curves``, from ``benchmarks/tune_curves.py`` on the same work directory: each
+live trial's curve is then also compared with its recorded one). Run (tens of minutes on 2 cores at
+the default 3 x 3 x 3 points and max_t 9):
 
     python benchmarks/asha_vs_grid.py --workdir /tmp/asha-bench synthetic.utterances=400 data.max_seconds=3.0
+    python benchmarks/asha_vs_grid.py --workdir /tmp/tune-curves --curves benchmarks/data/tune_grid_curves.json \
+        synthetic.utterances=200 data.max_seconds=2.0 tracking.enabled=false   # the live confirmation
 
 Prints a table (and ``--json``); the numbers go to benchmarks/RESULTS.md by hand.
 """
@@ -29,6 +34,7 @@ from ray import tune  # noqa: E402
 from ctsl_hpc.config import SWEEP_CONFIG, config_from_dict, load_config  # noqa: E402
 from ctsl_hpc.experiment import Experiment  # noqa: E402
 from ctsl_hpc.tune.driver import init_ray, make_tuner, prepare_shared  # noqa: E402
+from ctsl_hpc.tune.space import TIME_ATTR  # noqa: E402
 from ctsl_hpc.tune.summary import trial_table  # noqa: E402
 from ctsl_hpc.tune.trial import SharedInputs  # noqa: E402
 
@@ -48,14 +54,34 @@ def run(exp: Experiment, shared: SharedInputs, grid: dict, early_stopping: bool,
         "best_point": max(rows, key=lambda r: r["best"]),
         "epochs_per_trial": sorted(r["epochs"] for r in rows),
         "seconds": time.monotonic() - started,
+        "curves": {_point(r.config): list(r.metrics_dataframe.sort_values(TIME_ATTR)[exp.cfg.tune.metric])
+                   for r in results},
     }
 
 
-def with_tune(exp: Experiment, grace: int, factor: int) -> Experiment:
+def _point(config: dict) -> tuple[float, float, float]:
+    return float(config["lambda_tl"]), float(config["lambda_cl"]), float(config["noise_minutes"])
+
+
+def with_tune(exp: Experiment, grace: int, factor: int, brackets: int) -> Experiment:
     """The same experiment (work directory, teacher, cache) with other ASHA settings."""
     values = exp.cfg.to_dict()
-    values["tune"].update(grace_period=grace, reduction_factor=factor)
+    values["tune"].update(grace_period=grace, reduction_factor=factor, brackets=brackets)
     return Experiment(config_from_dict(values), exp.workdir)
+
+
+def recorded_grid(path: Path, seed: int, max_t: int) -> tuple[dict, dict[tuple, list[float]]]:
+    """The full grid's figures from recorded curves of training seed ``seed``, and each point's curve."""
+    data = json.loads(path.read_text())
+    if data["setting"]["max_t"] != max_t:
+        raise SystemExit(f"--curves: {path} was recorded with max_t={data['setting']['max_t']}, not {max_t}")
+    curves = [c for c in data["curves"] if c["seed"] == seed]
+    best = max(curves, key=lambda c: max(c["dev_score"]))
+    point = {k: best[k] for k in ("lambda_tl", "lambda_cl", "noise_minutes")}
+    full = {"trials": len(curves), "trial_epochs": sum(len(c["dev_score"]) for c in curves),
+            "best": max(best["dev_score"]), "best_point": point, "epochs_per_trial": [max_t] * len(curves),
+            "seconds": sum(sum(c["seconds"]) for c in curves)}
+    return full, {_point(c): c["dev_score"] for c in curves}
 
 
 def main() -> None:
@@ -64,8 +90,11 @@ def main() -> None:
     parser.add_argument("--lambda-tl", type=float, nargs="+", default=[1.0, 30.0, 1000.0])
     parser.add_argument("--lambda-cl", type=float, nargs="+", default=[0.3, 3.0, 30.0])
     parser.add_argument("--noise-minutes", type=float, nargs="+", default=[0.5, 2.0, 6.0])
-    parser.add_argument("--asha", nargs="+", default=None, metavar="GRACE:FACTOR",
+    parser.add_argument("--asha", nargs="+", default=None, metavar="GRACE:FACTOR[:BRACKETS]",
                         help="ASHA settings to run against the grid (default: the config's)")
+    parser.add_argument("--curves", type=Path, help="take the full grid from these recorded curves (the training "
+                        "seed of --curve-seed) and compare every live trial's curve with its recorded one")
+    parser.add_argument("--curve-seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument("--grid-json", type=Path,
                         help="take the full grid's figures from an earlier --json of the same points, config and "
@@ -79,8 +108,12 @@ def main() -> None:
     shared = prepare_shared(exp)
     grid = {"lambda_tl": args.lambda_tl, "lambda_cl": args.lambda_cl, "noise_minutes": args.noise_minutes}
     tc = cfg.tune
-    settings = [tuple(int(v) for v in s.split(":")) for s in args.asha] if args.asha else [(tc.grace_period, tc.reduction_factor)]
-    if args.grid_json:
+    settings = [(*(int(v) for v in s.split(":")), 1)[:3] for s in args.asha] if args.asha else [
+        (tc.grace_period, tc.reduction_factor, tc.brackets)]
+    recorded: dict[tuple, list[float]] = {}
+    if args.curves:
+        full, recorded = recorded_grid(args.curves, args.curve_seed, tc.max_t)
+    elif args.grid_json:
         earlier = json.loads(args.grid_json.read_text())
         if earlier["max_t"] != tc.max_t:
             parser.error(f"--grid-json: {args.grid_json} was run with max_t={earlier['max_t']}, not {tc.max_t}")
@@ -88,10 +121,10 @@ def main() -> None:
     else:
         full = run(exp, shared, grid, early_stopping=False, name="bench-grid")
     searches = {"full grid (FIFO)": full}
-    for grace, factor in settings:
-        searches[f"ASHA grace {grace}, factor {factor}"] = run(
-            with_tune(exp, grace, factor), shared, grid, early_stopping=True, name=f"bench-asha-g{grace}-rf{factor}"
-        )
+    for grace, factor, brackets in settings:
+        label = f"ASHA grace {grace}, factor {factor}" + (f", {brackets} brackets" if brackets > 1 else "")
+        searches[label] = run(with_tune(exp, grace, factor, brackets), shared, grid, early_stopping=True,
+                              name=f"bench-asha-g{grace}-rf{factor}-b{brackets}")
     print(f"\n{full['trials']} grid points, max_t={tc.max_t}, {tc.metric} on the noisy development set "
           f"({cfg.student.snr_db:g} dB), {os.cpu_count()} CPUs, {tc.cpus_per_trial:g} per trial\n")
     print("| search | trial-epochs | share of the grid's | wall time (s) | best dev CCC | gap to the grid | "
@@ -108,7 +141,13 @@ def main() -> None:
     for label, res in searches.items():
         if res is not full:
             print(f"{label}: epochs per trial {res['epochs_per_trial']}")
+            if recorded:  # each live trial's epochs against the same point's recorded curve
+                diffs = [abs(score - recorded[point][i]) for point, scores in res["curves"].items()
+                         for i, score in enumerate(scores)]
+                print(f"{label}: live against recorded curves, {len(diffs)} epochs: largest difference {max(diffs):.2e}")
     if args.json:
+        for res in searches.values():
+            res.pop("curves", None)  # keyed by tuples: not JSON
         args.json.write_text(json.dumps({"max_t": tc.max_t, "searches": searches}, indent=1, default=str))
 
 

@@ -11,7 +11,7 @@ folder through :func:`ctsl_hpc.experiment.student_trainer` (the trials' code, wi
 
     python benchmarks/tune_curves.py --workdir /tmp/tune-curves --out benchmarks/data/tune_grid_curves.json
 
-About 20 s per trial-epoch on one core of the 2-core machine: 486 trial-epochs, ~80 minutes with 2 processes.
+486 trial-epochs, 28 minutes with 2 processes on the 2-core machine (about 5 s per trial-epoch per core).
 """
 
 from __future__ import annotations

@@ -178,21 +178,36 @@ def search_trial_epochs(tc: TuneConfig) -> tuple[int, int, str]:
         (153, 75, "Hyperband's brackets")
         >>> search_trial_epochs(TuneConfig(scheduler="asha", num_samples=27, max_t=9, grace_period=1, reduction_factor=3))
         (243, 63, 'ASHA, as synchronous successive halving')
+        >>> search_trial_epochs(TuneConfig(num_samples=27, max_t=9, grace_period=2, reduction_factor=3, brackets=2))
+        (243, 123, 'ASHA, as synchronous successive halving over 2 brackets')
     """
     at_most = tc.num_samples * tc.max_t
     if tc.scheduler == "fifo":
         return at_most, at_most, "no early stopping"
     if tc.scheduler == "hyperband":
         return at_most, _hyperband_epochs(tc.num_samples, tc.max_t, tc.reduction_factor), "Hyperband's brackets"
-    rungs, rung = [], tc.grace_period
-    while rung < tc.max_t:
-        rungs.append(rung)
-        rung *= tc.reduction_factor
-    total, trained, alive = 0.0, 0, float(tc.num_samples)
-    for rung in [*rungs, tc.max_t]:
+    # Ray's ASHAScheduler draws a trial's bracket with probability proportional to e^(its number of rungs)
+    rungs = [_asha_rungs(tc, s) for s in range(tc.brackets)]
+    weights = [math.e ** (len(r) - max(map(len, rungs))) for r in rungs]
+    per_trial = sum(w * _halving_epochs(r, tc.max_t, tc.reduction_factor) for w, r in zip(weights, rungs, strict=True))
+    how = "ASHA, as synchronous successive halving" + (f" over {tc.brackets} brackets" if tc.brackets > 1 else "")
+    return at_most, round(tc.num_samples * per_trial / sum(weights)), how
+
+
+def _asha_rungs(tc: TuneConfig, bracket: int) -> list[int]:
+    """The rungs of ASHA's bracket ``bracket`` (0: the first), ascending, as Ray's ``_Bracket`` makes them."""
+    count = int(math.log(tc.max_t / tc.grace_period) / math.log(tc.reduction_factor) - bracket + 1)
+    return [tc.grace_period * tc.reduction_factor ** (k + bracket) for k in range(count)]
+
+
+def _halving_epochs(rungs: list[int], max_t: int, eta: int) -> float:
+    """Epochs per trial under synchronous successive halving: all reach the first rung, 1/eta of them each next
+    one, and 1/eta of those at the last rung go on to max_t."""
+    total, trained, alive = 0.0, 0, 1.0
+    for rung in [*(r for r in rungs if r < max_t), max_t]:
         total += alive * (rung - trained)
-        trained, alive = rung, alive / tc.reduction_factor
-    return at_most, round(total), "ASHA, as synchronous successive halving"
+        trained, alive = rung, alive / eta
+    return total
 
 
 def _hyperband_epochs(trials: int, max_t: int, eta: int) -> int:

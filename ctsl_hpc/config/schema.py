@@ -215,6 +215,7 @@ class TuneConfig:
     )
     grace_period: int = key(1, "ASHA: epochs before a trial may be stopped")
     reduction_factor: int = key(2, "ASHA and Hyperband: a 1/factor of the trials go on at each rung")
+    brackets: int = key(1, "ASHA: brackets; bracket s's first rung is at grace_period x reduction_factor^s")
     max_t: int = key(4, "epochs of a trial never stopped early")
     max_concurrent: int = key(0, "trials at a time (0: as many as the resources allow)")
     cpus_per_trial: float = key(1.0, "CPUs each trial takes")

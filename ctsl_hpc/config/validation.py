@@ -208,6 +208,9 @@ def _validate_tune(tune: TuneConfig) -> None:
     _require(tune.max_t >= 1, "tune.max_t", "must be at least 1 epoch")
     _require(1 <= tune.grace_period <= tune.max_t, "tune.grace_period", "must be in [1, max_t]")
     _require(tune.reduction_factor >= 2, "tune.reduction_factor", "must be at least 2")
+    _require(tune.brackets >= 1 and tune.grace_period * tune.reduction_factor ** (tune.brackets - 1) <= tune.max_t,
+             "tune.brackets", "must be at least 1, with the last bracket's first rung (grace_period x "
+             "reduction_factor^(brackets - 1)) at most max_t")
     _require(tune.max_concurrent >= 0, "tune.max_concurrent", "must be >= 0 (0: no limit)")
     _require(tune.cpus_per_trial > 0, "tune.cpus_per_trial", "must be positive")
     _require(tune.gpus_per_trial >= 0, "tune.gpus_per_trial", "must be >= 0")

@@ -103,4 +103,4 @@ def make_scheduler(tc: TuneConfig, journal: Path, early_stopping: bool = True):
     if tc.scheduler == "hyperband":
         return HyperBandScheduler(time_attr=TIME_ATTR, max_t=tc.max_t, reduction_factor=tc.reduction_factor)
     return ResumableASHA(journal, time_attr=TIME_ATTR, max_t=tc.max_t, grace_period=tc.grace_period,
-                         reduction_factor=tc.reduction_factor)
+                         reduction_factor=tc.reduction_factor, brackets=tc.brackets)

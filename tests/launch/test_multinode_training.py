@@ -54,7 +54,6 @@ from tests.mlflow_fixtures import MlflowServer
 
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
-EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
 VARIANT, STUDENT, RUN = "RM+TL+CL", "student/RM+TL+CL", "RM_TL_CL"
 EPOCHS = 3
 TWO_NODES = ["slurm.nodes=2", "slurm.tasks_per_node=1", "slurm.cpus_per_task=1", "slurm.mem_gb=1", "slurm.time_min=15"]
@@ -114,7 +113,6 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(multinode_cluster: SlurmCluster, bridge_mlflow, tiny_overrides, tmp_path_factory) -> Runs:
     with pytest.MonkeyPatch.context() as env:  # inherited by the jobs through sbatch
-        env.setenv("TORCH_EXTENSIONS_DIR", str(EXTENSIONS))
         env.setenv("HF_HUB_OFFLINE", "1")
         base = tmp_path_factory.mktemp("multinode")
         overrides = [*tiny_overrides(base / "ref"), "model.dropout=0.0", f"student.variants=[{VARIANT}]",

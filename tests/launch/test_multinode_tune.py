@@ -57,7 +57,7 @@ def test_trials_run_on_both_hosts_and_the_search_survives_losing_the_worker(
     workdir = Workdir(tmp_path / "tune")
     experiment = "multinode-tune"
     overrides = [
-        *tiny_overrides(workdir.root), "tune.num_samples=4", f"tune.max_t={MAX_T}", "tune.grace_period=2",
+        *tiny_overrides(workdir.root), "tune.num_samples=4", f"tune.max_t={MAX_T}", "tune.grace_period=2", "tune.brackets=1",
         "tune.noise_minutes=[0.25,1.0]", "tune.final_variants=[RM]", "tune.cpus_per_trial=1", "tune.max_failures=2",
         "slurm.tune.nodes=2", "slurm.cpus_per_task=1", "slurm.mem_gb=2", "slurm.time_min=30",
         "slurm.additional={exclude: node3}", "tracking.enabled=true", f"tracking.uri={bridge_mlflow.url}",

@@ -37,7 +37,6 @@ from tests.launch.training_runs import (
     task_log,
 )
 
-EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
 VARIANT, STUDENT = "RM+TL", "student/RM+TL"
 TWO_TASKS = [
     "train.engine=deepspeed", "slurm.tasks_per_node=2", "slurm.cpus_per_task=1", "slurm.mem_gb=3",
@@ -75,7 +74,6 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(slurm_cluster, tiny_overrides, tmp_path_factory) -> Runs:
     with pytest.MonkeyPatch.context() as env:  # inherited by the jobs through sbatch
-        env.setenv("TORCH_EXTENSIONS_DIR", str(EXTENSIONS))
         env.setenv("HF_HUB_OFFLINE", "1")
         base = tmp_path_factory.mktemp("ds")
         # dropout 0: its masks would depend on how the batch is split across ranks

@@ -1,6 +1,6 @@
 """Running a test worker on several CPU ranks with ``torchrun`` (gloo), as the distributed tests do.
 
-DeepSpeed's one JIT op (the shared-memory collective) is cached in ``TORCH_EXTENSIONS_DIR``.
+DeepSpeed's one JIT op (the shared-memory collective) is cached in ``TORCH_EXTENSIONS_DIR`` (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 from ctsl_hpc.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-EXTENSIONS = Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"
 
 
 def launch(worker: Path, nproc: int, run_dir: Path, overrides: list[str], *args: str) -> dict:
@@ -23,7 +22,6 @@ def launch(worker: Path, nproc: int, run_dir: Path, overrides: list[str], *args:
     out = run_dir.with_suffix(".pt")
     env = {
         **os.environ,
-        "TORCH_EXTENSIONS_DIR": str(EXTENSIONS),
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "CI": "1",

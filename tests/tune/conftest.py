@@ -25,6 +25,7 @@ class TinySearch:
             f"tune.max_t={self.max_t}",
             "tune.grace_period=1",
             "tune.reduction_factor=2",
+            "tune.brackets=1",  # more brackets draw each trial's from numpy's global generator
             "tune.noise_minutes=[0.1,0.25,0.5,1.0]",
             "tune.final_variants=[RM+TL+CL]",
             "tune.cpus_per_trial=1",
