@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -76,6 +77,12 @@ def old_serial_check(paths: list[Path], reading: Reading) -> None:
         hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) of this process and of its finished child processes."""
+    mine, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime, children.ru_utime + children.ru_stime
+
+
 def loader_rate(dataset, items: int) -> float:
     """Items per second a DataLoader (random batches of 16, no workers) reads from ``dataset``."""
     from torch.utils.data import DataLoader
@@ -124,10 +131,13 @@ def main() -> None:
             ("audio check, 2 processes", lambda: audit(paths, reading, VerdictCache(root / "two.jsonl"), 2)),
         ):
             load = os.getloadavg()[0]
+            cpu = _cpu_seconds()
             started = time.perf_counter()
             run()
             rates[name] = len(paths) / (time.perf_counter() - started)
-            print(f"{name}: {rates[name]:.0f} files/s (load average {load:.2f} before it)")
+            mine, helpers = (after - before for after, before in zip(_cpu_seconds(), cpu, strict=True))
+            print(f"{name}: {rates[name]:.0f} files/s (load average {load:.2f} before it; CPU {mine:.1f} s here, "
+                  f"{helpers:.1f} s in helper processes)")
         base = rates["audio check, 1 process"]
         print(f"ratio: 2 processes / 1 process = {rates['audio check, 2 processes'] / base:.2f}x; 1 process / the "
               f"serial check before = {base / rates['serial check before the prepare stage']:.2f}x")

@@ -5,7 +5,7 @@ trained. :func:`audit` reads each file once: its bytes are hashed (the corpus fi
 these digests) and decoded from memory the way training reads it (the crop to ``max_seconds``, the
 silence and length checks of :func:`~ctsl_hpc.data.audio.read_audio`); the samples' moments come
 along for the waveform statistics and the header's duration for the cost estimate. Files are
-spread over worker processes; each worker appends its verdicts to a JSON-lines cache as soon as they are
+spread over processes (this one and helpers); each appends its verdicts to a JSON-lines cache as soon as they are
 known, with the file's size and modification time, so a killed check keeps what it did and a rerun
 decodes only what is new or changed. Progress is a bar on a terminal and, in a batch log, a line at
 least every :data:`PROGRESS_EVERY_S` seconds.
@@ -20,7 +20,9 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_S = 15.0  # a batch log hears from a long check at least this often (a terminal gets a bar)
 _CHUNK = 32  # files between two cache flushes and stop checks
-_CHUNKS_PER_MESSAGE = 4  # chunks a worker takes and returns at a time: fewer, larger messages keep the parent light
+_IN_FLIGHT_PER_HELPER = 8  # chunks queued per helper process: it never waits for the parent's next one
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,8 @@ def audit(
     what: str = "audio check", should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, AudioVerdict]:
     """A verdict per file of ``paths``, reusing ``cache`` for files unchanged since (size and mtime), the
-    others checked by ``processes`` worker processes (1: in this process), each verdict cached as it comes.
+    others checked by ``processes`` processes (this one and ``processes - 1`` helpers), each verdict cached
+    as it comes.
     ``should_stop`` (a preemption) is asked after every chunk of files: True raises :class:`AuditStopped`."""
     store = cache
     known = store.load()
@@ -242,17 +245,35 @@ def audit(
 
 
 def _checked(todo: Sequence[str], reading: Reading, cache: VerdictCache, processes: int):
-    """(chunk of paths, :func:`_check_chunk`'s tuples for it), in whatever order the workers finish them."""
+    """(chunk of paths, :func:`_check_chunk`'s tuples for it), in whatever order they finish.
+
+    ``processes`` processes check files: this one and ``processes - 1`` helpers. This process takes a
+    chunk itself whenever the helpers hold enough, so that its own bookkeeping (the verdicts, the
+    progress) runs between its chunks instead of taking a core from a worker: on two cores, two
+    worker processes and a parent gathering 134,000 results came to 1.7x one process."""
     chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
-    tasks = [(index, list(chunk), reading, cache) for index, chunk in enumerate(chunks)]
+    tasks = deque((index, list(chunk), reading, cache) for index, chunk in enumerate(chunks))
     if processes <= 1:
         for index, results in map(_check_chunk, tasks):
             yield chunks[index], results
         return
+    helpers = processes - 1
     # spawn, not fork: the parent may hold threads (logging, tqdm) that a forked child would inherit mid-lock
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        for index, results in pool.imap_unordered(_check_chunk, tasks, chunksize=_CHUNKS_PER_MESSAGE):
-            yield chunks[index], results
+    with ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running: set[Future] = set()
+        while tasks or running:
+            while tasks and len(running) < _IN_FLIGHT_PER_HELPER * helpers:
+                running.add(pool.submit(_check_chunk, tasks.popleft()))
+            finished = {future for future in running if future.done()}
+            running -= finished
+            for future in finished:
+                index, results = future.result()
+                yield chunks[index], results
+            if tasks:
+                index, results = _check_chunk(tasks.popleft())
+                yield chunks[index], results
+            elif running and not finished:
+                wait(running, return_when=FIRST_COMPLETED)
 
 
 def fingerprint(splits: dict[str, list[Utterance]], verdicts: dict[str, AudioVerdict]) -> str:
