@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
@@ -90,7 +91,9 @@ def test_the_papers_backbone_has_an_estimate_marked_as_such():
     assert throughput(load_config("paper", ["cost.train_audio_s_per_gpu_s=900"])).train == 900.0
 
 
+@functools.cache
 def _replay_module():
+    """benchmarks/tune_replay.py, loaded once."""
     import importlib.util
 
     from tests.helpers import REPO
@@ -102,6 +105,24 @@ def _replay_module():
     return module
 
 
+def _replayed_trial_epochs(scheduler, trials: int, curves: dict, concurrency: int) -> int:
+    """The trial-epochs Ray's ``scheduler`` trains over ``curves`` (``trials`` points, one each, in order),
+    replayed by benchmarks/tune_replay.py's loop."""
+    order = iter(curves)
+
+    def suggest(_trial_id: str):
+        point = next(order, None)
+        return None if point is None else dict(zip(("lambda_tl", "lambda_cl", "noise_minutes"), point, strict=True))
+
+    return sum(t.epochs for t in _replay_module().Replay(scheduler, suggest, curves, concurrency, trials).run())
+
+
+def _random_curves(trials: int, max_t: int, rng, seconds=lambda n: [1.0] * n) -> dict:
+    """Fresh random non-decreasing best-so-far scores (and epoch seconds) for ``trials`` points."""
+    return {(float(i), 1.0, 1.0): {"dev_score": list(np.maximum.accumulate(rng.uniform(0, 1, max_t))),
+                                   "seconds": list(seconds(max_t))} for i in range(trials)}
+
+
 @pytest.mark.parametrize(("trials", "max_t", "factor"), [(27, 9, 3), (17, 9, 3), (10, 4, 2), (8, 27, 3)])
 def test_the_dry_runs_hyperband_count_is_what_rays_scheduler_trains(trials, max_t, factor, rng):
     from ray.tune.schedulers import HyperBandScheduler
@@ -109,19 +130,11 @@ def test_the_dry_runs_hyperband_count_is_what_rays_scheduler_trains(trials, max_
     from ctsl_hpc.config import TuneConfig
     from ctsl_hpc.cost import search_trial_epochs
 
-    replay = _replay_module()
-    points = [(float(i), 1.0, 1.0) for i in range(trials)]
-    curves = {p: {"dev_score": list(np.maximum.accumulate(rng.uniform(0, 1, max_t))), "seconds": list(rng.uniform(1, 2, max_t))}
-              for p in points}  # fresh random scores: Hyperband's count must not depend on them
-    scheduler = HyperBandScheduler(time_attr="epoch", metric=replay.METRIC, mode="max", max_t=max_t,
+    # fresh random scores: Hyperband's count must not depend on them
+    curves = _random_curves(trials, max_t, rng, seconds=lambda n: rng.uniform(1, 2, n))
+    scheduler = HyperBandScheduler(time_attr="epoch", metric=_replay_module().METRIC, mode="max", max_t=max_t,
                                    reduction_factor=factor)
-    order = iter(points)
-
-    def suggest(_trial_id: str):
-        point = next(order, None)
-        return None if point is None else dict(zip(("lambda_tl", "lambda_cl", "noise_minutes"), point, strict=True))
-
-    trained = sum(t.epochs for t in replay.Replay(scheduler, suggest, curves, 2, trials).run())
+    trained = _replayed_trial_epochs(scheduler, trials, curves, concurrency=2)
     expected = search_trial_epochs(TuneConfig(scheduler="hyperband", num_samples=trials, max_t=max_t,
                                               reduction_factor=factor))
     assert expected == (trials * max_t, trained, "Hyperband's brackets")
@@ -136,21 +149,12 @@ def test_the_dry_runs_asha_estimate_is_near_what_rays_scheduler_trains(grace, fa
     from ctsl_hpc.config import TuneConfig
     from ctsl_hpc.cost import search_trial_epochs
 
-    replay = _replay_module()
     trials, max_t = 400, 9
-    points = [(float(i), 1.0, 1.0) for i in range(trials)]
-    curves = {p: {"dev_score": list(np.maximum.accumulate(rng.uniform(0, 1, max_t))), "seconds": [1.0] * max_t}
-              for p in points}
+    curves = _random_curves(trials, max_t, rng)
     np.random.seed(int(rng.integers(2**31)))  # ASHA draws each trial's bracket from numpy's global generator
-    scheduler = ASHAScheduler(time_attr="epoch", metric=replay.METRIC, mode="max", max_t=max_t, grace_period=grace,
-                              reduction_factor=factor, brackets=brackets)
-    order = iter(points)
-
-    def suggest(_trial_id: str):
-        point = next(order, None)
-        return None if point is None else dict(zip(("lambda_tl", "lambda_cl", "noise_minutes"), point, strict=True))
-
-    trained = sum(t.epochs for t in replay.Replay(scheduler, suggest, curves, 1, trials).run())
+    scheduler = ASHAScheduler(time_attr="epoch", metric=_replay_module().METRIC, mode="max", max_t=max_t,
+                              grace_period=grace, reduction_factor=factor, brackets=brackets)
+    trained = _replayed_trial_epochs(scheduler, trials, curves, concurrency=1)
     at_most, expected, how = search_trial_epochs(TuneConfig(num_samples=trials, max_t=max_t, grace_period=grace,
                                                             reduction_factor=factor, brackets=brackets))
     assert at_most == trials * max_t and how.startswith("ASHA")
