@@ -26,7 +26,8 @@ import torch  # noqa: E402
 
 from ctsl_hpc.atomic_io import atomic_write_text  # noqa: E402
 from ctsl_hpc.config import load_config  # noqa: E402
-from ctsl_hpc.experiment import Experiment, evaluate  # noqa: E402
+from ctsl_hpc.experiment import Experiment  # noqa: E402
+from ctsl_hpc.experiment.evaluation import evaluate  # noqa: E402
 from ctsl_hpc.workdir import Workdir  # noqa: E402
 
 

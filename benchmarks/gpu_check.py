@@ -40,7 +40,8 @@ import torch
 from ctsl_hpc.config import load_config
 from ctsl_hpc.cost import stage_costs
 from ctsl_hpc.data.corpus import SPLITS
-from ctsl_hpc.experiment import Experiment, evaluate, student_trainer, train_student, train_teacher
+from ctsl_hpc.experiment import Experiment, student_trainer, train_student, train_teacher
+from ctsl_hpc.experiment.evaluation import evaluate
 from ctsl_hpc.experiment.preparation import prepare
 from ctsl_hpc.model import load_model, write_standin_backbone
 from ctsl_hpc.run_records import DEV_SCORE

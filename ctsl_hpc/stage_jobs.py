@@ -161,7 +161,8 @@ def evaluate_job(
     """Score every model, write the report, register the selected models, describe the runs, attach
     the report (and ``usage(workdir)``, e.g. GPU-hours) to the parent run, end the run tree and mark
     the report complete. Scores are saved per variant: a stopped evaluation resumes where it was."""
-    from ctsl_hpc.experiment import evaluate, never
+    from ctsl_hpc.experiment import never
+    from ctsl_hpc.experiment.evaluation import evaluate
     from ctsl_hpc.variants import TEACHER
 
     with _opened(workdir) as exp:
@@ -238,7 +239,7 @@ def publish_models(tracker, exp: Experiment, variants: Sequence[str], runs: Mapp
     (``<experiment>-<variant>``, a version per selected epoch), its description; then end the run.
     ``runs`` holds the runs already open (by key); the others are reopened."""
     from ctsl_hpc.evaluate.report import read_table1
-    from ctsl_hpc.experiment import selected_models
+    from ctsl_hpc.experiment.evaluation import selected_models
     from ctsl_hpc.track.datasets import pool_input
     from ctsl_hpc.track.notes import model_note
     from ctsl_hpc.track.registry import EPOCH_TAG, SCORE_TAG, SWEEP_TAG, model_name

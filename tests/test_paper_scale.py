@@ -38,7 +38,7 @@ from ctsl_hpc.experiment import (
     train_student,
     train_teacher,
 )
-from ctsl_hpc.experiment import evaluate as evaluate_stage
+from ctsl_hpc.experiment.evaluation import evaluate as evaluate_stage
 from ctsl_hpc.experiment.preparation import prepare
 from ctsl_hpc.launch.__main__ import main
 from ctsl_hpc.model import load_model, load_weights

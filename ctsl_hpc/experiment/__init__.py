@@ -4,14 +4,14 @@ prepare data -> train the teacher -> train each student -> evaluate every model 
 training stage writes its outputs under the work directory and a ``DONE`` summary when finished,
 so running it again reuses what is done and resumes what is not. The orchestration layer (a local
 process, Slurm jobs, Ray trials) calls these functions; nothing here knows which one it runs under.
-Tracking reaches the stages as sinks (:class:`RunSink`): this module never imports MLflow.
+Tracking reaches the stages as sinks (:class:`RunSink`): this module never imports MLflow. The evaluation
+stage, :mod:`ctsl_hpc.experiment.evaluation`, is imported on its own (SciPy and Matplotlib, which the
+training jobs do not need).
 """
 
 from ctsl_hpc.experiment.experiment import Experiment, RunSink, SinkFactory, StopRequest, never
 from ctsl_hpc.experiment.inputs import Data
 from ctsl_hpc.experiment.stages import (
-    evaluate,
-    selected_models,
     student_trainer,
     teacher_embedder,
     teacher_summary,
@@ -21,7 +21,6 @@ from ctsl_hpc.experiment.stages import (
 )
 
 __all__ = [
-    "Data", "Experiment", "RunSink", "SinkFactory", "StopRequest", "evaluate", "never",
-    "selected_models", "student_trainer", "teacher_embedder", "teacher_summary", "teacher_trainer", "train_student",
-    "train_teacher",
+    "Data", "Experiment", "RunSink", "SinkFactory", "StopRequest", "never", "student_trainer", "teacher_embedder",
+    "teacher_summary", "teacher_trainer", "train_student", "train_teacher",
 ]
