@@ -68,7 +68,7 @@ def test_checkpoint_state_with_numpy_rng_loads_and_a_tampered_one_is_refused(tmp
 def test_deepspeed_shards_are_checked_before_deepspeed_reads_them(tmp_path):
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
 
-    from ctsl_hpc.train.engines.deepspeed import check_shards
+    from ctsl_hpc.train.engines.deepspeed_checkpoints import check_shards
 
     torch.save({"loss_scaler": LossScaler(1.0), "state": {"exp_avg": torch.ones(3)}}, tmp_path / "optim_states.pt")
     check_shards(tmp_path)  # DeepSpeed's own checkpoint classes pass

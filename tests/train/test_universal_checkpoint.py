@@ -1,10 +1,10 @@
 """A changed world size keeps the optimiser state: DeepSpeed's universal checkpoint (ZeRO-2, CPU, fp32).
 
 A 2-rank (or 1-rank) ZeRO-2 run is cut after two optimiser steps by tests/train/dist_worker.py;
-tests/train/universal_worker.py, run by ``torchrun`` on the other world size, then builds a
+tests/train/universal_worker.py, run on the other world size, then builds a
 differently initialised engine, ``load``s the checkpoint and reports the fp32 weights, Adam's
 moments and step it holds, and the weights after one more optimiser step on a fixed random batch
-(launched by tests/train/torchrun.py).
+(ranks started by tests/train/launch_ranks.py).
 
 The moments are checked against the ZeRO-2 shard files read here, independently of
 ``ds_to_universal``: the ranks' flat fp32 partitions concatenated, DeepSpeed's padding removed and
@@ -23,7 +23,7 @@ from unittest import mock
 import pytest
 import torch
 
-from tests.train.torchrun import launch
+from tests.train.launch_ranks import launch
 
 WORKER = Path(__file__).with_name("universal_worker.py")
 DIST_WORKER = Path(__file__).with_name("dist_worker.py")
@@ -50,7 +50,7 @@ def zero2_shard_moments(checkpoint: Path) -> tuple[dict[str, dict[str, torch.Ten
     divisible by the world size (``group_paddings``, at the end of the last rank's slice), the
     weights do not (DeepSpeed strips it when saving them).
     """
-    from ctsl_hpc.train.engines.deepspeed import DS_TAG, load_shard
+    from ctsl_hpc.train.engines.deepspeed_checkpoints import DS_TAG, load_shard
 
     folder = checkpoint / DS_TAG
     files = sorted(folder.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"), key=lambda f: int(f.name.split("_")[3]))
@@ -113,7 +113,7 @@ def two_rank_cut(overrides, seed, tmp_path_factory):
 def check_resume(checkpoint: Path, saved_weights: dict, changed: dict, same: dict, zero2: bool = True) -> None:
     """``changed``: the worker's report on the other world size; ``same``: on the saving one.
     ``zero2``: compare the moments with the ZeRO-2 shard files (ZeRO-3 shards: (c) alone)."""
-    from ctsl_hpc.train.engines.deepspeed import UNIVERSAL_TAG, complete_universal
+    from ctsl_hpc.train.engines.deepspeed_checkpoints import UNIVERSAL_TAG, complete_universal
 
     assert complete_universal(checkpoint / UNIVERSAL_TAG)
     # (a) the fp32 weights (and buffers) are the saved ones, exactly
@@ -201,7 +201,7 @@ def test_an_incomplete_conversion_is_redone_not_trusted(two_rank_cut, tmp_path):
     a left-over temporary folder (a kill mid-conversion) make it be converted again."""
     import shutil
 
-    from ctsl_hpc.train.engines import deepspeed as ds
+    from ctsl_hpc.train.engines import deepspeed_checkpoints as ds
 
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(two_rank_cut[0], checkpoint, ignore=shutil.ignore_patterns(f"{ds.UNIVERSAL_TAG}*"))
@@ -237,7 +237,7 @@ def test_an_incomplete_conversion_is_redone_not_trusted(two_rank_cut, tmp_path):
 
 def test_universal_loading_is_skipped_where_deepspeed_cannot_map_the_state():
     pytest.importorskip("deepspeed")
-    from ctsl_hpc.train.engines.deepspeed import universal_unsupported
+    from ctsl_hpc.train.engines.deepspeed_checkpoints import universal_unsupported
 
     for saved, now in [(1, 2), (2, 1), (2, 2), (3, 3)]:
         assert universal_unsupported(saved, now) is None

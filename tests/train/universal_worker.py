@@ -1,4 +1,4 @@
-"""The worker of test_universal_checkpoint.py, run by ``torchrun`` on each rank.
+"""The worker of test_universal_checkpoint.py, run on each rank (tests/train/launch_ranks.py).
 
 It builds a differently initialised DeepSpeed engine, ``load``s a checkpoint saved on another world
 size and reports the fp32 weights, Adam's moments and the step it holds, then the weights after one
@@ -30,11 +30,13 @@ def train_step(engine, seed: int) -> None:
 
 def worker() -> None:
     import torch.distributed as dist
-    from deepspeed.utils import safe_get_full_optimizer_state
 
     from ctsl_hpc.config import load_config
     from ctsl_hpc.model import build_model
     from ctsl_hpc.train.engines import OptimSettings, make_engine
+    from ctsl_hpc.train.engines.deepspeed_checkpoints import import_deepspeed
+
+    safe_get_full_optimizer_state = import_deepspeed().utils.safe_get_full_optimizer_state  # as the package imports it
 
     p = argparse.ArgumentParser()
     p.add_argument("--run-dir", type=Path)
