@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 15.0  # a batch log hears from a long check at least this often (a terminal gets a bar)
 _CHUNK = 32  # files between two cache flushes and stop checks
 _IN_FLIGHT_PER_HELPER = 8  # chunks queued per helper process: it never waits for the parent's next one
+# A helper process costs about half a second of CPU to start (an interpreter, this module, the parent's main
+# module), what this process takes to check about 1,500 files: a helper is started for every this many files.
+FILES_PER_HELPER = 2000
 
 
 @dataclass(frozen=True)
@@ -206,8 +209,8 @@ def audit(
     what: str = "audio check", should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, AudioVerdict]:
     """A verdict per file of ``paths``, reusing ``cache`` for files unchanged since (size and mtime), the
-    others checked by ``processes`` processes (this one and ``processes - 1`` helpers), each verdict cached
-    as it comes.
+    others checked by up to ``processes`` processes (this one and a helper per :data:`FILES_PER_HELPER`
+    files, at most ``processes - 1``), each verdict cached as it comes.
     ``should_stop`` (a preemption) is asked after every chunk of files: True raises :class:`AuditStopped`."""
     store = cache
     known = store.load()
@@ -226,6 +229,7 @@ def audit(
             todo.append(name)
     if not todo:
         return verdicts
+    processes = max(1, min(processes, 1 + len(todo) // FILES_PER_HELPER))
     log.info("%s: %d file(s) to check (%d known from %s) with %d process(es)", what, len(todo), len(names) - len(todo),
              store.path, processes)
     progress = Progress(len(todo), what)

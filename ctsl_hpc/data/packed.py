@@ -42,6 +42,7 @@ INDEX_FILE = "index.json"
 COMPLETE = "COMPLETE"  # written last: a pack or a stage without it is unfinished
 JOB_ID_VARIABLE = "CTSL_JOB_ID"  # a launcher exports it (Slurm: the job id): it names the job's staged copy
 SHARD_SAMPLES = 1 << 28  # float32 samples per shard (1 GiB): a few large files for a big corpus
+KEYS_PER_CHUNK = 256  # utterances a worker reads and writes per task
 _DTYPE = np.float32
 
 
@@ -120,7 +121,9 @@ def pack(
     for name, size in zip(names, sizes, strict=True):  # sized on disk up front; the workers fill them
         np.lib.format.open_memmap(staging / name, mode="w+", dtype=_DTYPE, shape=(size,)).flush()
     keys = list(items)
-    chunks = [(staging, names, [(k, *items[k]) for k in keys[i : i + 256]], read) for i in range(0, len(keys), 256)]
+    chunks = [(staging, names, [(k, *items[k]) for k in keys[i : i + KEYS_PER_CHUNK]], read)
+              for i in range(0, len(keys), KEYS_PER_CHUNK)]  # fmt: skip
+    processes = min(processes, len(chunks))  # a worker process costs half a second to start: none without a chunk
     if processes <= 1:
         for chunk in chunks:
             _fill(chunk)

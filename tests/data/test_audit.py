@@ -48,10 +48,22 @@ def test_each_verdict_holds_the_files_digest_and_the_moments_of_what_training_re
     assert "cannot read audio" in verdicts[str(files[-1])].problem
 
 
-def test_two_processes_give_the_verdicts_of_one(files, tmp_path):
+def test_two_processes_give_the_verdicts_of_one(files, tmp_path, monkeypatch):
     one = audit(files, READING, VerdictCache(tmp_path / "one.jsonl"), processes=1)
+    monkeypatch.setattr(audit_module, "FILES_PER_HELPER", 1)  # a helper for these few files
     two = audit(files, READING, VerdictCache(tmp_path / "two.jsonl"), processes=2)
     assert list(one) == list(two) == [str(p) for p in files] and one == two
+
+
+def test_a_helper_process_is_started_only_for_enough_files(files, tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(audit_module, "ProcessPoolExecutor", lambda *args, **kwargs: started.append(args) or 1 / 0)
+    verdicts = audit(files, READING, VerdictCache(tmp_path / "cache.jsonl"), processes=8)
+    assert len(verdicts) == len(files) and not started  # fewer files than FILES_PER_HELPER: this process alone
+    monkeypatch.setattr(audit_module, "FILES_PER_HELPER", len(files) // 2)
+    with pytest.raises(ZeroDivisionError):  # two helpers' worth of files: the pool is asked for exactly two
+        audit(files, READING, VerdictCache(tmp_path / "again.jsonl"), processes=8)
+    assert started == [(2,)]
 
 
 def test_a_rerun_reads_only_the_files_that_changed(files, tmp_path, monkeypatch, speech, write_wav):

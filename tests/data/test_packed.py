@@ -3,6 +3,7 @@ says why not, and re-stages only what an earlier start left missing."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections import namedtuple
 
@@ -15,16 +16,17 @@ from ctsl_hpc.data.audio import read_audio
 from ctsl_hpc.data.batching import RandomBatchSampler, UtteranceSet, collate
 from ctsl_hpc.data.corpus import load_csv_manifest
 from ctsl_hpc.data.noise import NoisePool
+from ctsl_hpc.data import packed as packed_module
 from ctsl_hpc.data.packed import COMPLETE, PackedCorpus, StagingError, pack, stage, unstage
 
 SR = 16000
 MAX_S, MIN_S = 1.5, 0.5
 
 
-def _pack_corpus(utterances, folder, shard_samples=1 << 28):
-    read = lambda key: read_audio(key, SR, MAX_S, MIN_S)  # noqa: E731
+def _pack_corpus(utterances, folder, shard_samples=1 << 28, processes=1):
+    read = functools.partial(read_audio, sample_rate=SR, max_seconds=MAX_S, min_seconds=MIN_S)  # picklable
     lengths = {str(u.path): len(read(str(u.path))) for u in utterances}
-    return pack(folder, lengths, read, {"what": "test"}, shard_samples=shard_samples)
+    return pack(folder, lengths, read, {"what": "test"}, shard_samples=shard_samples, processes=processes)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,9 @@ def utterances(small_corpus):
     return [u for split in load_csv_manifest(small_corpus.manifest).values() for u in split]
 
 
-def test_the_pack_holds_the_samples_training_decodes_in_a_few_shards(utterances, tmp_path):
-    corpus = _pack_corpus(utterances, tmp_path / "packed", shard_samples=5 * SR)
+def test_the_pack_holds_the_samples_training_decodes_in_a_few_shards(utterances, tmp_path, monkeypatch):
+    monkeypatch.setattr(packed_module, "KEYS_PER_CHUNK", len(utterances) // 3)  # a few chunks for two worker processes
+    corpus = _pack_corpus(utterances, tmp_path / "packed", shard_samples=5 * SR, processes=2)
     assert 1 < len(corpus.shards) < len(utterances) and corpus.meta == {"what": "test"}
     assert (tmp_path / "packed" / COMPLETE).is_file()
     for utt in utterances:
