@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,10 +170,23 @@ def runs(multinode_cluster: SlurmCluster, bridge_mlflow, tiny_overrides, tmp_pat
             cli("resume", "--workdir", resized, "slurm.nodes=1", check=True)
             cli("cancel", "--workdir", resized, "eval", check=True)  # only the student matters here
 
+        # job F trains its 3 epochs in a few seconds: node3 is lost by a thread of its own, which polls for the
+        # first complete checkpoint every 20 ms (the loop below polls Slurm too, and may take a second a round)
+        lost = threading.Event()
+
+        def lose_node_at_the_first_checkpoint() -> None:
+            while not checkpointed(failed, "failed"):
+                if stop_watching.wait(0.02):
+                    return
+            lose_node()
+            lost.set()
+
+        stop_watching = threading.Event()
+        watcher = threading.Thread(target=lose_node_at_the_first_checkpoint, daemon=True)
+        watcher.start()
         triggers = [
             Trigger("USR2 to U", ranks_ready, lambda: subprocess.run(["scancel", "--signal=USR2", usr2_job], check=True)),
-            Trigger("lose node3", lambda: checkpointed(failed, "failed"), lose_node),
-            Trigger("node3 back", requeued, lambda: scontrol_node(FAILED_NODE, "resume")),
+            Trigger("node3 back", lambda: lost.is_set() and requeued(), lambda: scontrol_node(FAILED_NODE, "resume")),
             Trigger("cancel W", lambda: checkpointed(resized, "resized"),
                     lambda: subprocess.run(["scancel", resized_job], check=True)),
             Trigger("W on 1 node", cancelled, resume_on_one_node),
@@ -198,6 +212,8 @@ def runs(multinode_cluster: SlurmCluster, bridge_mlflow, tiny_overrides, tmp_pat
         try:
             multinode_cluster.wait_until(all_done, 900, "sweeps D and P, jobs U, F and W", base)
         finally:
+            stop_watching.set()
+            watcher.join()
             if "DOWN" in _node_state(FAILED_NODE):  # whatever happened: later tests may need the node
                 scontrol_node(FAILED_NODE, "resume")
         references = {}

@@ -1,4 +1,4 @@
-"""One rank of a distributed training test (launched by ``torchrun`` from test_distributed.py).
+"""One rank of a distributed training test (its ranks started by tests/train/launch_ranks.py).
 
 ``fit`` mode trains a tiny model on the test corpus with the given engine and writes, on rank 0,
 ``<out>``: the final fp32 weights, the epoch records, and (if stopped) the checkpoint path.

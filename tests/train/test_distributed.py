@@ -1,6 +1,7 @@
 """Data-parallel training: DDP and DeepSpeed ZeRO on 2 CPU ranks (gloo) equal one process.
 
-The multi-rank tests launch tests/train/dist_worker.py with ``torchrun`` (tests/train/torchrun.py).
+The multi-rank tests start tests/train/dist_worker.py's ranks with tests/train/launch_ranks.py (one test
+through ``torchrun``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ctsl_hpc.train.engines import OptimSettings
 from ctsl_hpc.train.engines.deepspeed import fill_deepspeed_config, load_deepspeed_config
 from ctsl_hpc.train.ranks import rank_env
 from ctsl_hpc.workdir import RunDir
-from tests.train.torchrun import launch
+from tests.train.launch_ranks import launch
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
@@ -89,7 +90,7 @@ def test_a_half_set_rank_environment_is_refused(monkeypatch):
         rank_env()
 
 
-# ---- multi-rank runs (torchrun, gloo) ----------------------------------------------------------
+# ---- multi-rank runs (gloo) ---------------------------------------------------------------------
 
 
 def assert_same_weights(a: dict, b: dict, atol: float) -> None:
@@ -129,7 +130,7 @@ def test_two_ranks_zero2_match_one_rank_with_the_same_global_batch(overrides, on
 
 @pytest.mark.slow
 def test_two_ranks_ddp_match_one_rank(overrides, one_rank_zero2, tmp_path):
-    two = launch(WORKER, 2, tmp_path / "ddp", [*overrides, "train.engine=ddp"])
+    two = launch(WORKER, 2, tmp_path / "ddp", [*overrides, "train.engine=ddp"], torchrun=True)
     np.testing.assert_allclose(losses(two), losses(one_rank_zero2), rtol=1e-5)
     assert_same_weights(two["weights"], one_rank_zero2["weights"], atol=2e-5)
 
