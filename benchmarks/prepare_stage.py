@@ -6,22 +6,27 @@ Builds, in a temporary folder deleted at the end, a stand-in of ``--files`` (def
 and measures in one run, on this machine's local disk (the files sit in its page cache):
 
 1. the submission checks (``ctsl_hpc.preflight.input_problems``) on its 134,000-entry manifest;
-2. the prepare stage's audio check: files per second with 1 and with 2 worker processes
+2. the prepare stage's audio check: files per second with 1 and with 2 processes
    (``ctsl_hpc.data.audit.audit``), against the serial check it replaced (decode every file, then
-   read it again for its hash), each from an empty cache; the machine's load is printed before each;
+   read it again for its hash), each from an empty cache; the machine's load is printed before each.
+   The 1- and 2-process checks run as ``--pairs`` pairs, in alternating order (1 then 2, 2 then 1, ...)
+   so that a drift of the shared machine's speed during the run falls on both; the ratio is each
+   pair's and their median;
 3. the items per second a training data loader reads (random batches of 16, no workers) from the
    packed corpus staged in another folder, against the same utterances read as separate files.
 
-    python benchmarks/prepare_stage.py [--files 134000] [--scale 0.1] [--loader-items 4000]
+    python benchmarks/prepare_stage.py [--files 134000] [--scale 0.1] [--pairs 3] [--loader-items 4000]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -83,6 +88,19 @@ def _cpu_seconds() -> tuple[float, float]:
     return mine.ru_utime + mine.ru_stime, children.ru_utime + children.ru_stime
 
 
+def measured(name: str, files: int, run) -> float:
+    """Files per second of ``run()``, printed with the load average before it and the CPU seconds it took."""
+    load = os.getloadavg()[0]
+    cpu = _cpu_seconds()
+    started = time.perf_counter()
+    run()
+    rate = files / (time.perf_counter() - started)
+    mine, helpers = (after - before for after, before in zip(_cpu_seconds(), cpu, strict=True))
+    print(f"{name}: {rate:.0f} files/s (load average {load:.2f} before it; CPU {mine:.1f} s here, {helpers:.1f} s in "
+          f"helper processes)")
+    return rate
+
+
 def loader_rate(dataset, items: int) -> float:
     """Items per second a DataLoader (random batches of 16, no workers) reads from ``dataset``."""
     from torch.utils.data import DataLoader
@@ -102,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=134_000)
     parser.add_argument("--scale", type=float, default=0.1, help="durations x this (MSP-Podcast's: 2.75-11 s)")
+    parser.add_argument("--pairs", type=int, default=3, help="1- and 2-process checks, in alternating order")
     parser.add_argument("--loader-items", type=int, default=4000)
     parser.add_argument("--keep", type=Path, help="build the stand-in here and keep it (default: a temporary folder)")
     args = parser.parse_args()
@@ -124,23 +143,21 @@ def main() -> None:
         utterances = [u for split in load_csv_manifest(manifest).values() for u in split]
         paths = [u.path for u in utterances]
         reading = Reading(SAMPLE_RATE, 12.0, 0.1)
-        rates = {}
-        for name, run in (
-            ("serial check before the prepare stage", lambda: old_serial_check(paths, reading)),
-            ("audio check, 1 process", lambda: audit(paths, reading, VerdictCache(root / "one.jsonl"), 1)),
-            ("audio check, 2 processes", lambda: audit(paths, reading, VerdictCache(root / "two.jsonl"), 2)),
-        ):
-            load = os.getloadavg()[0]
-            cpu = _cpu_seconds()
-            started = time.perf_counter()
-            run()
-            rates[name] = len(paths) / (time.perf_counter() - started)
-            mine, helpers = (after - before for after, before in zip(_cpu_seconds(), cpu, strict=True))
-            print(f"{name}: {rates[name]:.0f} files/s (load average {load:.2f} before it; CPU {mine:.1f} s here, "
-                  f"{helpers:.1f} s in helper processes)")
-        base = rates["audio check, 1 process"]
-        print(f"ratio: 2 processes / 1 process = {rates['audio check, 2 processes'] / base:.2f}x; 1 process / the "
-              f"serial check before = {base / rates['serial check before the prepare stage']:.2f}x")
+        serial = measured("serial check before the prepare stage", len(paths), lambda: old_serial_check(paths, reading))
+        ratios, one_rates = [], []
+        for pair in range(args.pairs):
+            rates = {}
+            for processes in (1, 2) if pair % 2 == 0 else (2, 1):
+                cache = VerdictCache(root / f"pair{pair}-{processes}.jsonl")  # empty: every file checked
+                name = f"pair {pair + 1}, audio check, {processes} process{'es' if processes > 1 else ''}"
+                check = functools.partial(audit, paths, reading, cache, processes)
+                rates[processes] = measured(name, len(paths), check)
+            ratios.append(rates[2] / rates[1])
+            one_rates.append(rates[1])
+            print(f"pair {pair + 1}: 2 processes / 1 process = {ratios[-1]:.2f}x")
+        print(f"ratio: 2 processes / 1 process = {statistics.median(ratios):.2f}x (median of "
+              f"{', '.join(f'{r:.2f}x' for r in ratios)}); 1 process / the serial check before = "
+              f"{statistics.median(one_rates) / serial:.2f}x")
 
         sample = [utterances[i] for i in rng.choice(len(utterances), min(args.loader_items * 2, len(utterances)),
                                                     replace=False)]
