@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 15.0  # a batch log hears from a long check at least this often (a terminal gets a bar)
 _CHUNK = 32  # files between two cache flushes and stop checks
 _IN_FLIGHT_PER_HELPER = 8  # chunks queued per helper process: it never waits for the parent's next one
-# A helper process costs about half a second of CPU to start (an interpreter, this module, the parent's main
-# module), what this process takes to check about 1,500 files: a helper is started for every this many files.
+# A helper process costs 0.2-0.4 s of CPU to start (an interpreter, this module, the parent's main module:
+# submitit's or the launcher's), what checking about 1,500 files takes: a helper for every this many files.
 FILES_PER_HELPER = 2000
 
 
