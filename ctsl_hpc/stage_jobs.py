@@ -79,10 +79,16 @@ def _opened(workdir: str | Path) -> Iterator[Experiment]:
 def _tracker(exp: Experiment) -> tuple[Any, str]:
     """The run tree the job logs into and its keys' prefix. A search's final students and evaluation (its
     ``final/`` work directory) and a replicate's stages (``seed-<s>/``) log into their sweep's tree, as
-    ``final/student/<variant>`` or ``seed-<s>/teacher``; the sweep's parent run holds the sweep's config."""
-    from ctsl_hpc.track.runs import open_tracker
+    ``final/student/<variant>`` or ``seed-<s>/teacher``; the sweep's parent run holds the sweep's config.
+    Only rank 0 of a multi-rank job tracks (None on the others): the trainer logs its metrics from rank 0, and
+    the other ranks would open the store again, upload the same artifacts and import MLflow for nothing."""
+    from ctsl_hpc.train.ranks import TorchEnvironment
 
     home, prefix = exp.workdir.home() or (exp.workdir, "")
+    if TorchEnvironment.detect() and TorchEnvironment().global_rank() != 0:
+        return None, prefix
+    from ctsl_hpc.track.runs import open_tracker
+
     tracker = open_tracker(home.root, exp.cfg)
     if tracker is not None and prefix != FINAL_PREFIX:  # a search's parent run is the search's own
         config = exp.cfg if home is exp.workdir else home.read_config()

@@ -69,3 +69,15 @@ def test_sweep_logs_tree_metrics_and_artifacts_to_a_real_server(mlflow_server, t
     parent = client.get_run(parent.info.run_id)
     assert parent.data.metrics["gpu_hours/total"] == 1.5 and parent.info.status == "FINISHED"
     assert "GPU-hours of the sweep: 1.500" in parent.data.tags["mlflow.note.content"]
+
+
+def test_only_rank_zero_of_a_multi_rank_job_opens_the_run_tree(tiny_overrides, tmp_path, monkeypatch):
+    from ctsl_hpc import stage_jobs
+    from ctsl_hpc.config import load_config
+    from ctsl_hpc.experiment import Experiment
+
+    exp = Experiment.open(load_config(None, tiny_overrides(tmp_path / "w")))  # tracking on: the embedded store
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)  # as a launcher exports them to the job's second rank
+    assert stage_jobs._tracker(exp) == (None, "")
+    assert not (tmp_path / "w" / "mlflow.db").exists() and not (tmp_path / "w" / "tracking").exists()
