@@ -123,7 +123,7 @@ def pack(
     keys = list(items)
     chunks = [(staging, names, [(k, *items[k]) for k in keys[i : i + KEYS_PER_CHUNK]], read)
               for i in range(0, len(keys), KEYS_PER_CHUNK)]  # fmt: skip
-    processes = min(processes, len(chunks))  # a worker process costs half a second to start: none without a chunk
+    processes = min(processes, len(chunks))  # a worker costs 0.2-0.4 s of CPU to start: none without a chunk
     if processes <= 1:
         for chunk in chunks:
             _fill(chunk)

@@ -172,7 +172,7 @@ def runs(multinode_cluster: SlurmCluster, bridge_mlflow, tiny_overrides, tmp_pat
 
         # job F trains its 3 epochs in a few seconds: node3 is lost by a thread of its own, which polls for the
         # first complete checkpoint every 20 ms (the loop below polls Slurm too, and may take a second a round)
-        lost = threading.Event()
+        lost, stop_watching = threading.Event(), threading.Event()
 
         def lose_node_at_the_first_checkpoint() -> None:
             while not checkpointed(failed, "failed"):
@@ -181,7 +181,6 @@ def runs(multinode_cluster: SlurmCluster, bridge_mlflow, tiny_overrides, tmp_pat
             lose_node()
             lost.set()
 
-        stop_watching = threading.Event()
         watcher = threading.Thread(target=lose_node_at_the_first_checkpoint, daemon=True)
         watcher.start()
         triggers = [

@@ -48,11 +48,11 @@ def _run_ranks(command: list[str], nproc: int, env: dict[str, str], port: str, l
     world = {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
     logs = [log.with_name(f"{log.name}.{rank}") for rank in range(nproc)]
     log.parent.mkdir(parents=True, exist_ok=True)
-    ranks = [
-        subprocess.Popen(command, cwd=REPO, env={**env, **world, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                         stdout=open(logs[rank], "wb"), stderr=subprocess.STDOUT)
-        for rank in range(nproc)
-    ]  # fmt: skip
+    ranks = []
+    for rank in range(nproc):
+        with open(logs[rank], "wb") as out:  # the rank writes through its own copy of the descriptor
+            ranks.append(subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                          env={**env, **world, "RANK": str(rank), "LOCAL_RANK": str(rank)}))
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while any(p.poll() is None for p in ranks):
