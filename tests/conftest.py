@@ -19,9 +19,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads, "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# DeepSpeed's one JIT op on the CPU (its shared-memory collective) compiles for about 40 s of CPU into
-# TORCH_EXTENSIONS_DIR: one folder for every test and every process they start, so a machine builds it once.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "ctsl_hpc" / "torch_extensions"))
 # Ray binds the machine's own interface address unless told it is not a cluster: keep every Ray
 # service of the tests (local and the one-node Slurm allocation) on 127.0.0.1.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -3,8 +3,7 @@
 The ranks are started here with the ``env://`` variables a launcher exports (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``), as the Slurm backend's tasks get them; ``torchrun=True``
 starts them through ``torchrun`` instead (its elastic agent is one more Python process per launch, so only
-one test uses it). DeepSpeed's one JIT op (the shared-memory collective) is cached in
-``TORCH_EXTENSIONS_DIR`` (tests/conftest.py).
+one test uses it).
 """
 
 from __future__ import annotations

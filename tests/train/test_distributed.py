@@ -115,8 +115,11 @@ def one_rank_zero2(overrides, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_ranks_zero2_match_one_rank_with_the_same_global_batch(overrides, one_rank_zero2, tmp_path):
+def test_two_ranks_zero2_match_one_rank_with_the_same_global_batch(overrides, one_rank_zero2, tmp_path, monkeypatch):
+    extensions = tmp_path / "extensions"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))  # where DeepSpeed would JIT-compile an op
     two = launch(WORKER, 2, tmp_path / "two", [*overrides, "train.engine=deepspeed"])
+    assert not extensions.exists(), sorted(extensions.rglob("*"))  # two CPU ranks compiled nothing
     assert len(two["epochs"]) == 2
     np.testing.assert_allclose(losses(two), losses(one_rank_zero2), rtol=1e-5)
     np.testing.assert_allclose(

@@ -6,6 +6,7 @@ Also :func:`import_deepspeed`, the one way this package imports DeepSpeed.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import pickle
@@ -35,6 +36,11 @@ def import_deepspeed() -> types.ModuleType:
     most of which track nothing. ``None`` in ``sys.modules`` makes that ``import mlflow`` fail, which the
     autotuner handles (``has_mlflow = False``); MLflow imports normally afterwards. The package's code calls
     this before any other import from DeepSpeed (the engine, :func:`load_shard`, the universal conversion).
+
+    On the CPU accelerator, DeepSpeed's communication backend also JIT-compiles a shared-memory all-reduce op
+    when it starts (``deepspeed.comm.torch.build_shm_op``), which only ``inference_all_reduce`` uses: training
+    reduces through ``torch.distributed``. That compile costs about 60 s of CPU (and g++) on every new machine,
+    so it is skipped here; on a GPU the accelerator has no such op and nothing changes.
     """
     if "deepspeed" not in sys.modules and "mlflow" not in sys.modules:
         sys.modules["mlflow"] = None  # type: ignore[assignment]
@@ -44,7 +50,14 @@ def import_deepspeed() -> types.ModuleType:
             del sys.modules["mlflow"]
     import deepspeed
 
+    # by its module's name: ``deepspeed.comm``'s attribute ``torch`` is the torch package, not this module
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = _no_inference_op
     return deepspeed
+
+
+def _no_inference_op() -> None:
+    """What ``build_shm_op`` returns where the op is unavailable: the backend then reduces through torch."""
+    return None
 
 
 def load_shard(path: Path) -> Any:
