@@ -53,7 +53,10 @@ from ctsl_hpc.variants import TEACHER
 
 # what may change on an existing sweep: where and how it runs, not what it computes (a section or a dotted key)
 REPLICATE_PREFIX = "seed-"  # a replicate's folder: seed-<s>/
-RUNTIME_KEYS = ("workdir", "umask", "slurm", "tracking", "cost", "data.on_bad_audio", "data.stage_dir", "tune.max_failures")
+RUNTIME_KEYS = (
+    "workdir", "umask", "slurm", "tracking", "cost", "data.on_bad_audio", "data.stage_dir", "tune.max_failures",
+    "tune.reuse_actors",
+)
 
 
 class ConfigMismatch(ValueError):

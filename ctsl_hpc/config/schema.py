@@ -224,6 +224,10 @@ class TuneConfig:
         None, "where the Tune experiment lives; null: <workdir>/tune (shared storage on a cluster)"
     )
     max_failures: int = key(2, "retries of a trial whose process or node died, from its newest checkpoint")
+    reuse_actors: bool = key(
+        True, "a finished trial's worker process runs the next trial on its CPUs/GPUs (no new process and imports); "
+        "false: a fresh process per trial"
+    )
     final_variants: list[str] | None = key(None, "students trained with the best point; null: student.variants")
     seed: int = key(0, "the search's seed")
 

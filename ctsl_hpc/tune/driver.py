@@ -136,6 +136,7 @@ def make_tuner(
             scheduler=make_scheduler(tc, folder / f"{name}.scheduler.jsonl", early_stopping),
             search_alg=_search_alg(tc),
             num_samples=1 if param_space else tc.num_samples,
+            reuse_actors=tc.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=name,

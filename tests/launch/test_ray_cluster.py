@@ -34,7 +34,9 @@ def test_a_search_on_slurm_is_a_job_of_the_graph_that_status_logs_cancel_and_res
     workdir = Workdir(tmp_path / "tune")
     overrides = [
         *tiny_overrides(workdir.root), "tune.num_samples=3", "tune.max_t=2", "tune.brackets=1", "tune.noise_minutes=[0.25,1.0]",
-        "tune.final_variants=[RM+TL+CL]", "tune.max_concurrent=1", f"slurm.cpus_per_task={slurm_cluster.cpus_per_node}",
+        "tune.final_variants=[RM+TL+CL]", "tune.max_concurrent=1",
+        "tune.reuse_actors=false",  # a fresh process per trial (the other search tests reuse one): still running at the cancel
+        f"slurm.cpus_per_task={slurm_cluster.cpus_per_node}",
         "slurm.mem_gb=2", "slurm.time_min=30", "tracking.enabled=false",
     ]
     dry = cli("sweep", "--tune", "--dry-run", "--cluster", "slurm", *overrides)

@@ -17,6 +17,9 @@ class TinySearch:
     env: dict[str, str] = field(default_factory=lambda: dict(
         os.environ, HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING="false",
         RAY_DEDUP_LOGS="0",
+        # Tune saves its experiment state at most every 10 s by default; a tiny search's trials, run one after
+        # another in one reused worker, take about a second an epoch: the tests interrupt it on what that state says
+        TUNE_GLOBAL_CHECKPOINT_S="1",
     ))  # fmt: skip
 
     def overrides(self, seed: int) -> list[str]:
