@@ -46,7 +46,7 @@ from ctsl_hpc.predict import chunk_bounds
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.batches import make_loader, make_sampler
 from ctsl_hpc.train.embed_cache import live_teacher
-from ctsl_hpc.train.trainer import TrainingInterrupted
+from ctsl_hpc.train.interface import TrainingInterrupted
 from ctsl_hpc.workdir import RunDir
 
 pytestmark = [pytest.mark.paper_scale, pytest.mark.slow]

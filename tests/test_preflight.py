@@ -4,7 +4,10 @@ and the path, in a fraction of a second for a small corpus."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +131,19 @@ def test_a_real_noisy_development_set_is_what_selection_and_table2_read(inputs, 
     (folder / names[-1]).unlink()
     (problem,) = input_problems(cfg)
     assert problem.startswith(f"eval.noisy_dev_roots.snr0: {folder} lacks 1 of the {len(names)} dev utterances")
+
+
+def test_the_prepare_job_checks_and_packs_every_input_without_torch(inputs, tmp_path):
+    from ctsl_hpc.data.packed import is_packed
+    from ctsl_hpc.experiment import Experiment
+
+    _, _, overrides = inputs
+    exp = Experiment.open(load_config(None, [*overrides, f"data.stage_dir={tmp_path / 'node-local'}"]))
+    code = ("import sys; from ctsl_hpc.stage_jobs import prepare_job; prepare_job(sys.argv[1]); "
+            "heavy = sorted({'torch', 'transformers'} & set(sys.modules)); assert not heavy, f'imported {heavy}'")
+    out = subprocess.run([sys.executable, "-c", code, str(exp.workdir.root)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]  # a CPU job: neither torch nor transformers to import
+    summary = json.loads(exp.workdir.prepared.read_text())
+    assert summary["fingerprint"] == Experiment.reopen(exp.workdir.root).data.fingerprint  # what the GPU jobs read
+    assert sum(summary["usable"].values()) > 0 and is_packed(exp.workdir.packed)
+

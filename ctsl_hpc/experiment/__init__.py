@@ -9,18 +9,32 @@ stage, :mod:`ctsl_hpc.experiment.evaluation`, is imported on its own (SciPy and 
 training jobs do not need).
 """
 
+from typing import TYPE_CHECKING
+
 from ctsl_hpc.experiment.experiment import Experiment, RunSink, SinkFactory, StopRequest, never
 from ctsl_hpc.experiment.inputs import Data
-from ctsl_hpc.experiment.stages import (
-    student_trainer,
-    teacher_embedder,
-    teacher_summary,
-    teacher_trainer,
-    train_student,
-    train_teacher,
-)
 
-__all__ = [
-    "Data", "Experiment", "RunSink", "SinkFactory", "StopRequest", "never", "student_trainer", "teacher_embedder",
-    "teacher_summary", "teacher_trainer", "train_student", "train_teacher",
-]
+if TYPE_CHECKING:
+    from ctsl_hpc.experiment.stages import (
+        student_trainer,
+        teacher_embedder,
+        teacher_summary,
+        teacher_trainer,
+        train_student,
+        train_teacher,
+    )
+
+# the training stages import torch and transformers: loaded on first use, so that the prepare job (a CPU job)
+# and the launcher, which import Experiment, run without them
+_STAGES = ("student_trainer", "teacher_embedder", "teacher_summary", "teacher_trainer", "train_student", "train_teacher")
+
+
+def __getattr__(name: str):
+    if name in _STAGES:
+        from ctsl_hpc.experiment import stages
+
+        return getattr(stages, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Data", "Experiment", "RunSink", "SinkFactory", "StopRequest", "never", *_STAGES]

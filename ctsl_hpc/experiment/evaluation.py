@@ -17,7 +17,7 @@ from ctsl_hpc.evaluate.score_table import DIAGNOSTICS, Scores
 from ctsl_hpc.evaluate.scoring import score_models
 from ctsl_hpc.evaluate.table2 import read_table2_json, write_table2
 from ctsl_hpc.experiment.experiment import Experiment, SinkFactory, StopRequest, never
-from ctsl_hpc.train.trainer import TrainingInterrupted
+from ctsl_hpc.train.interface import TrainingInterrupted
 
 
 def selected_models(exp: Experiment, variants: list[str]) -> dict[str, dict[int, Path]]:

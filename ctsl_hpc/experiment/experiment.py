@@ -10,7 +10,7 @@ from typing import Protocol
 
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.experiment.inputs import Data
-from ctsl_hpc.train.trainer import MetricsSink
+from ctsl_hpc.train.interface import MetricsSink
 from ctsl_hpc.workdir import Workdir
 
 

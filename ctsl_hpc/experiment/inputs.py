@@ -11,18 +11,21 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ctsl_hpc.atomic_io import RecordError, atomic_write_json, atomic_write_text
 from ctsl_hpc.config import ExperimentConfig
 from ctsl_hpc.data.audio import AudioError, WaveformStats, merge_moments
 from ctsl_hpc.data.audit import AudioVerdict, Reading, audit, fingerprint
-from ctsl_hpc.data.batching import UtteranceSet
 from ctsl_hpc.data.conditions import SNR_OF
 from ctsl_hpc.data.corpora import corpus_spec
 from ctsl_hpc.data.corpus import SPLITS, CorpusError, Utterance
 from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.data.packed import PackedCorpus
 from ctsl_hpc.workdir import Workdir
+
+if TYPE_CHECKING:  # the sets import torch: the prepare job, which builds none, runs without it
+    from ctsl_hpc.data.batching import UtteranceSet
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,8 @@ class Data:
         self, utterances: list[Utterance], stats: WaveformStats | None, noise: NoisePool | None = None,
         snr: float | None = None,
     ) -> UtteranceSet:
+        from ctsl_hpc.data.batching import UtteranceSet
+
         d = self.cfg.data
         return UtteranceSet(
             utterances,
@@ -146,6 +151,8 @@ class Data:
         """The corpus's own noisy recordings of ``split`` per condition: ``eval.noisy_roots`` for the test set,
         ``eval.noisy_dev_roots`` for the development set (a file of the same name per utterance, checked before
         the queue by :mod:`ctsl_hpc.preflight`)."""
+        from ctsl_hpc.data.batching import UtteranceSet
+
         roots = {"test": self.cfg.eval.noisy_roots, "dev": self.cfg.eval.noisy_dev_roots}.get(split, {})
         sets = {}
         for condition, folder in roots.items():

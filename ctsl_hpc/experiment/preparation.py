@@ -32,7 +32,7 @@ from ctsl_hpc.data.corpus import SPLITS
 from ctsl_hpc.data.noise import NoiseError
 from ctsl_hpc.data.packed import JOB_ID_VARIABLE, PackedCorpus, StagingError, is_packed, pack, stage, unstage
 from ctsl_hpc.experiment.experiment import Experiment, StopRequest, never
-from ctsl_hpc.train.trainer import TrainingInterrupted
+from ctsl_hpc.train.interface import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 

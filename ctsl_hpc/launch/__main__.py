@@ -44,6 +44,7 @@ from ctsl_hpc.locks import WorkdirLocked
 from ctsl_hpc.logs import setup_logging
 from ctsl_hpc.preflight import InputProblems
 from ctsl_hpc.track.tags import command_tags, exported_run_tags
+from ctsl_hpc.train.interface import TrainingInterrupted
 from ctsl_hpc.workdir import ConfigMismatch
 
 STOPPED = 3  # exit status of a sweep stopped on request (SIGUSR2) with its checkpoints saved
@@ -234,13 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, read-only storage, permissions: the path and why, nothing more
         print(f"i/o error: {exc.strerror or exc}: {exc.filename or '(no path given)'}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:
+        print(f"stopped on request ({exc}): run the same command again to continue", file=sys.stderr)
+        return STOPPED
     except Exception as exc:
         if isinstance(exc, _input_errors()):
             print(f"input error: {exc}", file=sys.stderr)
             return 2
-        if type(exc).__name__ == "TrainingInterrupted":  # (not imported here: it would import torch)
-            print(f"stopped on request ({exc}): run the same command again to continue", file=sys.stderr)
-            return STOPPED
         raise
 
 

@@ -29,7 +29,7 @@ def ray_node(workdir: str, config: str | None = None, overrides: Sequence[str] =
     from ctsl_hpc.config import load_config
     from ctsl_hpc.launch.backends.local import LocalBackend
     from ctsl_hpc.launch.graph import submit_sweep
-    from ctsl_hpc.train.trainer import TrainingInterrupted
+    from ctsl_hpc.train.interface import TrainingInterrupted
 
     setup_logging()
     slurm_env.export_run_tags()

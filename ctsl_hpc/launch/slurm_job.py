@@ -60,7 +60,7 @@ class SlurmJob(submitit.helpers.Checkpointable):
         self.task, self.max_requeues = task, max_requeues
 
     def __call__(self) -> Any:
-        from ctsl_hpc.train.trainer import TrainingInterrupted
+        from ctsl_hpc.train.interface import TrainingInterrupted
 
         _job_setup()
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.batches import EpochTotals, Timing, make_loader, make_sampler
 from ctsl_hpc.train.engines import Engine, OptimSettings, make_engine
 from ctsl_hpc.train.inference import predict
+from ctsl_hpc.train.interface import MetricsSink, NullSink, TrainingInterrupted
 from ctsl_hpc.train.objective import REPORTED, TeacherEmbedder, student_loss
 from ctsl_hpc.train.recipe import Recipe
 from ctsl_hpc.workdir import RunDir
@@ -42,25 +43,6 @@ from ctsl_hpc.workdir import RunDir
 log = logging.getLogger(__name__)
 
 EpochHook = Callable[[EpochRecord, Path], None]
-
-
-class MetricsSink(Protocol):
-    """Where per-epoch metrics go (MLflow in the tracking layer; nothing by default)."""
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-
-class NullSink:
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-
-class TrainingInterrupted(RuntimeError):
-    """A stage stopped on request after saving what it resumes from (a checkpoint, the scores so far)."""
-
-    def __init__(self, checkpoint: Path):
-        super().__init__(f"stopped on request; resumable state at {checkpoint}")
-        self.checkpoint = checkpoint
 
 
 @dataclass(frozen=True)

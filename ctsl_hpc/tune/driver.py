@@ -200,7 +200,7 @@ def relayed(should_stop: Callable[[], bool], relay: PreemptionRelay, poll_s: flo
 def run_search(exp: Experiment, should_stop: Callable[[], bool] = never, grace_s: float = 60.0):
     """Run (or continue) the search; Tune's ResultGrid. A stop request ends it restorable, with
     ``TrainingInterrupted`` (run the job again to continue)."""
-    from ctsl_hpc.train.trainer import TrainingInterrupted
+    from ctsl_hpc.train.interface import TrainingInterrupted
 
     relay = PreemptionRelay(tune_dir(exp.cfg, exp.workdir))
     relay.clear()

@@ -137,7 +137,7 @@ def run_trial(
     (``params.json``) for ``status``."""
     import torch
 
-    from ctsl_hpc.train.trainer import TrainingInterrupted
+    from ctsl_hpc.train.interface import TrainingInterrupted
 
     base = Experiment.reopen(shared.workdir)
     relay = PreemptionRelay(tune_dir(base.cfg, base.workdir))

@@ -22,7 +22,8 @@ from ctsl_hpc.model import build_model
 from ctsl_hpc.train.embed_cache import cached_teacher
 from ctsl_hpc.train.engines import OptimSettings, make_engine
 from ctsl_hpc.train.recipe import recipe
-from ctsl_hpc.train.trainer import TrainingData, TrainingInterrupted, build_trainer
+from ctsl_hpc.train.interface import TrainingInterrupted
+from ctsl_hpc.train.trainer import TrainingData, build_trainer
 from ctsl_hpc.variants import TEACHER
 from ctsl_hpc.workdir import RunDir
 

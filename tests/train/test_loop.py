@@ -16,7 +16,8 @@ from ctsl_hpc.run_records import read_history
 from ctsl_hpc.train import checkpoint as ckpt
 from ctsl_hpc.train.embed_cache import cached_teacher
 from ctsl_hpc.train.recipe import recipe
-from ctsl_hpc.train.trainer import TrainingData, TrainingInterrupted, build_trainer
+from ctsl_hpc.train.interface import TrainingInterrupted
+from ctsl_hpc.train.trainer import TrainingData, build_trainer
 from ctsl_hpc.variants import TEACHER
 from ctsl_hpc.workdir import RunDir
 

@@ -44,7 +44,7 @@ class LocalBackend(Backend):
     blocking = True
 
     def submit(self, stage: str, tasks: Sequence[Task], after: Sequence[str]) -> list[str]:
-        from ctsl_hpc.train.trainer import TrainingInterrupted
+        from ctsl_hpc.train.interface import TrainingInterrupted
 
         ids = []
         for task in tasks:
