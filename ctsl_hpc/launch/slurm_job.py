@@ -31,6 +31,7 @@ from ctsl_hpc.launch.job_registry import Registry
 from ctsl_hpc.launch.task import Task, run_task
 from ctsl_hpc.logs import setup_logging
 from ctsl_hpc.snapshot import PACKAGE, package_hash
+from ctsl_hpc.train.interface import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,6 @@ class SlurmJob(submitit.helpers.Checkpointable):
         self.task, self.max_requeues = task, max_requeues
 
     def __call__(self) -> Any:
-        from ctsl_hpc.train.interface import TrainingInterrupted
-
         _job_setup()
         requeue = signal.getsignal(signal.SIGUSR2)  # submitit's checkpoint-and-requeue handler
         flag = _StopFlag()

@@ -29,6 +29,7 @@ from ray.tune import Callback
 from ctsl_hpc.config import TuneConfig
 from ctsl_hpc.experiment import Experiment, never, teacher_embedder, teacher_summary
 from ctsl_hpc.track.runs import open_tracker
+from ctsl_hpc.train.interface import TrainingInterrupted
 from ctsl_hpc.train.recipe import recipe
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
 from ctsl_hpc.tune.schedulers import make_scheduler
@@ -200,8 +201,6 @@ def relayed(should_stop: Callable[[], bool], relay: PreemptionRelay, poll_s: flo
 def run_search(exp: Experiment, should_stop: Callable[[], bool] = never, grace_s: float = 60.0):
     """Run (or continue) the search; Tune's ResultGrid. A stop request ends it restorable, with
     ``TrainingInterrupted`` (run the job again to continue)."""
-    from ctsl_hpc.train.interface import TrainingInterrupted
-
     relay = PreemptionRelay(tune_dir(exp.cfg, exp.workdir))
     relay.clear()
     shared = prepare_shared(exp)

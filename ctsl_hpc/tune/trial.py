@@ -28,6 +28,7 @@ from ctsl_hpc.data.noise import NoisePool
 from ctsl_hpc.experiment import Experiment, student_trainer
 from ctsl_hpc.run_records import EpochRecord
 from ctsl_hpc.stage_jobs import NOISY_SPLITS, dataset_inputs
+from ctsl_hpc.train.interface import TrainingInterrupted
 from ctsl_hpc.tune.relay import PreemptionRelay, tune_dir
 from ctsl_hpc.tune.space import POINT_FILE, SEARCHED, TIME_ATTR, apply_params, scheduler_metric
 from ctsl_hpc.workdir import RunDir
@@ -136,8 +137,6 @@ def run_trial(
     ``reported_epoch`` that a resumed trial finished earlier first). The point is kept in the run folder
     (``params.json``) for ``status``."""
     import torch
-
-    from ctsl_hpc.train.interface import TrainingInterrupted
 
     base = Experiment.reopen(shared.workdir)
     relay = PreemptionRelay(tune_dir(base.cfg, base.workdir))

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from ctsl_hpc.launch.backends.base import Backend, register
 from ctsl_hpc.launch.task import Task, run_task
+from ctsl_hpc.train.interface import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ class LocalBackend(Backend):
     blocking = True
 
     def submit(self, stage: str, tasks: Sequence[Task], after: Sequence[str]) -> list[str]:
-        from ctsl_hpc.train.interface import TrainingInterrupted
-
         ids = []
         for task in tasks:
             job_id = f"local-{os.getpid()}"
